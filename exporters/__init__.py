@@ -1,0 +1,22 @@
+"""torch BNN -> self-contained stochastic ONNX graph.
+
+``export(model, example_input, path, ...)`` is the one public verb; exporters per posterior
+family live in their own modules and register with :func:`register_exporter`.
+"""
+
+from .api import ExportResult, export, export_model, resolve_family
+from .registry import Exporter, SamplingMode, get_exporter, known_families, register_exporter
+from .verify import FidelityReport
+
+__all__ = [
+    "ExportResult",
+    "Exporter",
+    "FidelityReport",
+    "SamplingMode",
+    "export",
+    "export_model",
+    "get_exporter",
+    "known_families",
+    "register_exporter",
+    "resolve_family",
+]

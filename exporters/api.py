@@ -1,0 +1,205 @@
+"""``export()``: a trained torch BNN becomes a self-contained stochastic ONNX graph."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+import torch
+from torch import nn
+
+from qbnn.runtimes.contract import (
+    CLASSIFICATION_OUTPUTS,
+    FORMAT_VERSION,
+    INPUT,
+    REGRESSION_OUTPUTS,
+    MetaKey,
+    Task,
+)
+from qbnn.runtimes.errors import ConfigError, ExportError
+from qbnn.runtimes.seeding import random_nodes
+
+from . import ensemble, flipout, mcdropout, meanfield  # noqa: F401  (register exporters)
+from .btlayers import FLIPOUT_TYPES, REPARAM_TYPES, check_supported
+from .graph import finalize
+from .registry import BuiltModel, get_exporter, known_families, task_of
+from .verify import FidelityReport, verify_export
+
+__all__ = ["ExportResult", "export", "export_model", "resolve_family"]
+
+_TEMPLATE = "qbnn_sample_template"
+QBNN_VERSION = "0.1.0"
+log = logging.getLogger("qbnn.export")
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """Where the graph went and what the self-check measured (None with ``verify=False``)."""
+
+    path: Path
+    family: str
+    sampling: str
+    fidelity: FidelityReport | None
+    notes: tuple[str, ...]
+
+
+def resolve_family(model: object, posterior: str) -> str:
+    """``posterior`` itself, or for ``auto`` the first registered family that detects ``model``."""
+    if posterior != "auto":
+        return get_exporter(posterior).family
+    for order in ("ensemble", "flipout", "meanfield", "mcdropout"):
+        if known_families()[order].detect(model):
+            return order
+    if isinstance(model, nn.Module):
+        check_supported(model, REPARAM_TYPES + FLIPOUT_TYPES, "auto")
+    desc = "; ".join(f"{e.family}: {e.description}" for e in known_families().values())
+    raise ExportError(
+        f"no stochastic layer found in {type(model).__name__}; supported posteriors: {desc}. "
+        "For dropout written inline (F.dropout), pass posterior='mcdropout'"
+    )
+
+
+def export(
+    model: nn.Module | list[nn.Module],
+    example_input: torch.Tensor,
+    path: str | os.PathLike,
+    *,
+    posterior: str = "auto",
+    sampling: str | None = None,
+    num_samples: int = 16,
+    task: str = "classification",
+    seed: int | None = None,
+    verify: bool = True,
+    verify_samples: int = 64,
+    opset: int = 18,
+    source: str | None = None,
+) -> Path:
+    """Compile ``model`` to an ONNX graph obeying the qbnn contract; returns the written path.
+
+    ``model``: a torch module (Bayesian-Torch layers, dropout) or a list of same-architecture
+    modules (ensemble). ``example_input``: ``[B, *feature_shape]`` float32. The graph takes
+    ``input [B', *feature_shape]`` (any B') and an optional int64 scalar ``num_samples``
+    (default ``num_samples``) and returns ``probs [S, B', C]``, ``mean_probs [B', C]``,
+    ``predictive_entropy``, ``expected_entropy``, ``mutual_information`` ``[B']``
+    (regression: ``mean [S, B', D]``, ``pred_mean``, ``pred_variance [B', D]``).
+    ``seed`` fixes every random node's seed (identical outputs across processes); without it
+    each session draws fresh noise. See :func:`export_model` for the full result.
+    """
+    return export_model(
+        model, example_input, path, posterior=posterior, sampling=sampling,
+        num_samples=num_samples, task=task, seed=seed, verify=verify,
+        verify_samples=verify_samples, opset=opset, source=source,
+    ).path
+
+
+def _check_args(example_input, path: Path, num_samples: int, verify_samples: int) -> None:
+    if not isinstance(example_input, torch.Tensor) or example_input.dim() < 2:
+        shape = getattr(example_input, "shape", type(example_input).__name__)
+        raise ConfigError(
+            f"example_input must be a float tensor [B, *feature_shape] with B >= 1; got {shape}"
+        )
+    if not path.parent.is_dir():
+        raise ConfigError(f"output directory {path.parent} does not exist")
+    if num_samples < 1 or verify_samples < 2:
+        raise ConfigError(
+            f"num_samples must be >= 1 and verify_samples >= 2; got {num_samples}, "
+            f"{verify_samples}"
+        )
+
+
+def _probe(built: BuiltModel, x: torch.Tensor) -> torch.Tensor:
+    """One torch reference draw; a model that rejects the input shape fails here."""
+    try:
+        return built.reference(x, 1, torch.Generator().manual_seed(0))
+    except Exception as exc:  # the user's model raised: report it as a shape problem
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ExportError(
+            f"the model rejected an input of shape {list(x.shape)}: {first}"
+        ) from exc
+
+
+def _trace(built: BuiltModel, x: torch.Tensor, task: Task, opset: int) -> onnx.ModelProto:
+    xb = x if x.shape[0] > 1 else x.expand(2, *x.shape[1:]).contiguous()
+    template = torch.zeros(2)
+    dims = {"x": {0: torch.export.Dim("batch")}, "template": {0: torch.export.Dim("samples")}}
+    outputs = REGRESSION_OUTPUTS if task == Task.REGRESSION else CLASSIFICATION_OUTPUTS
+    buf = io.StringIO()
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(buf):
+            warnings.simplefilter("ignore")
+            prog = torch.onnx.export(
+                built.module, (xb, template), dynamo=True, dynamic_shapes=dims,
+                input_names=[INPUT, _TEMPLATE], output_names=list(outputs),
+                opset_version=opset, verbose=False,
+            )
+    except Exception as exc:
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ExportError(f"torch.onnx.export failed: {msg}") from exc
+    return prog.model_proto
+
+
+def _source(family: str) -> str:
+    if family in ("meanfield", "flipout"):
+        from importlib.metadata import version
+
+        return f"bayesian-torch {version('bayesian-torch')}; torch {torch.__version__}"
+    return f"torch {torch.__version__}"
+
+
+def export_model(
+    model, example_input, path, *, posterior="auto", sampling=None, num_samples=16,
+    task="classification", seed=None, verify=True, verify_samples=64, opset=18, source=None,
+) -> ExportResult:
+    """Like :func:`export` but returns an :class:`ExportResult` with the self-check numbers."""
+    path = Path(path)
+    _check_args(example_input, path, num_samples, verify_samples)
+    task_e = task_of(task)
+    family = resolve_family(model, posterior)
+    exporter = get_exporter(family)
+    mode = exporter.parse_mode(sampling, num_samples)
+    x = example_input.detach().float()
+    built = exporter.build(model, mode, task=task_e, seed=seed)
+    ref = _probe(built, x)
+    proto = _trace(built, x, task_e, opset)
+    meta = {
+        MetaKey.FORMAT_VERSION: FORMAT_VERSION, MetaKey.TASK: task_e.value,
+        MetaKey.POSTERIOR: family, MetaKey.SAMPLING: str(mode),
+        MetaKey.DEFAULT_SAMPLES: str(num_samples), MetaKey.PRECISION: "fp32",
+        MetaKey.SOURCE: source or _source(family), MetaKey.VERSION: QBNN_VERSION,
+        MetaKey.INPUT_SHAPE: ",".join(map(str, x.shape[1:])),
+        MetaKey.SEED: "" if seed is None else str(seed),
+        (MetaKey.NUM_CLASSES if task_e == Task.CLASSIFICATION else "qbnn.output_dim"):
+            str(ref.shape[-1]),
+    }
+    finalize(proto, _TEMPLATE, num_samples, seed, {str(k): v for k, v in meta.items()})
+    if not built.exact and not random_nodes(proto):
+        raise ExportError(
+            f"the '{family}' export produced no random op: no stochastic layer was reached in "
+            "forward (is dropout p > 0 and called in forward?)"
+        )
+    return _write(proto, path, built, x, task_e, verify, verify_samples, family, mode)
+
+
+def _write(proto, path, built, x, task_e, verify, verify_samples, family, mode) -> ExportResult:
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        onnx.checker.check_model(proto)
+        onnx.save_model(proto, str(tmp))
+        fidelity = None
+        if verify:
+            fidelity = verify_export(tmp, built, x, task_e, samples=verify_samples)
+            for w in fidelity.warnings:
+                log.warning(w)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return ExportResult(path, family, str(mode), fidelity, tuple(built.notes))

@@ -1,0 +1,73 @@
+"""Ensembles and weight samples: a list of same-architecture deterministic modules.
+
+Covers deep ensembles, bootstrap ensembles and SG-MCMC / SWAG weight samples: each member is
+one posterior sample; the graph's sample axis walks the members (sample ``s`` is member
+``s mod K``).
+"""
+
+from __future__ import annotations
+
+import copy
+
+from torch import nn
+
+from qbnn.runtimes.contract import Task
+from qbnn.runtimes.errors import ExportError, UnsupportedLayerError
+
+from .btlayers import bayesian_layers
+from .registry import BuiltModel, SamplingMode, register_exporter
+from .sampling import member_sampler
+from .wrapper import EnsembleModel
+
+__all__ = ["build_ensemble"]
+
+
+def _detect(model: object) -> bool:
+    return isinstance(model, (list, tuple, nn.ModuleList))
+
+
+def _check_members(members: list[nn.Module]) -> None:
+    if len(members) < 1:
+        raise ExportError("an ensemble needs at least one member; got an empty list")
+    ref = members[0]
+    ref_shapes = {k: tuple(v.shape) for k, v in ref.state_dict().items()}
+    for i, m in enumerate(members):
+        if not isinstance(m, nn.Module):
+            raise ExportError(f"ensemble member {i} is a {type(m).__name__}, not a torch module")
+        for name, mod in bayesian_layers(m):
+            raise UnsupportedLayerError(
+                f"ensemble member {i} holds Bayesian layer '{name}' ({type(mod).__name__}); "
+                "ensemble members must be deterministic networks"
+            )
+        shapes = {k: tuple(v.shape) for k, v in m.state_dict().items()}
+        if type(m) is not type(ref) or shapes != ref_shapes:
+            diff = sorted(set(shapes.items()) ^ set(ref_shapes.items()))[:3]
+            raise ExportError(
+                f"ensemble member {i} ({type(m).__name__}) does not match member 0 "
+                f"({type(ref).__name__}); first differing parameters: {diff}"
+            )
+
+
+@register_exporter(
+    "ensemble",
+    modes=("members",),
+    default_mode="members",
+    detect=_detect,
+    description="a list of same-architecture modules (deep/bootstrap ensembles, SG-MCMC samples)",
+)
+def build_ensemble(
+    model: list[nn.Module], mode: SamplingMode, *, task: Task, seed: int | None
+) -> BuiltModel:
+    """K members -> one graph computing all members and indexing them by sample."""
+    if not isinstance(model, (list, tuple, nn.ModuleList)):
+        raise ExportError(
+            f"the 'ensemble' family needs a list of modules, got a {type(model).__name__}"
+        )
+    members = [copy.deepcopy(m).eval() for m in model]
+    _check_members(members)
+    return BuiltModel(
+        module=EnsembleModel(members, task),
+        reference=member_sampler(members),
+        exact=True,
+        notes=[f"{len(members)} members"],
+    )

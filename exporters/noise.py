@@ -1,0 +1,41 @@
+"""Portable random tensors built from ``torch.rand_like`` (exported as ``RandomUniformLike``).
+
+ONNX Runtime's OpenVINO execution provider computes ``RandomNormalLike`` wrongly, while its
+``RandomUniformLike`` is correct, so Gaussian noise is made with the Box-Muller transform from two
+uniforms. These functions run in torch (for tracing) and become graph ops in the export.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+__all__ = ["normal_like", "sign_like", "keep_mask_like"]
+
+
+def normal_like(template: torch.Tensor) -> torch.Tensor:
+    """Standard normal noise with the shape and dtype of ``template`` (values are ignored).
+
+    Box-Muller: ``z = sqrt(-2 ln(1 - u1)) * cos(2 pi u2)`` with ``u1, u2 ~ U[0, 1)``; ``1 - u1``
+    lies in ``(0, 1]`` so the log is finite.
+    """
+    u1 = torch.rand_like(template)
+    u2 = torch.rand_like(template)
+    return torch.sqrt(-2.0 * torch.log1p(-u1)) * torch.cos((2.0 * math.pi) * u2)
+
+
+def sign_like(template: torch.Tensor) -> torch.Tensor:
+    """Random signs in ``{-1, +1}`` with probability 1/2 each, shaped like ``template``.
+
+    Same law as Bayesian-Torch's ``x.clone().uniform_(-1, 1).sign()`` (which is 0 with
+    probability zero).
+    """
+    u = torch.rand_like(template)
+    return torch.where(u < 0.5, -torch.ones_like(u), torch.ones_like(u))
+
+
+def keep_mask_like(template: torch.Tensor, p: float) -> torch.Tensor:
+    """Inverted-dropout mask: ``1 / (1 - p)`` with probability ``1 - p``, else ``0``."""
+    u = torch.rand_like(template)
+    return (u >= p).to(template.dtype) * (1.0 / (1.0 - p))

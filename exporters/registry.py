@@ -1,0 +1,131 @@
+"""The exporter registry: one exporter per posterior family, filled by a decorator."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from qbnn.runtimes.contract import Task
+from qbnn.runtimes.errors import ConfigError
+
+__all__ = [
+    "BuiltModel",
+    "Exporter",
+    "SamplingMode",
+    "get_exporter",
+    "known_families",
+    "register_exporter",
+]
+
+
+@dataclass(frozen=True)
+class SamplingMode:
+    """A parsed ``--sampling`` value: ``weight``, ``lrt``, ``flipout``, ``dropout``,
+    ``members`` or ``frozen:K``."""
+
+    name: str
+    k: int | None = None
+
+    def __str__(self) -> str:
+        return f"{self.name}:{self.k}" if self.k is not None else self.name
+
+
+@dataclass
+class BuiltModel:
+    """What an exporter hands to the export driver.
+
+    ``module(input [B, *F], template [S])`` returns the contract's outputs.
+    ``reference(x [B, *F], num_samples, generator) -> [S, B, C]`` samples the *torch* model the
+    way its trainer does (pre-softmax outputs), for the self-check.
+    ``exact`` means the graph is deterministic given the sample index (ensembles, frozen draws):
+    the self-check then compares sample by sample instead of statistically.
+    ``approximate`` names a reason the graph only approximates the torch sampler (e.g. LRT on
+    convolutions): spread mismatches are then reported, not raised.
+    """
+
+    module: nn.Module
+    reference: Callable[[torch.Tensor, int, torch.Generator], torch.Tensor]
+    exact: bool = False
+    approximate: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Exporter:
+    """A posterior family: how to detect it, which sampling modes it emits, how to build."""
+
+    family: str
+    modes: tuple[str, ...]
+    default_mode: str
+    detect: Callable[[object], bool]
+    build: Callable[..., BuiltModel]
+    description: str
+
+    def parse_mode(self, sampling: str | None, num_samples: int) -> SamplingMode:
+        """Validate ``sampling`` for this family; ``frozen`` alone means ``frozen:num_samples``."""
+        raw = (sampling or self.default_mode).strip().lower()
+        m = re.fullmatch(r"([a-z]+)(?::(\d+))?", raw)
+        name = m.group(1) if m else raw
+        if not m or name not in self.modes:
+            raise ConfigError(
+                f"sampling mode '{sampling}' is not valid for the '{self.family}' family; "
+                f"valid modes: {', '.join(self._mode_help())}"
+            )
+        if name == "frozen":
+            k = int(m.group(2)) if m.group(2) else num_samples
+            if k < 1:
+                raise ConfigError(f"frozen:K needs K >= 1, got {k}")
+            return SamplingMode(name, k)
+        if m.group(2):
+            raise ConfigError(f"sampling mode '{name}' takes no ':K' suffix (got '{sampling}')")
+        return SamplingMode(name)
+
+    def _mode_help(self) -> list[str]:
+        return [f"{m}:K" if m == "frozen" else m for m in self.modes]
+
+
+_REGISTRY: dict[str, Exporter] = {}
+
+
+def register_exporter(
+    family: str, *, modes: tuple[str, ...], default_mode: str, detect: Callable[[object], bool],
+    description: str,
+):
+    """Decorator registering ``build(model, mode, *, task, seed) -> BuiltModel`` for ``family``."""
+
+    def deco(build: Callable[..., BuiltModel]) -> Callable[..., BuiltModel]:
+        if family in _REGISTRY:
+            raise ValueError(f"exporter family '{family}' registered twice")
+        _REGISTRY[family] = Exporter(family, modes, default_mode, detect, build, description)
+        return build
+
+    return deco
+
+
+def known_families() -> dict[str, Exporter]:
+    """All registered exporters by family name."""
+    return dict(_REGISTRY)
+
+
+def get_exporter(family: str) -> Exporter:
+    """The exporter for ``family``; unknown names raise :class:`ConfigError` listing the known."""
+    try:
+        return _REGISTRY[family]
+    except KeyError:
+        raise ConfigError(
+            f"unknown posterior family '{family}'; known families: auto, {', '.join(_REGISTRY)}"
+        ) from None
+
+
+def task_of(task: str | Task) -> Task:
+    """Parse a task name with a clear error."""
+    try:
+        return Task(task)
+    except ValueError:
+        raise ConfigError(
+            f"unknown task '{task}'; valid tasks: {', '.join(t.value for t in Task)}"
+        ) from None

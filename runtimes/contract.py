@@ -1,0 +1,61 @@
+"""The compiled-model contract (DESIGN.md section 2): names every qbnn ONNX file uses.
+
+Kept here, in the torch-free runtime package, because both the exporters (which write it) and the
+runtimes (which read it) depend on it.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+__all__ = [
+    "CLASSIFICATION_OUTPUTS",
+    "FORMAT_VERSION",
+    "INPUT",
+    "META_PREFIX",
+    "NUM_SAMPLES",
+    "REGRESSION_OUTPUTS",
+    "MetaKey",
+    "Task",
+]
+
+FORMAT_VERSION = "1"
+INPUT = "input"
+NUM_SAMPLES = "num_samples"
+META_PREFIX = "qbnn."
+
+#: probs [S, B, C], mean_probs [B, C], predictive/expected entropy and MI [B]
+CLASSIFICATION_OUTPUTS = (
+    "probs",
+    "mean_probs",
+    "predictive_entropy",
+    "expected_entropy",
+    "mutual_information",
+)
+#: mean [S, B, D], pred_mean [B, D], pred_variance [B, D]
+REGRESSION_OUTPUTS = ("mean", "pred_mean", "pred_variance")
+
+
+class Task(StrEnum):
+    """What the network predicts."""
+
+    CLASSIFICATION = "classification"
+    REGRESSION = "regression"
+
+
+class MetaKey(StrEnum):
+    """Keys of the ``qbnn.*`` entries in an ONNX model's ``metadata_props``."""
+
+    FORMAT_VERSION = "qbnn.format_version"
+    TASK = "qbnn.task"
+    POSTERIOR = "qbnn.posterior"
+    SAMPLING = "qbnn.sampling"
+    DEFAULT_SAMPLES = "qbnn.default_samples"
+    NUM_CLASSES = "qbnn.num_classes"
+    PRECISION = "qbnn.precision"
+    SOURCE = "qbnn.source"
+    VERSION = "qbnn.version"
+    SEED = "qbnn.seed"
+    INPUT_SHAPE = "qbnn.input_shape"
+    MAX_SAMPLES = "qbnn.max_samples"
+    QUANTIZATION = "qbnn.quantization"
