@@ -93,9 +93,18 @@ def export(
     each session draws fresh noise. See :func:`export_model` for the full result.
     """
     return export_model(
-        model, example_input, path, posterior=posterior, sampling=sampling,
-        num_samples=num_samples, task=task, seed=seed, verify=verify,
-        verify_samples=verify_samples, opset=opset, source=source,
+        model,
+        example_input,
+        path,
+        posterior=posterior,
+        sampling=sampling,
+        num_samples=num_samples,
+        task=task,
+        seed=seed,
+        verify=verify,
+        verify_samples=verify_samples,
+        opset=opset,
+        source=source,
     ).path
 
 
@@ -109,8 +118,7 @@ def _check_args(example_input, path: Path, num_samples: int, verify_samples: int
         raise ConfigError(f"output directory {path.parent} does not exist")
     if num_samples < 1 or verify_samples < 2:
         raise ConfigError(
-            f"num_samples must be >= 1 and verify_samples >= 2; got {num_samples}, "
-            f"{verify_samples}"
+            f"num_samples must be >= 1 and verify_samples >= 2; got {num_samples}, {verify_samples}"
         )
 
 
@@ -120,9 +128,7 @@ def _probe(built: BuiltModel, x: torch.Tensor) -> torch.Tensor:
         return built.reference(x, 1, torch.Generator().manual_seed(0))
     except Exception as exc:  # the user's model raised: report it as a shape problem
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ExportError(
-            f"the model rejected an input of shape {list(x.shape)}: {first}"
-        ) from exc
+        raise ExportError(f"the model rejected an input of shape {list(x.shape)}: {first}") from exc
 
 
 def _trace(built: BuiltModel, x: torch.Tensor, task: Task, opset: int) -> onnx.ModelProto:
@@ -135,9 +141,14 @@ def _trace(built: BuiltModel, x: torch.Tensor, task: Task, opset: int) -> onnx.M
         with warnings.catch_warnings(), contextlib.redirect_stdout(buf):
             warnings.simplefilter("ignore")
             prog = torch.onnx.export(
-                built.module, (xb, template), dynamo=True, dynamic_shapes=dims,
-                input_names=[INPUT, _TEMPLATE], output_names=list(outputs),
-                opset_version=opset, verbose=False,
+                built.module,
+                (xb, template),
+                dynamo=True,
+                dynamic_shapes=dims,
+                input_names=[INPUT, _TEMPLATE],
+                output_names=list(outputs),
+                opset_version=opset,
+                verbose=False,
             )
     except Exception as exc:
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -154,8 +165,19 @@ def _source(family: str) -> str:
 
 
 def export_model(
-    model, example_input, path, *, posterior="auto", sampling=None, num_samples=16,
-    task="classification", seed=None, verify=True, verify_samples=64, opset=18, source=None,
+    model,
+    example_input,
+    path,
+    *,
+    posterior="auto",
+    sampling=None,
+    num_samples=16,
+    task="classification",
+    seed=None,
+    verify=True,
+    verify_samples=64,
+    opset=18,
+    source=None,
 ) -> ExportResult:
     """Like :func:`export` but returns an :class:`ExportResult` with the self-check numbers."""
     path = Path(path)
@@ -169,14 +191,19 @@ def export_model(
     ref = _probe(built, x)
     proto = _trace(built, x, task_e, opset)
     meta = {
-        MetaKey.FORMAT_VERSION: FORMAT_VERSION, MetaKey.TASK: task_e.value,
-        MetaKey.POSTERIOR: family, MetaKey.SAMPLING: str(mode),
-        MetaKey.DEFAULT_SAMPLES: str(num_samples), MetaKey.PRECISION: "fp32",
-        MetaKey.SOURCE: source or _source(family), MetaKey.VERSION: QBNN_VERSION,
+        MetaKey.FORMAT_VERSION: FORMAT_VERSION,
+        MetaKey.TASK: task_e.value,
+        MetaKey.POSTERIOR: family,
+        MetaKey.SAMPLING: str(mode),
+        MetaKey.DEFAULT_SAMPLES: str(num_samples),
+        MetaKey.PRECISION: "fp32",
+        MetaKey.SOURCE: source or _source(family),
+        MetaKey.VERSION: QBNN_VERSION,
         MetaKey.INPUT_SHAPE: ",".join(map(str, x.shape[1:])),
         MetaKey.SEED: "" if seed is None else str(seed),
-        (MetaKey.NUM_CLASSES if task_e == Task.CLASSIFICATION else "qbnn.output_dim"):
-            str(ref.shape[-1]),
+        (MetaKey.NUM_CLASSES if task_e == Task.CLASSIFICATION else "qbnn.output_dim"): str(
+            ref.shape[-1]
+        ),
     }
     finalize(proto, _TEMPLATE, num_samples, seed, {str(k): v for k, v in meta.items()})
     if not built.exact and not random_nodes(proto):

@@ -30,11 +30,19 @@ def attach_num_samples(model: onnx.ModelProto, template_name: str, default: int)
     g.initializer.append(numpy_helper.from_array(np.array(default, dtype=np.int64), NUM_SAMPLES))
     g.initializer.append(numpy_helper.from_array(np.array([1], dtype=np.int64), "qbnn_shape_1"))
     nodes = [
-        helper.make_node("Reshape", [NUM_SAMPLES, "qbnn_shape_1"], ["qbnn_num_samples_1d"],
-                         name="qbnn/num_samples/reshape"),
-        helper.make_node("ConstantOfShape", ["qbnn_num_samples_1d"], [template_name],
-                         name="qbnn/num_samples/template",
-                         value=helper.make_tensor("v", TensorProto.FLOAT, [1], [0.0])),
+        helper.make_node(
+            "Reshape",
+            [NUM_SAMPLES, "qbnn_shape_1"],
+            ["qbnn_num_samples_1d"],
+            name="qbnn/num_samples/reshape",
+        ),
+        helper.make_node(
+            "ConstantOfShape",
+            ["qbnn_num_samples_1d"],
+            [template_name],
+            name="qbnn/num_samples/template",
+            value=helper.make_tensor("v", TensorProto.FLOAT, [1], [0.0]),
+        ),
     ]
     for i, node in enumerate(nodes):
         g.node.insert(i, node)
@@ -66,7 +74,10 @@ def set_metadata(model: onnx.ModelProto, meta: dict[str, str]) -> None:
 
 
 def finalize(
-    model: onnx.ModelProto, template_name: str, default_samples: int, seed: int | None,
+    model: onnx.ModelProto,
+    template_name: str,
+    default_samples: int,
+    seed: int | None,
     meta: dict[str, str],
 ) -> None:
     """All post-export edits, in place."""

@@ -92,7 +92,11 @@ _REGISTRY: dict[str, Exporter] = {}
 
 
 def register_exporter(
-    family: str, *, modes: tuple[str, ...], default_mode: str, detect: Callable[[object], bool],
+    family: str,
+    *,
+    modes: tuple[str, ...],
+    default_mode: str,
+    detect: Callable[[object], bool],
     description: str,
 ):
     """Decorator registering ``build(model, mode, *, task, seed) -> BuiltModel`` for ``family``."""

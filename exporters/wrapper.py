@@ -27,7 +27,7 @@ def _entropy(p: torch.Tensor) -> torch.Tensor:
 
 
 def uncertainty_head(per_sample: torch.Tensor, task: Task) -> tuple[torch.Tensor, ...]:
-    """The contract's outputs from per-sample network outputs ``[S, B, C]`` (logits) or ``[S, B, D]``.
+    """Contract outputs from per-sample network outputs ``[S, B, C]`` (logits) or ``[S, B, D]``.
 
     Classification: ``probs [S,B,C], mean_probs [B,C], predictive_entropy [B],
     expected_entropy [B], mutual_information [B]``.

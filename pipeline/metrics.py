@@ -131,11 +131,6 @@ def _check_n_bins(n_bins: int) -> int:
     return int(n_bins)
 
 
-def _trapezoid(y: np.ndarray, x: np.ndarray) -> float:
-    """Trapezoidal integral of ``y`` over ``x`` (both ``[K] float``); 0.0 if ``K < 2``."""
-    return float(np.sum(np.diff(x) * (y[1:] + y[:-1]) / 2.0))
-
-
 # --------------------------------------------------------------------------- classification
 
 
@@ -338,20 +333,23 @@ def risk_coverage(uncertainty: object, correct: object) -> dict[str, np.ndarray]
 def aurc(uncertainty: object, correct: object) -> float:
     """Area under the risk-coverage curve (lower is better).
 
-    Definition: trapezoidal rule over the points of :func:`risk_coverage` (one per tie
-    group), starting at the first point ``(k_1 / N, risk_1)``; nothing is extrapolated
-    towards coverage 0. The integral thus spans ``[k_1 / N, 1]``. If all uncertainties
-    are tied there is a single point and the area is ``0.0``.
+    Definition: the risk-coverage curve is treated as a step function over the points
+    of :func:`risk_coverage` (one per tie group ``g``, with coverage ``cov_g`` and risk
+    ``risk_g`` at the end of the group): on ``(cov_{g-1}, cov_g]`` the risk is
+    ``risk_g``, with ``cov_0 = 0``. Each tie group is thus weighted by its share of the
+    samples. Without ties this is the mean over ``k = 1..N`` of the selective risk of the
+    ``k`` most certain samples (Geifman et al.). If all uncertainties are tied it
+    is the overall error rate.
 
     Args:
         uncertainty: ``[N] float``, higher means less certain.
         correct: ``[N] bool`` whether each prediction is correct.
 
     Returns:
-        ``sum_g (cov_g - cov_{g-1}) * (risk_g + risk_{g-1}) / 2`` for ``g = 2..G``.
+        ``sum_g (cov_g - cov_{g-1}) * risk_g`` for ``g = 1..G`` with ``cov_0 = 0``.
     """
     rc = risk_coverage(uncertainty, correct)
-    return _trapezoid(rc["risk"], rc["coverage"])
+    return float(np.sum(np.diff(rc["coverage"], prepend=0.0) * rc["risk"]))
 
 
 def _retained_accuracy(ends: np.ndarray, cum_correct: np.ndarray, n_keep: np.ndarray) -> np.ndarray:

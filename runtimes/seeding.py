@@ -15,8 +15,14 @@ from onnx import helper
 __all__ = ["RANDOM_OPS", "random_nodes", "reseed"]
 
 RANDOM_OPS = frozenset(
-    {"RandomUniformLike", "RandomNormalLike", "RandomUniform", "RandomNormal", "Bernoulli",
-     "Multinomial"}
+    {
+        "RandomUniformLike",
+        "RandomNormalLike",
+        "RandomUniform",
+        "RandomNormal",
+        "Bernoulli",
+        "Multinomial",
+    }
 )
 _SEED_LIMIT = 2**24  # seeds are float attributes: keep them exactly representable
 

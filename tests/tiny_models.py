@@ -1,0 +1,197 @@
+"""Tiny seeded models, one per posterior family, shared by tests (and CLI factory specs).
+
+Every factory seeds torch itself so a model is identical wherever it is built.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from bayesian_torch.layers import (
+    Conv1dReparameterization,
+    Conv2dFlipout,
+    Conv2dReparameterization,
+    LinearFlipout,
+    LinearReparameterization,
+)
+from bayesian_torch.models.dnn_to_bnn import dnn_to_bnn
+from torch import nn
+
+RHO = -2.0  # sigma = softplus(-2) ~ 0.127: visible spread in tiny models
+
+
+class BayesMLP(nn.Module):
+    """LinearReparameterization x2, Bayesian-Torch's (out, kl) convention. [B, 6] -> [B, 3]."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.l1 = LinearReparameterization(6, 16, posterior_rho_init=RHO)
+        self.l2 = LinearReparameterization(16, 3, posterior_rho_init=RHO)
+
+    def forward(self, x):
+        h, kl1 = self.l1(x)
+        out, kl2 = self.l2(torch.relu(h))
+        return out, kl1 + kl2
+
+
+class BayesCNN(nn.Module):
+    """Conv2d (stride 2, groups 1) + BatchNorm + Linear. [B, 1, 8, 8] -> [B, 4]."""
+
+    def __init__(self, conv=Conv2dReparameterization, linear=LinearReparameterization) -> None:
+        super().__init__()
+        self.conv = conv(1, 4, 3, stride=2, padding=1, posterior_rho_init=RHO)
+        self.bn = nn.BatchNorm2d(4)
+        self.fc = linear(4 * 4 * 4, 4, posterior_rho_init=RHO)
+
+    def forward(self, x):
+        h, _ = self.conv(x)
+        h = torch.relu(self.bn(h)).flatten(1)
+        out, _ = self.fc(h)
+        return out
+
+
+class BayesConv1d(nn.Module):
+    """Conv1d (dilation 2, groups 2) + mean pool + Linear. [B, 2, 12] -> [B, 3]."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = Conv1dReparameterization(
+            2, 4, 3, padding=2, dilation=2, groups=2, posterior_rho_init=RHO
+        )
+        self.fc = LinearReparameterization(4, 3, posterior_rho_init=RHO)
+
+    def forward(self, x):
+        h, _ = self.conv(x)
+        out, _ = self.fc(torch.relu(h).mean(-1))
+        return out
+
+
+class DropoutMLP(nn.Module):
+    """nn.Dropout, BatchNorm1d and inline F.dropout. [B, 6] -> [B, 3]."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.l1 = nn.Linear(6, 32)
+        self.drop = nn.Dropout(0.3)
+        self.bn = nn.BatchNorm1d(32)
+        self.l2 = nn.Linear(32, 3)
+
+    def forward(self, x):
+        h = self.bn(torch.relu(self.drop(self.l1(x))))
+        return self.l2(F.dropout(h, 0.2, training=self.training))
+
+
+class PlainMLP(nn.Module):
+    """Deterministic [B, 6] -> [B, 3] (ensemble member, error cases)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.l1 = nn.Linear(6, 16)
+        self.l2 = nn.Linear(16, 3)
+
+    def forward(self, x):
+        return self.l2(torch.relu(self.l1(x)))
+
+
+def _seeded(fn):
+    def make(*args, **kwargs):
+        torch.manual_seed(0)
+        return fn(*args, **kwargs)
+
+    make.__name__ = fn.__name__
+    return make
+
+
+@_seeded
+def bayes_mlp() -> nn.Module:
+    return BayesMLP()
+
+
+@_seeded
+def bayes_cnn() -> nn.Module:
+    return BayesCNN()
+
+
+@_seeded
+def flipout_cnn() -> nn.Module:
+    return BayesCNN(Conv2dFlipout, LinearFlipout)
+
+
+@_seeded
+def bayes_conv1d() -> nn.Module:
+    return BayesConv1d()
+
+
+@_seeded
+def dropout_mlp() -> nn.Module:
+    return DropoutMLP()
+
+
+@_seeded
+def plain_mlp() -> nn.Module:
+    return PlainMLP()
+
+
+@_seeded
+def ensemble() -> list[nn.Module]:
+    return [PlainMLP() for _ in range(3)]
+
+
+@_seeded
+def dnn_to_bnn_mlp() -> nn.Module:
+    net = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3))
+    dnn_to_bnn(net, bnn_prior())
+    return net
+
+
+def bnn_prior(kind: str = "Reparameterization", rho: float = RHO) -> dict:
+    """dnn_to_bnn's prior/posterior parameters."""
+    return {
+        "prior_mu": 0.0,
+        "prior_sigma": 1.0,
+        "posterior_mu_init": 0.0,
+        "posterior_rho_init": rho,
+        "type": kind,
+        "moped_enable": False,
+        "moped_delta": 0.5,
+    }
+
+
+@_seeded
+def resnet20_bnn() -> nn.Module:
+    """Bayesian-Torch's CIFAR ResNet-20 converted with dnn_to_bnn. [B, 3, 32, 32] -> [B, 10]."""
+    from bayesian_torch.models.deterministic.resnet import resnet20
+
+    net = resnet20()
+    dnn_to_bnn(net, bnn_prior(rho=-3.0))
+    return net
+
+
+def not_a_module():
+    return "nope"
+
+
+#: (factory, feature shape) per case id
+CASES = {
+    "meanfield-mlp": (bayes_mlp, (6,)),
+    "meanfield-cnn": (bayes_cnn, (1, 8, 8)),
+    "meanfield-conv1d": (bayes_conv1d, (2, 12)),
+    "meanfield-dnn_to_bnn": (dnn_to_bnn_mlp, (6,)),
+    "flipout-cnn": (flipout_cnn, (1, 8, 8)),
+    "mcdropout-mlp": (dropout_mlp, (6,)),
+    "ensemble-mlp": (ensemble, (6,)),
+}
+
+
+def example(shape: tuple[int, ...], batch: int = 4, seed: int = 1234) -> torch.Tensor:
+    """Seeded standard-normal example input ``[batch, *shape]``."""
+    return torch.randn((batch, *shape), generator=torch.Generator().manual_seed(seed))
+
+
+def ort_session(path):
+    """A quiet CPU ONNX Runtime session (the ``num_samples`` initializer notice is by design)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
