@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 from bayesian_torch.layers import Conv3dReparameterization
-from tiny_models import CASES, bayes_mlp, example, plain_mlp
 from torch import nn
 from typer.testing import CliRunner
 
@@ -18,6 +17,8 @@ from qbnn.runtimes.errors import (
     UnsupportedLayerError,
     VerificationError,
 )
+
+from tiny_models import CASES, bayes_mlp, example, plain_mlp
 
 runner = CliRunner()
 
@@ -213,7 +214,9 @@ def test_cli_weights_that_do_not_match(tmp_path):
 
 def test_cli_refuses_pickled_checkpoint_without_opt_in(tmp_path):
     ckpt = tmp_path / "w.pt"
-    torch.save({"state_dict": bayes_mlp().state_dict(), "extra": ValueError("pickled object")}, ckpt)
+    torch.save(
+        {"state_dict": bayes_mlp().state_dict(), "extra": ValueError("pickled object")}, ckpt
+    )
     args = [
         "export",
         "-m",
