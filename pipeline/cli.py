@@ -6,6 +6,7 @@ never as a traceback.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import sys
@@ -39,6 +40,22 @@ def handles_errors(fn):
             raise typer.Exit(2 if isinstance(exc, UsageError) else 1) from None
 
     return wrapper
+
+
+@contextlib.contextmanager
+def progress_bar(label: str, total: int):
+    """A rich progress bar on stderr for long runs; yields ``advance(done, total)``."""
+    from rich.progress import Progress
+
+    with Progress(transient=True, console=_stderr_console()) as bar:
+        task = bar.add_task(label, total=total)
+        yield lambda done, _total: bar.update(task, completed=done)
+
+
+def _stderr_console():
+    from rich.console import Console
+
+    return Console(stderr=True)
 
 
 @app.callback()
@@ -95,6 +112,34 @@ def export_cmd(
         for w in result.fidelity.warnings:
             typer.echo(f"warning: {w}", err=True)
     typer.echo(f"exported {result.family} ({result.sampling}) -> {result.path}")
+
+
+@app.command("predict")
+@handles_errors
+def predict_cmd(
+    model: Annotated[Path, typer.Argument(help="compiled .onnx model")],
+    data: Annotated[Path, typer.Option("--data", help="npz with key 'x' [N, *feature_shape]")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="output .npz")],
+    samples: Annotated[int | None, typer.Option("--samples", help="MC samples S")] = None,
+    provider: Annotated[str, typer.Option(help="auto|cpu|openvino|dnnl")] = "auto",
+    seed: Annotated[int | None, typer.Option(help="reproducible noise")] = None,
+    threads: Annotated[int | None, typer.Option(help="intra-op threads")] = None,
+    save_samples: Annotated[bool, typer.Option(help="also save probs [S, N, C]")] = False,
+    allow_nonfinite: Annotated[bool, typer.Option(help="accept NaN/inf inputs")] = False,
+    plain_output: Annotated[str, typer.Option(help="plain models: logits|probs")] = "logits",
+) -> None:
+    """MC-batched inference: npz in (key x), npz out (the Prediction fields)."""
+    from qbnn.pipeline.io import load_npz, save_npz
+    from qbnn.runtimes import Predictor, PredictorOptions
+
+    x = load_npz(data, require=("x",))["x"]
+    opts = PredictorOptions(allow_nonfinite=allow_nonfinite, plain_output=plain_output)
+    pred = Predictor(model, provider=provider, threads=threads, seed=seed, options=opts)
+    typer.echo(f"provider: {pred.provider}", err=True)
+    with progress_bar(f"predicting {len(x)} inputs", len(x)) as advance:
+        result = pred.predict(x, samples, return_samples=save_samples, progress=advance)
+    save_npz(output, result.as_dict())
+    typer.echo(f"{len(x)} predictions (S={result.num_samples}) -> {output}")
 
 
 def main() -> None:

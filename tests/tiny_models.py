@@ -195,3 +195,21 @@ def ort_session(path):
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+class UnitNoise(torch.nn.Module):
+    """A Bayesian layer whose output *is* its noise: mu = 0, sigma = 1, no bias, input 1.
+
+    ``[B, 1] -> [B, 64]``; exported as a regression model, ``mean`` holds N(0, 1) draws.
+    """
+
+    def __init__(self, kind: str = "reparam") -> None:
+        super().__init__()
+        layer = LinearReparameterization if kind == "reparam" else LinearFlipout
+        self.l = layer(1, 64, bias=False)
+        with torch.no_grad():
+            self.l.mu_weight.zero_()
+            self.l.rho_weight.fill_(float(torch.log(torch.expm1(torch.tensor(1.0)))))
+
+    def forward(self, x):
+        return self.l(x)[0]

@@ -1,0 +1,214 @@
+"""``Predictor``: MC-batched inference on a compiled model, in bounded-memory chunks."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+from enum import StrEnum
+from pathlib import Path
+
+import numpy as np
+
+from .contract import NUM_SAMPLES, Task
+from .errors import ConfigError, RuntimeInputError
+from .session import ModelInfo, SessionOptions, open_session
+
+__all__ = ["PlainOutput", "Prediction", "Predictor", "PredictorOptions"]
+
+MAX_SAMPLES = 4096
+
+
+class PlainOutput(StrEnum):
+    """How to read the single output of a plain (non-qbnn) classification model."""
+
+    LOGITS = "logits"
+    PROBS = "probs"
+
+
+@dataclass(frozen=True, kw_only=True)
+class PredictorOptions:
+    """Inference options.
+
+    ``max_samples``: cap on ``num_samples`` (default 4096). ``max_rows``: cap on S x batch rows
+    per ``session.run`` (inputs are chunked so that a run holds at most this many rows).
+    ``plain_output``: whether a plain model's output is logits or probabilities.
+    """
+
+    session: SessionOptions = field(default_factory=SessionOptions)
+    max_samples: int = MAX_SAMPLES
+    max_rows: int = 8192
+    plain_output: PlainOutput = PlainOutput.LOGITS
+    allow_nonfinite: bool = False
+
+    def __post_init__(self) -> None:
+        if self.max_samples < 1 or self.max_rows < 1:
+            raise ConfigError(
+                f"max_samples and max_rows must be >= 1; got {self.max_samples}, {self.max_rows}"
+            )
+        try:
+            object.__setattr__(self, "plain_output", PlainOutput(self.plain_output))
+        except ValueError:
+            raise ConfigError(
+                f"plain_output must be 'logits' or 'probs', got '{self.plain_output}'"
+            ) from None
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Predictive summary of one call. Classification fields:
+    ``mean_probs [B, C]``, ``predictive_entropy [B]``, ``expected_entropy [B]``,
+    ``mutual_information [B]``, ``probs [S, B, C]`` (only with ``return_samples``).
+    Regression fields: ``pred_mean [B, D]``, ``pred_variance [B, D]``, ``samples [S, B, D]``.
+    All float32. ``num_samples`` is the S used."""
+
+    num_samples: int
+    mean_probs: np.ndarray | None = None
+    predictive_entropy: np.ndarray | None = None
+    expected_entropy: np.ndarray | None = None
+    mutual_information: np.ndarray | None = None
+    probs: np.ndarray | None = None
+    pred_mean: np.ndarray | None = None
+    pred_variance: np.ndarray | None = None
+    samples: np.ndarray | None = None
+
+    def as_dict(self) -> dict[str, np.ndarray]:
+        """Non-empty fields as arrays (for ``np.savez``)."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["num_samples"] = np.array(self.num_samples)
+        return {k: v for k, v in out.items() if v is not None}
+
+
+def _entropy(p: np.ndarray) -> np.ndarray:
+    return -(p * np.log(np.clip(p, 1e-12, None))).sum(-1)
+
+
+class Predictor:
+    """MC inference on a qbnn ONNX model (or a plain model, treated as S = 1).
+
+    Thread-safe: ``predict`` only calls ``session.run``, which ONNX Runtime allows from
+    several threads at once. See :func:`qbnn.runtimes.session.open_session` for seeding.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        provider: str = "auto",
+        threads: int | None = None,
+        seed: int | None = None,
+        options: PredictorOptions | None = None,
+    ) -> None:
+        opts = options or PredictorOptions()
+        sess_opts = SessionOptions(
+            provider=provider, threads=threads,
+            graph_optimization_level=opts.session.graph_optimization_level,
+            provider_options=opts.session.provider_options,
+        )  # fmt: skip
+        self.path = Path(path)
+        self.options = opts
+        self.session, self.info, spec = open_session(path, sess_opts, seed)
+        self.provider = spec.name
+
+    @property
+    def model_info(self) -> ModelInfo:
+        """The model's declared contract metadata."""
+        return self.info
+
+    def check_input(self, x: np.ndarray) -> np.ndarray:
+        """Validate ``x [B, *feature_shape]`` and return it as contiguous float32."""
+        x = np.asarray(x)
+        if not np.issubdtype(x.dtype, np.floating):
+            raise RuntimeInputError(f"input dtype must be float32, got {x.dtype}")
+        fs = self.info.feature_shape
+        expected = "[B, " + ", ".join(map(str, fs)) + "]"
+        if x.ndim != len(fs) + 1 or x.shape[0] < 1 or any(
+            isinstance(d, int) and d > 0 and d != s for d, s in zip(fs, x.shape[1:], strict=False)
+        ):
+            raise RuntimeInputError(
+                f"input shape {list(x.shape)} does not match the model's {expected}"
+            )
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if not self.options.allow_nonfinite:
+            bad = ~np.isfinite(x)
+            if bad.any():
+                first = tuple(int(i) for i in np.argwhere(bad)[0])
+                raise RuntimeInputError(
+                    f"input has {int(bad.sum())} NaN/inf values (first at index {list(first)}); "
+                    "clean the data or pass allow_nonfinite"
+                )
+        return x
+
+    def _samples(self, num_samples: int | None) -> int:
+        if not self.info.takes_num_samples and num_samples not in (None, 1):
+            raise RuntimeInputError(
+                f"this model has no num_samples input (plain model); got num_samples="
+                f"{num_samples}, expected 1 or None"
+            )
+        s = self.info.default_samples if num_samples is None else int(num_samples)
+        if not 1 <= s <= self.options.max_samples:
+            raise RuntimeInputError(
+                f"num_samples must be in [1, {self.options.max_samples}], got {num_samples}"
+            )
+        return s
+
+    def predict(
+        self,
+        x: np.ndarray,
+        num_samples: int | None = None,
+        *,
+        return_samples: bool = False,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> Prediction:
+        """Predict ``x [B, *feature_shape]`` with S = ``num_samples`` (default: the model's).
+
+        Inputs are processed in chunks of at most ``max_rows // S`` rows; ``progress(done,
+        total)`` is called after each chunk.
+        """
+        x = self.check_input(x)
+        s = self._samples(num_samples)
+        chunk = max(1, self.options.max_rows // s)
+        parts = []
+        for start in range(0, len(x), chunk):
+            parts.append(self._run(x[start : start + chunk], s))
+            if progress is not None:
+                progress(min(start + chunk, len(x)), len(x))
+        return self._merge(parts, s, return_samples)
+
+    def _run(self, x: np.ndarray, s: int) -> dict[str, np.ndarray]:
+        if not self.info.is_qbnn:
+            out = self.session.run(None, {self.info.input_name: x})[0]
+            out = out.reshape(len(x), -1)
+            if self.info.task == Task.REGRESSION:
+                return {"mean": out[None]}
+            probs = out if self.options.plain_output == PlainOutput.PROBS else _softmax(out)
+            return {"probs": probs[None].astype(np.float32)}
+        feed = {self.info.input_name: x}
+        if self.info.takes_num_samples:
+            feed[NUM_SAMPLES] = np.array(s, dtype=np.int64)
+        names = [o for o in self.info.outputs]
+        return dict(zip(names, self.session.run(names, feed), strict=True))
+
+    def _merge(self, parts: list[dict[str, np.ndarray]], s: int, keep: bool) -> Prediction:
+        if self.info.task == Task.REGRESSION:
+            samples = np.concatenate([p["mean"] for p in parts], axis=1)
+            mean = samples.mean(0)
+            return Prediction(
+                num_samples=samples.shape[0], pred_mean=mean,
+                pred_variance=((samples - mean) ** 2).mean(0),
+                samples=samples if keep else None,
+            )  # fmt: skip
+        probs = np.concatenate([p["probs"] for p in parts], axis=1)
+        if all("mean_probs" in p for p in parts):
+            cat = {k: np.concatenate([p[k] for p in parts]) for k in (
+                "mean_probs", "predictive_entropy", "expected_entropy", "mutual_information")}
+        else:
+            mean = probs.mean(0)
+            pe, ee = _entropy(mean), _entropy(probs).mean(0)
+            cat = {"mean_probs": mean, "predictive_entropy": pe, "expected_entropy": ee,
+                   "mutual_information": np.clip(pe - ee, 0, None)}
+        return Prediction(num_samples=probs.shape[0], probs=probs if keep else None, **cat)
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
