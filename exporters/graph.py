@@ -13,7 +13,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from qbnn.runtimes.contract import NUM_SAMPLES
-from qbnn.runtimes.seeding import random_nodes, reseed
+from qbnn.runtimes.seeding import RANDOM_OPS, reseed
 
 __all__ = ["attach_num_samples", "finalize", "name_nodes", "set_metadata"]
 
@@ -50,11 +50,10 @@ def attach_num_samples(model: onnx.ModelProto, template_name: str, default: int)
 
 def name_nodes(model: onnx.ModelProto) -> None:
     """Give every node a unique, non-empty name; random nodes become ``qbnn/random/<i>``."""
-    rand = {id(n) for n in random_nodes(model)}
     seen: set[str] = set()
     r = 0
     for i, node in enumerate(model.graph.node):
-        if id(node) in rand:
+        if node.op_type in RANDOM_OPS:
             node.name = f"qbnn/random/{r}"
             r += 1
         name = node.name or f"{node.op_type}_{i}"

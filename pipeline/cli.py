@@ -145,3 +145,7 @@ def predict_cmd(
 def main() -> None:
     """Console-script entry point."""
     sys.exit(app())
+
+
+# Stage commands that live in their own modules register themselves on ``app``.
+from qbnn.pipeline import cli_validate  # noqa: E402,F401

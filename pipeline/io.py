@@ -44,8 +44,9 @@ class atomic_path:  # noqa: N801 - used like a function in a with-statement
     def __enter__(self) -> Path:
         if not self.dst.parent.is_dir():
             raise ConfigError(f"output directory {self.dst.parent} does not exist")
-        fd, name = tempfile.mkstemp(dir=self.dst.parent, prefix=f".{self.dst.name}.",
-                                    suffix=self.dst.suffix)
+        fd, name = tempfile.mkstemp(
+            dir=self.dst.parent, prefix=f".{self.dst.name}.", suffix=self.dst.suffix
+        )
         os.close(fd)
         self.tmp = Path(name)
         return self.tmp

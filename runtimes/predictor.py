@@ -121,8 +121,13 @@ class Predictor:
             raise RuntimeInputError(f"input dtype must be float32, got {x.dtype}")
         fs = self.info.feature_shape
         expected = "[B, " + ", ".join(map(str, fs)) + "]"
-        if x.ndim != len(fs) + 1 or x.shape[0] < 1 or any(
-            isinstance(d, int) and d > 0 and d != s for d, s in zip(fs, x.shape[1:], strict=False)
+        if (
+            x.ndim != len(fs) + 1
+            or x.shape[0] < 1
+            or any(
+                isinstance(d, int) and d > 0 and d != s
+                for d, s in zip(fs, x.shape[1:], strict=False)
+            )
         ):
             raise RuntimeInputError(
                 f"input shape {list(x.shape)} does not match the model's {expected}"
@@ -199,13 +204,24 @@ class Predictor:
             )  # fmt: skip
         probs = np.concatenate([p["probs"] for p in parts], axis=1)
         if all("mean_probs" in p for p in parts):
-            cat = {k: np.concatenate([p[k] for p in parts]) for k in (
-                "mean_probs", "predictive_entropy", "expected_entropy", "mutual_information")}
+            cat = {
+                k: np.concatenate([p[k] for p in parts])
+                for k in (
+                    "mean_probs",
+                    "predictive_entropy",
+                    "expected_entropy",
+                    "mutual_information",
+                )
+            }
         else:
             mean = probs.mean(0)
             pe, ee = _entropy(mean), _entropy(probs).mean(0)
-            cat = {"mean_probs": mean, "predictive_entropy": pe, "expected_entropy": ee,
-                   "mutual_information": np.clip(pe - ee, 0, None)}
+            cat = {
+                "mean_probs": mean,
+                "predictive_entropy": pe,
+                "expected_entropy": ee,
+                "mutual_information": np.clip(pe - ee, 0, None),
+            }
         return Prediction(num_samples=probs.shape[0], probs=probs if keep else None, **cat)
 
 

@@ -38,17 +38,34 @@ def register_provider(spec: ProviderSpec) -> ProviderSpec:
     return spec
 
 
-register_provider(ProviderSpec(
-    "dnnl", "DnnlExecutionProvider", "an onnxruntime built with --use_dnnl (no PyPI wheel)", 0,
-    description="oneDNN",
-))
-register_provider(ProviderSpec(
-    "openvino", "OpenVINOExecutionProvider", "onnxruntime-openvino (pip install 'qbnn[openvino]')",
-    1, {"device_type": "CPU"}, description="OpenVINO CPU plugin (oneDNN-based)",
-))
-register_provider(ProviderSpec(
-    "cpu", "CPUExecutionProvider", "onnxruntime", 2, description="MLAS",
-))
+register_provider(
+    ProviderSpec(
+        "dnnl",
+        "DnnlExecutionProvider",
+        "an onnxruntime built with --use_dnnl (no PyPI wheel)",
+        0,
+        description="oneDNN",
+    )
+)
+register_provider(
+    ProviderSpec(
+        "openvino",
+        "OpenVINOExecutionProvider",
+        "onnxruntime-openvino (pip install 'qbnn[openvino]')",
+        1,
+        {"device_type": "CPU"},
+        description="OpenVINO CPU plugin (oneDNN-based)",
+    )
+)
+register_provider(
+    ProviderSpec(
+        "cpu",
+        "CPUExecutionProvider",
+        "onnxruntime",
+        2,
+        description="MLAS",
+    )
+)
 
 
 def known_providers() -> dict[str, ProviderSpec]:

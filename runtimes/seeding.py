@@ -49,10 +49,11 @@ def reseed(model: onnx.ModelProto, seed: int | None) -> int:
 
     ``seed=None`` draws the seeds from OS entropy (fresh noise per call of this function).
     """
-    nodes = random_nodes(model)
-    for node, value in zip(nodes, _distinct_seeds(seed, len(nodes)), strict=True):
+    idx = [i for i, n in enumerate(model.graph.node) if n.op_type in RANDOM_OPS]
+    for i, value in zip(idx, _distinct_seeds(seed, len(idx)), strict=True):
+        node = model.graph.node[i]
         kept = [a for a in node.attribute if a.name != "seed"]
         del node.attribute[:]
         node.attribute.extend(kept)
         node.attribute.append(helper.make_attribute("seed", float(value)))
-    return len(nodes)
+    return len(idx)

@@ -80,8 +80,10 @@ def model_info(model: onnx.ModelProto) -> ModelInfo:
         names = [i.name for i in data_inputs]
         raise ConfigError(f"expected exactly one data input, the model has {names}")
     inp = data_inputs[0]
-    dims = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
-                 for d in inp.type.tensor_type.shape.dim)
+    dims = tuple(
+        d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
+        for d in inp.type.tensor_type.shape.dim
+    )
     is_qbnn = MetaKey.FORMAT_VERSION.value in meta
     return ModelInfo(
         is_qbnn=is_qbnn,

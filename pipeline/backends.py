@@ -1,0 +1,123 @@
+"""Quantization backends: Intel Neural Compressor (default) and ONNX Runtime.
+
+Both are imported lazily (INC pulls transformers: ~3 s) with an install hint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from qbnn.runtimes.errors import QuantizationError
+
+from .calibration import make_reader
+from .qconfig import Backend, CalibMethod, QType, QuantConfig, QuantFormat
+
+__all__ = ["BACKENDS", "run_backend"]
+
+BackendFn = Callable[..., None]
+BACKENDS: dict[Backend, BackendFn] = {}
+
+
+def _register(name: Backend):
+    def deco(fn: BackendFn) -> BackendFn:
+        BACKENDS[name] = fn
+        return fn
+
+    return deco
+
+
+def _extra(cfg: QuantConfig) -> dict:
+    return {"WeightSymmetric": True, "ActivationSymmetric": cfg.activation_type == QType.INT8}
+
+
+@_register(Backend.INC)
+def _inc(cfg: QuantConfig, src: Path, dst: Path, reader, exclude: list[str]) -> None:
+    try:
+        from onnx_neural_compressor.quantization import (
+            CalibrationMethod,
+            QuantType,
+            config,
+            quantize,
+        )
+        from onnx_neural_compressor.quantization import (
+            QuantFormat as IQF,
+        )
+    except ImportError as exc:  # pragma: no cover - declared dependency
+        raise QuantizationError(
+            "Intel Neural Compressor for ONNX is missing: pip install onnx-neural-compressor "
+            f"prettytable ({exc})"
+        ) from exc
+    qt = {QType.INT8: QuantType.QInt8, QType.UINT8: QuantType.QUInt8}
+    inc_cfg = config.StaticQuantConfig(
+        calibration_data_reader=reader,
+        quant_format=IQF.QDQ if cfg.format == QuantFormat.QDQ else IQF.QOperator,
+        per_channel=cfg.per_channel,
+        weight_type=qt[cfg.weight_type],
+        activation_type=qt[cfg.activation_type],
+        calibrate_method={
+            CalibMethod.MINMAX: CalibrationMethod.MinMax,
+            CalibMethod.ENTROPY: CalibrationMethod.Entropy,
+            CalibMethod.PERCENTILE: CalibrationMethod.Percentile,
+        }[cfg.calibration.method],
+        op_types_to_quantize=cfg.quantized_op_types,
+        nodes_to_exclude=exclude,
+        extra_options=_extra(cfg),
+        calibration_sampling_size=cfg.calibration.size,
+    )
+    quantize(str(src), str(dst), inc_cfg)
+
+
+@_register(Backend.ORT)
+def _ort(cfg: QuantConfig, src: Path, dst: Path, reader, exclude: list[str]) -> None:
+    from onnxruntime.quantization import CalibrationMethod, QuantType, quantize_static
+    from onnxruntime.quantization import QuantFormat as OQF
+
+    qt = {QType.INT8: QuantType.QInt8, QType.UINT8: QuantType.QUInt8}
+    quantize_static(
+        str(src), str(dst), reader,
+        quant_format=OQF.QDQ if cfg.format == QuantFormat.QDQ else OQF.QOperator,
+        op_types_to_quantize=cfg.quantized_op_types, per_channel=cfg.per_channel,
+        weight_type=qt[cfg.weight_type], activation_type=qt[cfg.activation_type],
+        nodes_to_exclude=exclude,
+        calibrate_method={CalibMethod.MINMAX: CalibrationMethod.MinMax,
+                          CalibMethod.ENTROPY: CalibrationMethod.Entropy,
+                          CalibMethod.PERCENTILE: CalibrationMethod.Percentile}[
+                              cfg.calibration.method],
+        extra_options=_extra(cfg),
+    )  # fmt: skip
+
+
+def run_backend(
+    cfg: QuantConfig, src: Path, dst: Path, x: np.ndarray, *, stochastic: bool, exclude: list[str]
+) -> None:
+    """Quantize ``src`` into ``dst`` with the configured backend; quiet unless it fails."""
+    reader = make_reader(
+        x,
+        batch_size=cfg.calibration.batch_size,
+        num_samples=cfg.calibration.num_samples,
+        stochastic=stochastic,
+    )
+    buf = io.StringIO()
+    inc_log = logging.getLogger("onnx_neural_compressor")
+    level = inc_log.level
+    inc_log.setLevel(logging.WARNING)
+    try:
+        with contextlib.redirect_stdout(buf):
+            BACKENDS[cfg.backend](cfg, src, dst, reader, exclude)
+    except SystemExit as exc:  # INC calls exit() on some failures
+        raise QuantizationError(
+            f"{cfg.backend} quantization exited ({exc.code}): {buf.getvalue()[-300:]}"
+        ) from exc
+    except QuantizationError:
+        raise
+    except Exception as exc:
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise QuantizationError(f"{cfg.backend} quantization failed: {msg}") from exc
+    finally:
+        inc_log.setLevel(level)

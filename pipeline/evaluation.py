@@ -1,0 +1,269 @@
+"""Uncertainty metrics, curves, bootstrap intervals and MC noise of one model's predictions.
+
+Everything here is numpy over the :class:`Outputs` of a model (no ONNX Runtime): ``validate``
+runs the models and hands the outputs over. Conventions:
+
+* Selective prediction (AURC, referral) ranks inputs by **predictive entropy**.
+* OOD detection treats OOD inputs as positives and scores them by predictive entropy
+  (``*_entropy``) and by mutual information (``*_mi``).
+* Bootstrap replicates resample the in-distribution rows and the OOD rows independently, with
+  the *same* indices for every model, so differences between models are paired.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import metrics as M
+
+__all__ = [
+    "INTERVAL_KEYS",
+    "Outputs",
+    "bootstrap_indices",
+    "core_metrics",
+    "curves",
+    "full_metrics",
+    "percentile_interval",
+    "referral_key",
+    "replicate",
+    "spread",
+]
+
+#: Metrics that get a 95 % bootstrap interval (when available).
+INTERVAL_KEYS = (
+    "accuracy", "nll", "brier", "ece", "ood_auroc_entropy", "ood_auroc_mi", "rmse",
+    "gaussian_nll",
+)  # fmt: skip
+PICP_LEVELS = (0.68, 0.95)
+ROC_MAX_POINTS = 201
+REFERRAL_FRACTIONS = np.round(np.arange(0, 96) / 100, 2)  # 0, 0.01, ..., 0.95
+HIST_BINS = 30
+_ORDER = (
+    "accuracy", "nll", "brier", "ece", "ece_equal_mass", "mce", "aurc", "referral_needed",
+    "mean_entropy", "entropy_correct", "entropy_wrong", "mean_mi", "mi_correct", "mi_wrong",
+    "ood_auroc_entropy", "ood_aupr_entropy", "ood_auroc_mi", "ood_aupr_mi", "mean_entropy_ood",
+    "mean_mi_ood",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """One model's predictions (float arrays; OOD fields ``None`` without OOD data).
+
+    Classification: ``mean_probs [N, C]``, ``entropy [N]`` (predictive entropy), ``mi [N]``
+    (mutual information), ``ood_entropy [M]``, ``ood_mi [M]``.
+    Regression: ``pred_mean [N, D]``, ``pred_variance [N, D]``.
+    ``num_samples``: the MC sample count S actually used (1 for plain models).
+    """
+
+    num_samples: int
+    mean_probs: np.ndarray | None = None
+    entropy: np.ndarray | None = None
+    mi: np.ndarray | None = None
+    ood_entropy: np.ndarray | None = None
+    ood_mi: np.ndarray | None = None
+    pred_mean: np.ndarray | None = None
+    pred_variance: np.ndarray | None = None
+
+    @property
+    def is_classifier(self) -> bool:
+        return self.mean_probs is not None
+
+    @property
+    def has_ood(self) -> bool:
+        return self.ood_entropy is not None
+
+    def take(self, idx: np.ndarray | None, idx_ood: np.ndarray | None) -> Outputs:
+        """Rows ``idx [N']`` of the in-distribution and ``idx_ood [M']`` of the OOD fields."""
+
+        def sel(a, i):
+            return a if a is None or i is None else a[i]
+
+        return Outputs(
+            self.num_samples, sel(self.mean_probs, idx), sel(self.entropy, idx),
+            sel(self.mi, idx), sel(self.ood_entropy, idx_ood), sel(self.ood_mi, idx_ood),
+            sel(self.pred_mean, idx), sel(self.pred_variance, idx),
+        )  # fmt: skip
+
+
+def referral_key(target: float) -> str:
+    """Metric key of the referral needed to reach ``target`` accuracy (``referral_needed@0.99``)."""
+    return f"referral_needed@{target:g}"
+
+
+def _mean(a: np.ndarray) -> float:
+    return float(np.mean(a, dtype=np.float64))
+
+
+def core_metrics(
+    out: Outputs, y: np.ndarray, *, n_bins: int, targets: Sequence[float]
+) -> dict[str, float | None]:
+    """The metrics that get bootstrap intervals, MC-noise estimates and gates.
+
+    Args:
+        out: the model's outputs.
+        y: ``[N] int`` labels (classification) or ``[N, D] float`` targets (regression).
+        n_bins: equal-width ECE bins.
+        targets: accuracies for which the needed referral fraction is reported.
+
+    Returns:
+        Classification: ``accuracy``, ``nll``, ``brier``, ``ece``, ``mean_mi``,
+        ``referral_needed@<t>`` (``None`` = never reached) and, with OOD data,
+        ``ood_auroc_entropy`` / ``ood_auroc_mi``. Regression: ``rmse``, ``gaussian_nll``,
+        ``picp@0.68``, ``picp@0.95``, ``mean_variance``.
+    """
+    if not out.is_classifier:
+        res = {
+            "rmse": M.rmse(out.pred_mean, y),
+            "gaussian_nll": M.gaussian_nll(out.pred_mean, out.pred_variance, y),
+            "mean_variance": _mean(out.pred_variance),
+        }
+        for level in PICP_LEVELS:
+            res[f"picp@{level:g}"] = M.picp(out.pred_mean, out.pred_variance, y, level)
+        return res
+    p = out.mean_probs
+    correct = np.argmax(p, axis=1) == y
+    res = {
+        "accuracy": M.accuracy(p, y),
+        "nll": M.nll(p, y),
+        "brier": M.brier(p, y),
+        "ece": M.ece(p, y, n_bins),
+        "mean_mi": _mean(out.mi),
+    }
+    for t in targets:
+        res[referral_key(t)] = M.referral_needed(out.entropy, correct, t)
+    if out.has_ood:
+        res["ood_auroc_entropy"] = M.auroc(out.ood_entropy, out.entropy)
+        res["ood_auroc_mi"] = M.auroc(out.ood_mi, out.mi)
+    return res
+
+
+def full_metrics(
+    out: Outputs, y: np.ndarray, *, n_bins: int, targets: Sequence[float]
+) -> dict[str, float | None]:
+    """:func:`core_metrics` plus the descriptive ones.
+
+    Classification extras: ``ece_equal_mass``, ``mce``, ``aurc``, ``mean_entropy``,
+    ``entropy_correct`` / ``entropy_wrong`` and ``mi_correct`` / ``mi_wrong`` (means over
+    correct / wrong predictions; ``None`` if the group is empty) and, with OOD data,
+    ``ood_aupr_entropy``, ``ood_aupr_mi``, ``mean_entropy_ood``, ``mean_mi_ood``.
+    """
+    res = core_metrics(out, y, n_bins=n_bins, targets=targets)
+    if not out.is_classifier:
+        return res
+    p = out.mean_probs
+    correct = np.argmax(p, axis=1) == y
+    res |= {
+        "ece_equal_mass": M.ece_equal_mass(p, y, n_bins),
+        "mce": M.mce(p, y, n_bins),
+        "aurc": M.aurc(out.entropy, correct),
+        "mean_entropy": _mean(out.entropy),
+    }
+    for key, u in (("entropy", out.entropy), ("mi", out.mi)):
+        split = M.uncertainty_split(u, correct)
+        res[f"{key}_correct"] = _nan_to_none(split["correct_mean"])
+        res[f"{key}_wrong"] = _nan_to_none(split["wrong_mean"])
+    if out.has_ood:
+        res["ood_aupr_entropy"] = M.aupr(out.ood_entropy, out.entropy)
+        res["ood_aupr_mi"] = M.aupr(out.ood_mi, out.mi)
+        res["mean_entropy_ood"] = _mean(out.ood_entropy)
+        res["mean_mi_ood"] = _mean(out.ood_mi)
+    return {k: res[k] for k in sorted(res, key=_rank)}
+
+
+def _rank(key: str) -> int:
+    """Display position of a metric key (stable for the ``referral_needed@t`` family)."""
+    base = key.split("@")[0]
+    return _ORDER.index(base) if base in _ORDER else len(_ORDER)
+
+
+def _nan_to_none(v: float) -> float | None:
+    return None if v is None or np.isnan(v) else float(v)
+
+
+def _thin(fpr: np.ndarray, tpr: np.ndarray) -> tuple[list[float], list[float]]:
+    """At most :data:`ROC_MAX_POINTS` exact ROC points, evenly spaced, endpoints kept."""
+    if len(fpr) > ROC_MAX_POINTS:
+        keep = np.unique(np.linspace(0, len(fpr) - 1, ROC_MAX_POINTS).round().astype(int))
+        fpr, tpr = fpr[keep], tpr[keep]
+    return fpr.tolist(), tpr.tolist()
+
+
+def curves(out: Outputs, y: np.ndarray, *, n_bins: int) -> dict[str, dict]:
+    """Plot data of a classifier (empty dict for regression).
+
+    Returns:
+        ``reliability``: :func:`metrics.reliability_curve` as lists (``[n_bins]``; NaN for
+        empty bins); ``referral``: ``referral [F]`` and ``accuracy [F]`` for F = 96 fractions
+        0..0.95; ``entropy_hist``: ``edges [31]`` over ``[0, log C]`` and counts ``correct``,
+        ``wrong`` (and ``ood``) ``[30]``; with OOD data ``roc_entropy`` / ``roc_mi``:
+        ``fpr``, ``tpr`` (at most 201 points).
+    """
+    if not out.is_classifier:
+        return {}
+    p = out.mean_probs
+    correct = np.argmax(p, axis=1) == y
+    rel = M.reliability_curve(p, y, n_bins)
+    ref = M.referral_curve(out.entropy, correct, REFERRAL_FRACTIONS)
+    edges = np.linspace(0.0, max(np.log(p.shape[1]), 1e-6), HIST_BINS + 1)
+    hist = {"edges": edges.tolist()}
+    groups = {"correct": out.entropy[correct], "wrong": out.entropy[~correct]}
+    if out.has_ood:
+        groups["ood"] = out.ood_entropy
+    for name, values in groups.items():
+        hist[name] = np.histogram(np.clip(values, 0, edges[-1]), edges)[0].tolist()
+    res = {
+        "reliability": {k: v.tolist() for k, v in rel.items()},
+        "referral": {k: v.tolist() for k, v in ref.items()},
+        "entropy_hist": hist,
+    }
+    if out.has_ood:
+        for key, pos, neg in (
+            ("entropy", out.ood_entropy, out.entropy),
+            ("mi", out.ood_mi, out.mi),
+        ):
+            fpr, tpr = _thin(*M.roc_curve(pos, neg))
+            res[f"roc_{key}"] = {"fpr": fpr, "tpr": tpr}
+    return res
+
+
+def bootstrap_indices(
+    n: int, m: int | None, n_boot: int, seed: int
+) -> list[tuple[np.ndarray, np.ndarray | None]]:
+    """``n_boot`` pairs of row indices: ``[n]`` with replacement from ``[0, n)`` and, if
+    ``m`` is given, ``[m]`` from ``[0, m)`` (OOD rows, drawn independently)."""
+    rng = np.random.default_rng(seed)
+    return [
+        (rng.integers(0, n, size=n), None if m is None else rng.integers(0, m, size=m))
+        for _ in range(n_boot)
+    ]
+
+
+def percentile_interval(values: Sequence[float | None], alpha: float = 0.05) -> list | None:
+    """``[low, high]`` percentile interval of the finite replicates (numpy linear quantiles,
+    as :func:`metrics.bootstrap_ci`); ``None`` if fewer than half of them are finite."""
+    v = np.array([np.nan if x is None else x for x in values], dtype=np.float64)
+    v = v[np.isfinite(v)]
+    if v.size == 0 or v.size < len(values) / 2:
+        return None
+    lo, hi = np.quantile(v, [alpha / 2.0, 1.0 - alpha / 2.0])
+    return [float(lo), float(hi)]
+
+
+def spread(values: Sequence[float | None]) -> float | None:
+    """Range ``max - min`` of the finite values; ``None`` if there are none."""
+    v = [x for x in values if x is not None and np.isfinite(x)]
+    return float(max(v) - min(v)) if v else None
+
+
+def replicate(
+    fn: Callable[[Outputs, np.ndarray], dict],
+    out: Outputs,
+    y: np.ndarray,
+    indices: Sequence[tuple[np.ndarray, np.ndarray | None]],
+) -> list[dict]:
+    """``fn(outputs, labels)`` on every bootstrap resample (rows of ``out`` and ``y`` jointly)."""
+    return [fn(out.take(i, j), y[i]) for i, j in indices]

@@ -1,0 +1,226 @@
+"""``quantize(src, dst, config)``: static int8 with INC (or ONNX Runtime), posterior intact.
+
+Flow: validate inputs -> quantize with the backend (calibration runs every MC-sample path) ->
+repair INC's output (restores the ``num_samples`` input it drops, inlines external data) ->
+store the remaining fp32 posterior tensors in 8 bits -> erasure guard (per quantizer, then
+globally); flagged layers are re-quantized with their consumers in fp32, or the stage fails
+naming them -> metadata (``qbnn.precision=int8`` + the config) -> atomic write.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from dataclasses import dataclass
+from fnmatch import fnmatch
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from qbnn.runtimes.contract import NUM_SAMPLES, MetaKey, Task
+from qbnn.runtimes.errors import ConfigError, QuantizationError
+from qbnn.runtimes.loading import load_onnx
+from qbnn.runtimes.session import model_info
+
+from .backends import run_backend
+from .configs import to_dict
+from .guard import (
+    ErasedQuantizer,
+    SpreadCheck,
+    erased_quantizers,
+    noise_path_layers,
+    spread_check,
+)
+from .io import atomic_path
+from .qconfig import OnErasure, QuantConfig
+from .weightonly import store_weights_int8
+
+__all__ = ["QuantizeResult", "quantize", "quantize_model"]
+
+log = logging.getLogger("qbnn.quantize")
+MAX_ROUNDS = 3
+
+
+@dataclass(frozen=True)
+class QuantizeResult:
+    """What the stage did: output path, sizes, fp32-kept layers and the guard's numbers."""
+
+    path: Path
+    fp32_bytes: int
+    int8_bytes: int
+    kept_fp32: tuple[str, ...]
+    erased: tuple[ErasedQuantizer, ...]
+    spread: SpreadCheck | None
+    int8_weights: tuple[str, ...]
+
+    @property
+    def size_ratio(self) -> float:
+        return self.int8_bytes / self.fp32_bytes
+
+
+def _calibration_inputs(calib: np.ndarray | str | Path, info, size: int) -> np.ndarray:
+    from .io import load_npz
+
+    x = load_npz(calib, require=("x",))["x"] if not isinstance(calib, np.ndarray) else calib
+    if len(x) == 0:
+        raise ConfigError("the calibration set is empty")
+    fs = tuple(info.feature_shape)
+    if x.ndim != len(fs) + 1 or any(
+        isinstance(d, int) and d > 0 and d != s for d, s in zip(fs, x.shape[1:], strict=False)
+    ):
+        raise ConfigError(
+            f"calibration data shape {list(x.shape)} does not match the model input "
+            f"[N, {', '.join(map(str, fs))}]"
+        )
+    if not np.isfinite(x).all():
+        raise ConfigError("calibration data contains NaN or inf values")
+    return np.ascontiguousarray(x[:size], dtype=np.float32)
+
+
+def _repair(model: onnx.ModelProto, src_meta: dict[str, str]) -> None:
+    """INC drops inputs that have initializers and may drop nothing else; restore the
+    contract's ``num_samples`` input and the ``qbnn.*`` metadata."""
+    inits = {i.name for i in model.graph.initializer}
+    if NUM_SAMPLES in inits and not any(i.name == NUM_SAMPLES for i in model.graph.input):
+        model.graph.input.append(helper.make_tensor_value_info(NUM_SAMPLES, TensorProto.INT64, []))
+    meta = {p.key: p.value for p in model.metadata_props}
+    meta.update({k: v for k, v in src_meta.items() if k not in meta})
+    del model.metadata_props[:]
+    for k, v in sorted(meta.items()):
+        model.metadata_props.append(onnx.StringStringEntryProto(key=k, value=v))
+
+
+def _excluded_nodes(src: onnx.ModelProto, cfg: QuantConfig, extra: set[str]) -> list[str]:
+    names = [n.name for n in src.graph.node]
+    pats = list(cfg.exclude_nodes)
+    return sorted({n for n in names if any(fnmatch(n, p) for p in pats)} | extra)
+
+
+def quantize(
+    src: str | Path,
+    dst: str | Path,
+    config: QuantConfig | None = None,
+    *,
+    calib: np.ndarray | str | Path,
+) -> Path:
+    """Quantize compiled model ``src`` to int8 at ``dst``; see :func:`quantize_model`."""
+    return quantize_model(src, dst, config, calib=calib).path
+
+
+def quantize_model(
+    src: str | Path,
+    dst: str | Path,
+    config: QuantConfig | None = None,
+    *,
+    calib: np.ndarray | str | Path,
+) -> QuantizeResult:
+    """Static int8 quantization of ``src`` (a qbnn or plain ONNX model) into ``dst``.
+
+    ``calib``: ``[N, *feature_shape]`` float32 inputs or an ``.npz`` with key ``x``.
+    Raises :class:`QuantizationError` when the posterior would be erased and
+    ``guard.on_erasure == fail`` (or keeping layers in fp32 did not help).
+    """
+    cfg = config or QuantConfig()
+    src_model = load_onnx(src)
+    info = model_info(src_model)
+    x = _calibration_inputs(calib, info, cfg.calibration.size)
+    kept: set[str] = set()
+    for _round in range(MAX_ROUNDS):
+        int8, weights = _quantize_once(Path(src), src_model, info, cfg, x, kept)
+        erased = _guard_layers(int8, info, cfg, x)
+        spread = _guard_global(src_model, int8, info, cfg, x)
+        if spread is None or _spread_ok(spread, cfg):
+            break
+        new = {layer for e in erased for layer in e.consumers} - kept
+        if not new:
+            new = set(noise_path_layers(src_model)) - kept
+        if cfg.guard.on_erasure == OnErasure.FAIL or not new:
+            raise QuantizationError(_erasure_message(spread, erased, kept, cfg))
+        log.warning("int8 spread ratio %.2f: keeping %s in fp32", spread.ratio, sorted(new))
+        kept |= new
+    else:
+        raise QuantizationError(_erasure_message(spread, erased, kept, cfg))
+    for e in erased:
+        log.info(
+            "quantizer below %.2f steps of noise: %s", cfg.guard.min_noise_to_step, e.describe()
+        )
+    _finish(int8, cfg, kept)
+    with atomic_path(dst) as tmp:
+        onnx.save_model(int8, str(tmp))
+    return QuantizeResult(
+        Path(dst),
+        Path(src).stat().st_size,
+        Path(dst).stat().st_size,
+        tuple(sorted(kept)),
+        tuple(erased),
+        spread,
+        tuple(weights),
+    )
+
+
+def _quantize_once(src: Path, src_model, info, cfg, x, kept) -> tuple[onnx.ModelProto, list]:
+    with tempfile.TemporaryDirectory(prefix="qbnn-quant-") as tmp:
+        out = Path(tmp) / "model.int8.onnx"
+        run_backend(
+            cfg,
+            src,
+            out,
+            x,
+            stochastic=info.stochastic,
+            exclude=_excluded_nodes(src_model, cfg, kept),
+        )
+        model = onnx.load(str(out))  # pulls INC's external data back in
+    _repair(model, info.meta)
+    weights = store_weights_int8(model) if cfg.posterior_int8 else []
+    return model, weights
+
+
+def _guard_layers(int8, info, cfg, x) -> list[ErasedQuantizer]:
+    if not info.stochastic or cfg.guard.min_noise_to_step <= 0:
+        return []
+    probe = x[: min(len(x), 32)]
+    return erased_quantizers(
+        int8, probe, cfg.calibration.num_samples, cfg.guard.min_noise_to_step, cfg.guard.seed
+    )
+
+
+def _guard_global(src_model, int8, info, cfg, x) -> SpreadCheck | None:
+    """Spread check for models with a posterior (random ops, ensembles, frozen draws)."""
+    has_posterior = info.stochastic or info.posterior == "ensemble" or "frozen" in info.sampling
+    if not info.is_qbnn or not info.takes_num_samples or not has_posterior:
+        return None
+    s = max(32, cfg.calibration.num_samples)
+    return spread_check(src_model, int8, x[: min(len(x), 128)], info.task, s, cfg.guard.seed)
+
+
+def _spread_ok(spread: SpreadCheck, cfg: QuantConfig) -> bool:
+    return cfg.guard.min_spread_ratio <= spread.ratio <= cfg.guard.max_spread_ratio
+
+
+def _erasure_message(spread: SpreadCheck, erased, kept, cfg: QuantConfig) -> str:
+    where = "; ".join(e.describe() for e in erased[:6]) or "no single quantizer below threshold"
+    return (
+        f"int8 does not keep the posterior: logit spread over MC samples "
+        f"{spread.spread_int8:.3g} vs fp32 {spread.spread_fp32:.3g}, ratio {spread.ratio:.2f} "
+        f"outside [{cfg.guard.min_spread_ratio}, {cfg.guard.max_spread_ratio}] (mean MI "
+        f"{spread.mi_int8:.3g} vs {spread.mi_fp32:.3g}). Noise is below the int8 resolution "
+        f"at: {where}. Layers kept in fp32 so far: "
+        f"{sorted(kept) or 'none'} (guard.on_erasure={cfg.guard.on_erasure.value}); list layers "
+        "in exclude_nodes to keep them in fp32"
+    )
+
+
+def _finish(model: onnx.ModelProto, cfg: QuantConfig, kept: set[str]) -> None:
+    record = to_dict(cfg)
+    record["kept_fp32"] = sorted(kept)
+    meta = {p.key: p.value for p in model.metadata_props}
+    meta[MetaKey.PRECISION.value] = "int8"
+    meta[MetaKey.QUANTIZATION.value] = json.dumps(record, sort_keys=True)
+    del model.metadata_props[:]
+    for k, v in sorted(meta.items()):
+        model.metadata_props.append(onnx.StringStringEntryProto(key=k, value=v))
+    if Task(meta.get(MetaKey.TASK.value, "classification")) not in tuple(Task):
+        raise QuantizationError("unknown task in metadata")  # pragma: no cover
