@@ -6,7 +6,6 @@ import contextlib
 import io
 import logging
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +14,7 @@ import onnx
 import torch
 from torch import nn
 
+from qbnn.runtimes.atomic import atomic_path
 from qbnn.runtimes.contract import (
     CLASSIFICATION_OUTPUTS,
     FORMAT_VERSION,
@@ -215,18 +215,12 @@ def export_model(
 
 
 def _write(proto, path, built, x, task_e, verify, verify_samples, family, mode) -> ExportResult:
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+    fidelity = None
+    with atomic_path(path) as tmp:
         onnx.checker.check_model(proto)
         onnx.save_model(proto, str(tmp))
-        fidelity = None
         if verify:
             fidelity = verify_export(tmp, built, x, task_e, samples=verify_samples)
             for w in fidelity.warnings:
                 log.warning(w)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return ExportResult(path, family, str(mode), fidelity, tuple(built.notes))

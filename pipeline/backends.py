@@ -18,7 +18,7 @@ from qbnn.runtimes.errors import QuantizationError
 from .calibration import make_reader
 from .qconfig import Backend, CalibMethod, QType, QuantConfig, QuantFormat
 
-__all__ = ["BACKENDS", "run_backend"]
+__all__ = ["BACKENDS", "inc_static_config", "quiet_backend", "run_backend"]
 
 BackendFn = Callable[..., None]
 BACKENDS: dict[Backend, BackendFn] = {}
@@ -36,41 +36,47 @@ def _extra(cfg: QuantConfig) -> dict:
     return {"WeightSymmetric": True, "ActivationSymmetric": cfg.activation_type == QType.INT8}
 
 
-@_register(Backend.INC)
-def _inc(cfg: QuantConfig, src: Path, dst: Path, reader, exclude: list[str]) -> None:
+def inc_static_config(cfg: QuantConfig, reader, exclude: list[str], **overrides):
+    """INC ``StaticQuantConfig`` equivalent to ``cfg`` (``overrides`` replace fields)."""
     try:
         from onnx_neural_compressor.quantization import (
             CalibrationMethod,
             QuantType,
             config,
-            quantize,
         )
-        from onnx_neural_compressor.quantization import (
-            QuantFormat as IQF,
-        )
+        from onnx_neural_compressor.quantization import QuantFormat as IQF
     except ImportError as exc:  # pragma: no cover - declared dependency
         raise QuantizationError(
             "Intel Neural Compressor for ONNX is missing: pip install onnx-neural-compressor "
             f"prettytable ({exc})"
         ) from exc
     qt = {QType.INT8: QuantType.QInt8, QType.UINT8: QuantType.QUInt8}
-    inc_cfg = config.StaticQuantConfig(
+    methods = {CalibMethod.MINMAX: CalibrationMethod.MinMax,
+               CalibMethod.ENTROPY: CalibrationMethod.Entropy,
+               CalibMethod.PERCENTILE: CalibrationMethod.Percentile}  # fmt: skip
+    kwargs = dict(
         calibration_data_reader=reader,
         quant_format=IQF.QDQ if cfg.format == QuantFormat.QDQ else IQF.QOperator,
         per_channel=cfg.per_channel,
         weight_type=qt[cfg.weight_type],
         activation_type=qt[cfg.activation_type],
-        calibrate_method={
-            CalibMethod.MINMAX: CalibrationMethod.MinMax,
-            CalibMethod.ENTROPY: CalibrationMethod.Entropy,
-            CalibMethod.PERCENTILE: CalibrationMethod.Percentile,
-        }[cfg.calibration.method],
+        calibrate_method=methods[cfg.calibration.method],
         op_types_to_quantize=cfg.quantized_op_types,
         nodes_to_exclude=exclude,
         extra_options=_extra(cfg),
         calibration_sampling_size=cfg.calibration.size,
     )
-    quantize(str(src), str(dst), inc_cfg)
+    kwargs.update(overrides)
+    if isinstance(kwargs["calibrate_method"], CalibMethod):
+        kwargs["calibrate_method"] = methods[kwargs["calibrate_method"]]
+    return config.StaticQuantConfig(**kwargs)
+
+
+@_register(Backend.INC)
+def _inc(cfg: QuantConfig, src: Path, dst: Path, reader, exclude: list[str]) -> None:
+    from onnx_neural_compressor.quantization import quantize
+
+    quantize(str(src), str(dst), inc_static_config(cfg, reader, exclude))
 
 
 @_register(Backend.ORT)
@@ -93,6 +99,35 @@ def _ort(cfg: QuantConfig, src: Path, dst: Path, reader, exclude: list[str]) -> 
     )  # fmt: skip
 
 
+@contextlib.contextmanager
+def quiet_backend(name: str):
+    """Silence a backend's prints/logs; turn its failures (and ``exit()``) into
+    :class:`QuantizationError`."""
+    import onnxruntime as ort
+
+    if name.startswith("inc"):
+        import onnx_neural_compressor.logger  # noqa: F401  (its import resets the level)
+    buf = io.StringIO()
+    inc_log = logging.getLogger("onnx_neural_compressor")
+    level = inc_log.level
+    inc_log.setLevel(logging.WARNING)
+    ort.set_default_logger_severity(3)  # sessions the backends open: no initializer notices
+    try:
+        with contextlib.redirect_stdout(buf):
+            yield
+    except SystemExit as exc:  # INC calls exit() when tuning finds nothing, among others
+        tail = buf.getvalue().strip().splitlines()[-3:]
+        raise QuantizationError(f"{name} quantization gave up: {' '.join(tail)}") from exc
+    except QuantizationError:
+        raise
+    except Exception as exc:
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise QuantizationError(f"{name} quantization failed: {msg}") from exc
+    finally:
+        inc_log.setLevel(level)
+        ort.set_default_logger_severity(2)
+
+
 def run_backend(
     cfg: QuantConfig, src: Path, dst: Path, x: np.ndarray, *, stochastic: bool, exclude: list[str]
 ) -> None:
@@ -103,21 +138,5 @@ def run_backend(
         num_samples=cfg.calibration.num_samples,
         stochastic=stochastic,
     )
-    buf = io.StringIO()
-    inc_log = logging.getLogger("onnx_neural_compressor")
-    level = inc_log.level
-    inc_log.setLevel(logging.WARNING)
-    try:
-        with contextlib.redirect_stdout(buf):
-            BACKENDS[cfg.backend](cfg, src, dst, reader, exclude)
-    except SystemExit as exc:  # INC calls exit() on some failures
-        raise QuantizationError(
-            f"{cfg.backend} quantization exited ({exc.code}): {buf.getvalue()[-300:]}"
-        ) from exc
-    except QuantizationError:
-        raise
-    except Exception as exc:
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise QuantizationError(f"{cfg.backend} quantization failed: {msg}") from exc
-    finally:
-        inc_log.setLevel(level)
+    with quiet_backend(cfg.backend.value):
+        BACKENDS[cfg.backend](cfg, src, dst, reader, exclude)

@@ -84,7 +84,7 @@ def validate_cmd(
             help="model names in --model order (one more names the baseline); default: file stems",
         ),
     ] = None,
-    provider: Annotated[str, typer.Option(help="auto|cpu|openvino|dnnl")] = "auto",
+    provider: Annotated[str | None, typer.Option(help="auto|cpu|openvino|dnnl")] = None,
     threads: Annotated[int | None, typer.Option(help="intra-op threads")] = None,
     bootstrap: Annotated[int | None, typer.Option(help="bootstrap replicates (0 = none)")] = None,
     mc_repeats: Annotated[
@@ -99,14 +99,16 @@ def validate_cmd(
     from qbnn.pipeline.validate import ValidateConfig, validate
 
     cfg = ValidateConfig.load(config) if config else ValidateConfig()
-    overrides = {"num_samples": samples, "seed": seed, "threads": threads,
-                 "bootstrap": bootstrap, "mc_repeats": mc_repeats}  # fmt: skip
-    overrides = {k: v for k, v in overrides.items() if v is not None}
-    if provider != "auto":
-        overrides["provider"] = provider
-    if gates is not None:
-        overrides["gates"] = load_gates(gates)
-    cfg = replace(cfg, **overrides)
+    given = dict(
+        num_samples=samples,
+        seed=seed,
+        threads=threads,
+        bootstrap=bootstrap,
+        mc_repeats=mc_repeats,
+        provider=provider,
+        gates=load_gates(gates) if gates else None,
+    )
+    cfg = replace(cfg, **{k: v for k, v in given.items() if v is not None})
     models, base = _names(model, name, baseline)
     report = write_report(
         validate(models, data, ood=ood, baseline=base, config=cfg), output, plots=plots

@@ -150,7 +150,9 @@ def load_config(cls: type[T], path: str | Path) -> T:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(f"{path} is not valid YAML{where}: {getattr(exc, 'problem', exc)}")
+        raise ConfigError(
+            f"{path} is not valid YAML{where}: {getattr(exc, 'problem', exc)}"
+        ) from None
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{path} is not valid JSON at line {exc.lineno}: {exc.msg}") from None
     try:

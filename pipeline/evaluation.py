@@ -34,19 +34,41 @@ __all__ = [
 
 #: Metrics that get a 95 % bootstrap interval (when available).
 INTERVAL_KEYS = (
-    "accuracy", "nll", "brier", "ece", "ood_auroc_entropy", "ood_auroc_mi", "rmse",
+    "accuracy",
+    "nll",
+    "brier",
+    "ece",
+    "ood_auroc_entropy",
+    "ood_auroc_mi",
+    "rmse",
     "gaussian_nll",
-)  # fmt: skip
+)
 PICP_LEVELS = (0.68, 0.95)
 ROC_MAX_POINTS = 201
 REFERRAL_FRACTIONS = np.round(np.arange(0, 96) / 100, 2)  # 0, 0.01, ..., 0.95
 HIST_BINS = 30
 _ORDER = (
-    "accuracy", "nll", "brier", "ece", "ece_equal_mass", "mce", "aurc", "referral_needed",
-    "mean_entropy", "entropy_correct", "entropy_wrong", "mean_mi", "mi_correct", "mi_wrong",
-    "ood_auroc_entropy", "ood_aupr_entropy", "ood_auroc_mi", "ood_aupr_mi", "mean_entropy_ood",
+    "accuracy",
+    "nll",
+    "brier",
+    "ece",
+    "ece_equal_mass",
+    "mce",
+    "aurc",
+    "referral_needed",
+    "mean_entropy",
+    "entropy_correct",
+    "entropy_wrong",
+    "mean_mi",
+    "mi_correct",
+    "mi_wrong",
+    "ood_auroc_entropy",
+    "ood_aupr_entropy",
+    "ood_auroc_mi",
+    "ood_aupr_mi",
+    "mean_entropy_ood",
     "mean_mi_ood",
-)  # fmt: skip
+)
 
 
 @dataclass(frozen=True)
@@ -83,10 +105,15 @@ class Outputs:
             return a if a is None or i is None else a[i]
 
         return Outputs(
-            self.num_samples, sel(self.mean_probs, idx), sel(self.entropy, idx),
-            sel(self.mi, idx), sel(self.ood_entropy, idx_ood), sel(self.ood_mi, idx_ood),
-            sel(self.pred_mean, idx), sel(self.pred_variance, idx),
-        )  # fmt: skip
+            self.num_samples,
+            sel(self.mean_probs, idx),
+            sel(self.entropy, idx),
+            sel(self.mi, idx),
+            sel(self.ood_entropy, idx_ood),
+            sel(self.ood_mi, idx_ood),
+            sel(self.pred_mean, idx),
+            sel(self.pred_variance, idx),
+        )
 
 
 def referral_key(target: float) -> str:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
+from enum import StrEnum
 from pathlib import Path
 
 from qbnn.runtimes.errors import ConfigError
@@ -34,6 +35,7 @@ from .configs import from_dict, load_config, to_dict
 
 __all__ = [
     "GATE_SPECS",
+    "GateKind",
     "GateResult",
     "GateSpec",
     "Gates",
@@ -99,43 +101,67 @@ def load_gates(path: str | Path) -> Gates:
     return load_config(Gates, path)
 
 
+class GateKind(StrEnum):
+    """How a gate compares: ``drop`` (ref - cand <= limit), ``abs_delta`` (|cand - ref| <=
+    limit), ``increase`` (cand - ref <= limit), ``ratio`` (lo <= cand / ref <= hi)."""
+
+    DROP = "drop"
+    ABS_DELTA = "abs_delta"
+    INCREASE = "increase"
+    RATIO = "ratio"
+
+
+_WORDS = {GateKind.DROP: "drop", GateKind.ABS_DELTA: "change", GateKind.INCREASE: "increase"}
+
+
 @dataclass(frozen=True)
 class GateSpec:
     """How one gate turns two metric values into a statistic and a verdict.
 
-    ``kind``: ``drop`` (ref - cand <= limit), ``abs_delta`` (|cand - ref| <= limit),
-    ``increase`` (cand - ref <= limit) or ``ratio`` (lo <= cand / ref <= hi).
+    ``limit_fields``: the :class:`Gates` field(s) holding the limit (two for ratios);
+    ``needs``: what makes the metric available (shown when the gate is skipped).
     ``null``: the statistic's value when both models agree (0, or 1 for ratios).
     """
 
     name: str
     metric: str
-    kind: str
+    kind: GateKind
     limit_fields: tuple[str, ...]
     needs: str
 
     @property
     def null(self) -> float:
-        return 1.0 if self.kind == "ratio" else 0.0
+        return 1.0 if self.kind == GateKind.RATIO else 0.0
 
 
 GATE_SPECS: tuple[GateSpec, ...] = (
-    GateSpec("accuracy_drop", "accuracy", "drop", ("max_accuracy_drop",), "a classifier"),
-    GateSpec("ece_delta", "ece", "abs_delta", ("max_abs_ece_delta",), "a classifier"),
+    GateSpec("accuracy_drop", "accuracy", GateKind.DROP, ("max_accuracy_drop",), "a classifier"),
+    GateSpec("ece_delta", "ece", GateKind.ABS_DELTA, ("max_abs_ece_delta",), "a classifier"),
     GateSpec(
-        "ood_auroc_entropy_drop", "ood_auroc_entropy", "drop", ("max_ood_auroc_drop",),
+        "ood_auroc_entropy_drop",
+        "ood_auroc_entropy",
+        GateKind.DROP,
+        ("max_ood_auroc_drop",),
         "OOD data (--ood) and a classifier",
     ),
     GateSpec(
-        "ood_auroc_mi_drop", "ood_auroc_mi", "drop", ("max_ood_auroc_drop",),
+        "ood_auroc_mi_drop",
+        "ood_auroc_mi",
+        GateKind.DROP,
+        ("max_ood_auroc_drop",),
         "OOD data (--ood) and a classifier",
     ),
     GateSpec(
-        "referral99_increase", "referral_needed@0.99", "increase",
-        ("max_referral99_increase",), "0.99 in referral_targets and a classifier",
+        "referral99_increase",
+        "referral_needed@0.99",
+        GateKind.INCREASE,
+        ("max_referral99_increase",),
+        "0.99 in referral_targets and a classifier",
     ),
-    GateSpec("mi_ratio", "mean_mi", "ratio", ("mi_ratio_min", "mi_ratio_max"), "a classifier"),
-)  # fmt: skip
+    GateSpec(
+        "mi_ratio", "mean_mi", GateKind.RATIO, ("mi_ratio_min", "mi_ratio_max"), "a classifier"
+    ),
+)
 
 
 @dataclass(frozen=True)
@@ -167,21 +193,21 @@ def gate_statistic(spec: GateSpec, ref: float | None, cand: float | None) -> flo
     """The statistic of ``spec`` for two metric values; ``None`` if undefined."""
     if ref is None or cand is None:
         return None
-    if spec.kind == "ratio":
+    if spec.kind == GateKind.RATIO:
         return None if ref <= MI_FLOOR else cand / ref
-    return ref - cand if spec.kind == "drop" else cand - ref
+    return ref - cand if spec.kind == GateKind.DROP else cand - ref
 
 
 def _limit(spec: GateSpec, gates: Gates):
     values = tuple(getattr(gates, f) for f in spec.limit_fields)
-    return values if spec.kind == "ratio" else values[0]
+    return values if spec.kind == GateKind.RATIO else values[0]
 
 
 def _verdict(spec: GateSpec, stat: float, limit) -> bool:
-    if spec.kind == "ratio":
+    if spec.kind == GateKind.RATIO:
         lo, hi = limit
         return (lo is None or stat >= lo) and (hi is None or stat <= hi)
-    return abs(stat) <= limit if spec.kind == "abs_delta" else stat <= limit
+    return abs(stat) <= limit if spec.kind == GateKind.ABS_DELTA else stat <= limit
 
 
 def _unreachable(spec: GateSpec, ref: float | None, cand: float | None, limit) -> GateResult:
@@ -190,9 +216,12 @@ def _unreachable(spec: GateSpec, ref: float | None, cand: float | None, limit) -
         return GateResult(spec.name, None, limit, None, "skipped: neither model reaches 99 %")
     if cand is None:
         return GateResult(
-            spec.name, None, limit, False,
+            spec.name,
+            None,
+            limit,
+            False,
             f"candidate never reaches 99 % accuracy; the reference does at referral {ref:.4f}",
-        )  # fmt: skip
+        )
     return GateResult(spec.name, None, limit, True, "only the candidate reaches 99 % accuracy")
 
 
@@ -200,34 +229,38 @@ def _evaluate_one(spec: GateSpec, ref_m: Mapping, cand_m: Mapping, gates: Gates)
     limit = _limit(spec, gates)
     if all(v is None for v in (limit if isinstance(limit, tuple) else (limit,))):
         return GateResult(spec.name, None, limit, None, "skipped: disabled in the gates config")
-    missing = [who for who, m in (("reference", ref_m), ("candidate", cand_m)) if spec.metric
-               not in m]  # fmt: skip
+    missing = [
+        who for who, m in (("reference", ref_m), ("candidate", cand_m)) if spec.metric not in m
+    ]
     if missing:
         return GateResult(
-            spec.name, None, limit, None,
+            spec.name,
+            None,
+            limit,
+            None,
             f"skipped: '{spec.metric}' unavailable for the {' and '.join(missing)} "
             f"(needs {spec.needs})",
-        )  # fmt: skip
+        )
     ref, cand = ref_m[spec.metric], cand_m[spec.metric]
     if ref is None or cand is None:
         return _unreachable(spec, ref, cand, limit)
     stat = gate_statistic(spec, ref, cand)
     if stat is None:
         return GateResult(
-            spec.name, None, limit, None,
+            spec.name,
+            None,
+            limit,
+            None,
             f"skipped: reference {spec.metric} = {ref:.3g} <= {MI_FLOOR:g} (no epistemic "
             "uncertainty to compare)",
-        )  # fmt: skip
+        )
     passed = _verdict(spec, stat, limit)
-    if spec.kind == "ratio":
+    if spec.kind == GateKind.RATIO:
         what = f"ratio {stat:.4g} vs [{limit[0]}, {limit[1]}]"
     else:
         what = f"{_WORDS[spec.kind]} {stat:+.4f} vs limit {limit}"
     detail = f"{spec.metric}: ref {ref:.4g}, cand {cand:.4g}; {what}"
     return GateResult(spec.name, stat, limit, passed, detail)
-
-
-_WORDS = {"drop": "drop", "abs_delta": "change", "increase": "increase"}
 
 
 def evaluate_gates(

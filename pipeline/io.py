@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 
+from qbnn.runtimes.atomic import atomic_path
 from qbnn.runtimes.errors import ConfigError, ModelLoadError
 
 __all__ = ["atomic_path", "load_npz", "save_npz"]
@@ -32,30 +31,6 @@ def load_npz(path: str | Path, require: Iterable[str] = ("x",)) -> dict[str, np.
     if "x" in data and len(data["x"]) == 0:
         raise ConfigError(f"{path}: 'x' is empty")
     return data
-
-
-class atomic_path:  # noqa: N801 - used like a function in a with-statement
-    """``with atomic_path(dst) as tmp:`` write to ``tmp``; it is renamed to ``dst`` on success
-    and removed on failure, so no half-written artifact is left behind."""
-
-    def __init__(self, dst: str | Path) -> None:
-        self.dst = Path(dst)
-
-    def __enter__(self) -> Path:
-        if not self.dst.parent.is_dir():
-            raise ConfigError(f"output directory {self.dst.parent} does not exist")
-        fd, name = tempfile.mkstemp(
-            dir=self.dst.parent, prefix=f".{self.dst.name}.", suffix=self.dst.suffix
-        )
-        os.close(fd)
-        self.tmp = Path(name)
-        return self.tmp
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            os.replace(self.tmp, self.dst)
-        else:
-            self.tmp.unlink(missing_ok=True)
 
 
 def save_npz(path: str | Path, arrays: dict[str, np.ndarray]) -> Path:

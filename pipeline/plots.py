@@ -62,11 +62,28 @@ def _reliability(plt, report, out: Path) -> Path:
         acc = np.array([np.nan if v is None else v for v in r["accuracy"]], dtype=float)
         conf = np.array([np.nan if v is None else v for v in r["confidence"]], dtype=float)
         ok = np.isfinite(acc)
-        ax.bar(lo[ok], acc[ok], width=(hi - lo)[ok], align="edge", color="tab:blue",
-               edgecolor="black", linewidth=0.5, label="accuracy")  # fmt: skip
-        ax.bar(lo[ok], (conf - acc)[ok], bottom=acc[ok], width=(hi - lo)[ok], align="edge",
-               facecolor="none", edgecolor="tab:red", hatch="///", linewidth=0.8,
-               label="gap to mean confidence")  # fmt: skip
+        ax.bar(
+            lo[ok],
+            acc[ok],
+            width=(hi - lo)[ok],
+            align="edge",
+            color="tab:blue",
+            edgecolor="black",
+            linewidth=0.5,
+            label="accuracy",
+        )
+        ax.bar(
+            lo[ok],
+            (conf - acc)[ok],
+            bottom=acc[ok],
+            width=(hi - lo)[ok],
+            align="edge",
+            facecolor="none",
+            edgecolor="tab:red",
+            hatch="///",
+            linewidth=0.8,
+            label="gap to mean confidence",
+        )
         ax.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")
         ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence", ylabel="accuracy")
         ax.set_title(f"{_label(m)}\nECE {m.metrics['ece']:.4f}, acc {m.metrics['accuracy']:.4f}")
@@ -88,8 +105,14 @@ def _entropy_hist(plt, report, out: Path) -> Path:
             if counts.size == 0 or counts.sum() == 0:
                 continue
             density = counts / (counts.sum() * np.diff(edges))
-            ax.stairs(density, edges, fill=True, alpha=0.35, color=colors[group],
-                      label=f"{group} (n={int(counts.sum())})")  # fmt: skip
+            ax.stairs(
+                density,
+                edges,
+                fill=True,
+                alpha=0.35,
+                color=colors[group],
+                label=f"{group} (n={int(counts.sum())})",
+            )
             ax.stairs(density, edges, color=colors[group], linewidth=1.2)
         ax.set(xlabel="predictive entropy [nats]", ylabel="density", yscale="log")
         ax.set_title(_label(m))
@@ -104,14 +127,28 @@ def _referral(plt, report, out: Path) -> Path:
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     for m in report.models:
         r = m.curves["referral"]
-        ax.plot(r["referral"], r["accuracy"], label=_label(m),
-                linestyle=":" if m.role == "baseline" else "-")  # fmt: skip
+        ax.plot(
+            r["referral"],
+            r["accuracy"],
+            label=_label(m),
+            linestyle=":" if m.role == "baseline" else "-",
+        )
     for t in report.config.referral_targets:
         ax.axhline(t, color="gray", linewidth=0.7, linestyle="--")
-        ax.annotate(f"target {t:g}", (1.0, t), xycoords=("axes fraction", "data"), ha="right",
-                    va="bottom", fontsize=7, color="gray")  # fmt: skip
-    ax.set(xlabel="fraction referred (most uncertain by predictive entropy)",
-           ylabel="accuracy on retained inputs", title="Accuracy vs referral")  # fmt: skip
+        ax.annotate(
+            f"target {t:g}",
+            (1.0, t),
+            xycoords=("axes fraction", "data"),
+            ha="right",
+            va="bottom",
+            fontsize=7,
+            color="gray",
+        )
+    ax.set(
+        xlabel="fraction referred (most uncertain by predictive entropy)",
+        ylabel="accuracy on retained inputs",
+        title="Accuracy vs referral",
+    )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -123,16 +160,25 @@ def _referral(plt, report, out: Path) -> Path:
 def _ood_roc(plt, report, out: Path) -> Path:
     fig, axes = plt.subplots(1, 2, figsize=(10.5, 4.6))
     for ax, (key, what) in zip(
-        axes, (("entropy", "predictive entropy"), ("mi", "mutual information"))
+        axes, (("entropy", "predictive entropy"), ("mi", "mutual information")), strict=True
     ):
         for m in report.models:
             c = m.curves[f"roc_{key}"]
             auc = m.metrics[f"ood_auroc_{key}"]
-            ax.plot(c["fpr"], c["tpr"], label=f"{_label(m)}: AUROC {auc:.3f}",
-                    linestyle=":" if m.role == "baseline" else "-")  # fmt: skip
+            ax.plot(
+                c["fpr"],
+                c["tpr"],
+                label=f"{_label(m)}: AUROC {auc:.3f}",
+                linestyle=":" if m.role == "baseline" else "-",
+            )
         ax.plot([0, 1], [0, 1], "k--", linewidth=0.8)
-        ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="false positive rate (in-distribution)",
-               ylabel="true positive rate (OOD)", title=f"OOD ROC, score = {what}")  # fmt: skip
+        ax.set(
+            xlim=(0, 1),
+            ylim=(0, 1.01),
+            xlabel="false positive rate (in-distribution)",
+            ylabel="true positive rate (OOD)",
+            title=f"OOD ROC, score = {what}",
+        )
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
@@ -150,8 +196,11 @@ def save_plots(report, out_dir: str | Path) -> list[Path]:
         return []
     out = Path(out_dir)
     plt = _pyplot()
-    paths = [_reliability(plt, report, out), _entropy_hist(plt, report, out),
-             _referral(plt, report, out)]  # fmt: skip
+    paths = [
+        _reliability(plt, report, out),
+        _entropy_hist(plt, report, out),
+        _referral(plt, report, out),
+    ]
     if all("roc_entropy" in m.curves for m in report.models):
         paths.append(_ood_roc(plt, report, out))
     return paths

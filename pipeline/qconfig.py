@@ -10,7 +10,7 @@ YAML example (every key optional; see ``pipeline/configs/inc_*.yaml``)::
     op_types: [MatMul, Gemm, Conv]
     exclude_op_types: []      # op types kept in fp32
     exclude_nodes: []         # fnmatch patterns of node names kept in fp32
-    posterior_int8: true      # store remaining posterior tensors (mu, sigma) as int8 + DequantizeLinear
+    posterior_int8: true      # store leftover fp32 posterior tensors (mu, sigma) in 8 bits
     calibration: {method: minmax, size: 256, batch_size: 32, num_samples: 8}
     guard: {min_spread_ratio: 0.5, max_spread_ratio: 2.0, min_noise_to_step: 0.5,
             on_erasure: keep_fp32, seed: 0}

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 from qbnn.runtimes.contract import NUM_SAMPLES, MetaKey, Task
 from qbnn.runtimes.errors import ConfigError, QuantizationError
@@ -93,10 +93,43 @@ def _repair(model: onnx.ModelProto, src_meta: dict[str, str]) -> None:
         model.metadata_props.append(onnx.StringStringEntryProto(key=k, value=v))
 
 
+def _biasless_gemm_to_matmul(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy where every bias-less ``Gemm(A, W)`` (alpha 1, no transA) is ``MatMul(A, W')``.
+
+    INC 1.0 builds an invalid QGemm for a Gemm without ``C`` (its convert step takes the last
+    parent for the bias and drops B's scale and zero point; ONNX Runtime then refuses the
+    model). Bias-free ``nn.Linear`` layers export exactly that; MatMul quantizes correctly.
+    """
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    inits = {i.name: i for i in out.graph.initializer}
+    for n in out.graph.node:
+        attrs = {a.name: a for a in n.attribute}
+        if (
+            n.op_type != "Gemm"
+            or (len(n.input) > 2 and n.input[2])
+            or n.input[1] not in inits
+            or attrs.get("transA", helper.make_attribute("t", 0)).i
+            or attrs.get("alpha", helper.make_attribute("a", 1.0)).f != 1.0
+        ):
+            continue
+        w = numpy_helper.to_array(inits[n.input[1]])
+        if attrs.get("transB", helper.make_attribute("t", 0)).i:
+            w = w.T
+        name = f"{n.input[1]}_qbnn_kn"
+        out.graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(w), name))
+        n.op_type = "MatMul"
+        n.input[1] = name
+        del n.input[2:]
+        del n.attribute[:]
+    return out
+
+
 def _excluded_nodes(src: onnx.ModelProto, cfg: QuantConfig, extra: set[str]) -> list[str]:
     names = [n.name for n in src.graph.node]
     pats = list(cfg.exclude_nodes)
-    return sorted({n for n in names if any(fnmatch(n, p) for p in pats)} | extra)
+    matched = {n for n in names if any(fnmatch(n, p) for p in pats)}
+    return sorted(matched | extra)
 
 
 def quantize(
@@ -162,17 +195,17 @@ def quantize_model(
 
 
 def _quantize_once(src: Path, src_model, info, cfg, x, kept) -> tuple[onnx.ModelProto, list]:
+    exclude = _excluded_nodes(src_model, cfg, kept)
     with tempfile.TemporaryDirectory(prefix="qbnn-quant-") as tmp:
-        out = Path(tmp) / "model.int8.onnx"
-        run_backend(
-            cfg,
-            src,
-            out,
-            x,
-            stochastic=info.stochastic,
-            exclude=_excluded_nodes(src_model, cfg, kept),
-        )
-        model = onnx.load(str(out))  # pulls INC's external data back in
+        prepared, out = Path(tmp) / "model.onnx", Path(tmp) / "model.int8.onnx"
+        onnx.save_model(_biasless_gemm_to_matmul(src_model), str(prepared))
+        if cfg.autotune is not None:
+            from .autotune import autotune_model
+
+            model = autotune_model(cfg, prepared, x, stochastic=info.stochastic, exclude=exclude)
+        else:
+            run_backend(cfg, prepared, out, x, stochastic=info.stochastic, exclude=exclude)
+            model = onnx.load(str(out))  # pulls INC's external data back in
     _repair(model, info.meta)
     weights = store_weights_int8(model) if cfg.posterior_int8 else []
     return model, weights

@@ -16,8 +16,8 @@
   num_samples), ``metrics`` {key: float|null} (see ``evaluation.full_metrics``; a key is
   absent when unavailable; ``referral_needed@t`` is ``null`` when never reached), ``deltas``
   {key: model - reference}, ``intervals`` {key: [low, high]} (95 % percentile bootstrap over
-  rows), ``mc_noise`` {key: {``values``: [one per seed], ``spread``: max - min}}, ``curves``
-  (see ``evaluation.curves``).
+  rows), ``mc_noise`` {key: {``values``: [one per seed; a single one for deterministic models],
+  ``spread``: max - min}}, ``curves`` (see ``evaluation.curves``).
 - ``gates``: {candidate name: [{``name``, ``value``, ``limit``, ``passed`` (true|false|null =
   skipped), ``status``, ``detail``, ``noise``, ``within_noise``}]}.
 - ``failed_gates``: [{``model``, ``gate``, ``detail``}]; ``plots``: PNG file names in the
@@ -141,7 +141,12 @@ def _finite(obj: Any) -> Any:
 def _fmt(value: float | None, key: str) -> str:
     if value is None:
         return "never" if key.startswith("referral_needed") else "—"
-    return f"{value:.4f}"
+    return _num(value)
+
+
+def _num(value: float, sign: str = "") -> str:
+    """4 decimals, or 3 significant digits for magnitudes below 1e-3 (e.g. a collapsed MI)."""
+    return f"{value:{sign}.4f}" if value == 0 or abs(value) >= 1e-3 else f"{value:{sign}.3g}"
 
 
 def _metric_keys(report: Report) -> list[str]:
@@ -170,7 +175,7 @@ def summary_table(report: Report, *, intervals: bool = True) -> tuple[list[str],
                 lo, hi = m.intervals[key]
                 cell += f" [{lo:.4f}, {hi:.4f}]"
             elif i > 0 and key in m.deltas:
-                cell += f" ({m.deltas[key]:+.4f})"
+                cell += f" ({_num(m.deltas[key], '+')})"
             row.append(cell)
         rows.append(row)
     return header, rows

@@ -79,9 +79,12 @@ class ValidateConfig:
 
     def __post_init__(self) -> None:
         for name, lo, hi in (
-            ("num_samples", 1, MAX_SAMPLES), ("seed", 0, 2**63 - 1), ("n_bins", 1, 10_000),
-            ("bootstrap", 0, 100_000), ("mc_repeats", 0, 100),
-        ):  # fmt: skip
+            ("num_samples", 1, MAX_SAMPLES),
+            ("seed", 0, 2**63 - 1),
+            ("n_bins", 1, 10_000),
+            ("bootstrap", 0, 100_000),
+            ("mc_repeats", 0, 100),
+        ):
             _check_int(name, getattr(self, name), lo, hi)
         if self.threads is not None:
             _check_int("threads", self.threads, 1, 4096)
@@ -147,18 +150,27 @@ def _predict(pred: Predictor, x: np.ndarray, x_ood: np.ndarray | None, s: int) -
         return E.Outputs(r.num_samples, pred_mean=r.pred_mean, pred_variance=r.pred_variance)
     o = pred.predict(x_ood, samples) if x_ood is not None else None
     return E.Outputs(
-        r.num_samples, r.mean_probs, r.predictive_entropy, r.mutual_information,
-        None if o is None else o.predictive_entropy, None if o is None else o.mutual_information,
-    )  # fmt: skip
+        r.num_samples,
+        r.mean_probs,
+        r.predictive_entropy,
+        r.mutual_information,
+        None if o is None else o.predictive_entropy,
+        None if o is None else o.mutual_information,
+    )
 
 
 def _info(pred: Predictor, out: E.Outputs) -> dict:
     i = pred.info
     return {
-        "task": i.task.value, "posterior": i.posterior, "sampling": i.sampling,
-        "precision": i.precision, "stochastic": i.stochastic, "qbnn": i.is_qbnn,
-        "provider": pred.provider, "num_samples": out.num_samples,
-    }  # fmt: skip
+        "task": i.task.value,
+        "posterior": i.posterior,
+        "sampling": i.sampling,
+        "precision": i.precision,
+        "stochastic": i.stochastic,
+        "qbnn": i.is_qbnn,
+        "provider": pred.provider,
+        "num_samples": out.num_samples,
+    }
 
 
 # --------------------------------------------------------------------------- noise and gates
@@ -179,9 +191,13 @@ def _half_width(interval: list[float] | None) -> float | None:
 
 def _gate_noise(spec: GateSpec, ref: dict, cand: dict) -> float | None:
     """Combined half-width of the gate statistic: paired bootstrap (+) range over seeds."""
-    key = spec.metric
-    boot = [gate_statistic(spec, r.get(key), c.get(key)) for r, c in zip(*_pair(ref, cand, "b"))]
-    mc = [gate_statistic(spec, r.get(key), c.get(key)) for r, c in zip(*_pair(ref, cand, "mc"))]
+
+    def stats(kind: str) -> list[float | None]:
+        a, b = _pair(ref, cand, kind)
+        key = spec.metric
+        return [gate_statistic(spec, r.get(key), c.get(key)) for r, c in zip(a, b, strict=True)]
+
+    boot, mc = stats("b"), stats("mc")
     parts = [_half_width(E.percentile_interval(boot)) if boot else None, E.spread(mc)]
     parts = [p for p in parts if p is not None]
     return math.hypot(*parts) if parts else None
@@ -196,10 +212,10 @@ def _pair(ref: dict, cand: dict, kind: str) -> tuple[list, list]:
     return a, b
 
 
-def _attach_noise(g: GateResult, noise: float | None) -> GateResult:
+def _attach_noise(g: GateResult, spec: GateSpec, noise: float | None) -> GateResult:
+    """Record the combined noise on ``g`` and mark a change that lies within it."""
     if g.value is None or noise is None:
         return g
-    spec = next(s for s in GATE_SPECS if s.name == g.name)
     within = abs(g.value - spec.null) <= noise
     note = f"; change {'within' if within else 'exceeds'} combined noise ±{noise:.4g}"
     return replace(g, noise=noise, within_noise=within, detail=g.detail + note)
@@ -254,34 +270,41 @@ def validate(
     for e in entries:
         if preds[e.name].info.is_qbnn and not preds[e.name].info.takes_num_samples:
             notes.append(f"{e.name} has a fixed sample count S={outs[e.name].num_samples}")
-    gates = {}
-    ref = entries[0].name
-    for e in entries[1:]:
-        if e.role == "candidate":
-            raw = evaluate_gates(per_model[ref]["metrics"], per_model[e.name]["metrics"],
-                                 cfg.gates)  # fmt: skip
-            gates[e.name] = [
-                _attach_noise(g, _gate_noise(_spec(g), per_model[ref], per_model[e.name]))
-                for g in raw
-            ]
+    gates = {
+        e.name: _gate(per_model[entries[0].name], per_model[e.name], cfg.gates)
+        for e in entries
+        if e.role == "candidate"
+    }
     return Report(
-        task=task.value, config=cfg,
+        task=task.value,
+        config=cfg,
         seeds={"main": cfg.seed, "mc": cfg.seeds, "bootstrap": cfg.seed},
         sample_counts={
-            "n": len(x), "n_ood": None if x_ood is None else len(x_ood),
-            "bootstrap": cfg.bootstrap, "mc_runs": len(cfg.seeds),
+            "n": len(x),
+            "n_ood": None if x_ood is None else len(x_ood),
+            "bootstrap": cfg.bootstrap,
+            "mc_runs": len(cfg.seeds),
             "num_samples": {n: o.num_samples for n, o in outs.items()},
         },
         data={
-            "source": source, "ood_source": ood_source, "num_classes": n_classes,
+            "source": source,
+            "ood_source": ood_source,
+            "num_classes": n_classes,
             "feature_shape": list(x.shape[1:]),
         },
-        models=results, gates=gates, notes=notes,
-    )  # fmt: skip
+        models=results,
+        gates=gates,
+        notes=notes,
+    )
 
 
-def _spec(g: GateResult) -> GateSpec:
-    return next(s for s in GATE_SPECS if s.name == g.name)
+def _gate(ref: dict, cand: dict, gates: Gates) -> list[GateResult]:
+    """Gate results of one candidate, each with its combined data + MC noise."""
+    results = evaluate_gates(ref["metrics"], cand["metrics"], gates)
+    return [
+        _attach_noise(g, spec, _gate_noise(spec, ref, cand))
+        for g, spec in zip(results, GATE_SPECS, strict=True)
+    ]
 
 
 def _common_classes(outs: dict[str, E.Outputs], declared: int | None) -> int:
@@ -292,40 +315,49 @@ def _common_classes(outs: dict[str, E.Outputs], declared: int | None) -> int:
 
 
 def _measure(entries, preds, outs, x, x_ood, y, cfg: ValidateConfig):
-    """Metrics, curves, bootstrap intervals and MC noise of every model."""
-    opts = {"n_bins": cfg.n_bins, "targets": cfg.referral_targets}
-    core = partial(E.core_metrics, **opts)
-    indices = E.bootstrap_indices(
-        len(x), None if x_ood is None else len(x_ood), cfg.bootstrap, cfg.seed
-    )
-    results, per_model = [], {}
+    """Metrics, curves, bootstrap intervals and MC noise of every model.
+
+    Returns ``(model results, {name: {"metrics", "b": bootstrap replicates, "mc": core
+    metrics per seed}})``.
+    """
+    core = partial(E.core_metrics, n_bins=cfg.n_bins, targets=cfg.referral_targets)
+    n_ood = None if x_ood is None else len(x_ood)
+    indices = E.bootstrap_indices(len(x), n_ood, cfg.bootstrap, cfg.seed)
+    per_model = {}
     for e in entries:
         out, pred = outs[e.name], preds[e.name]
-        metrics = E.full_metrics(out, y, **opts)
-        boot = E.replicate(core, out, y, indices)
-        seeds = [metrics]
-        if pred.info.stochastic:
+        seeds = [E.full_metrics(out, y, n_bins=cfg.n_bins, targets=cfg.referral_targets)]
+        if pred.info.stochastic:  # deterministic models give the same numbers for every seed
             for seed in cfg.seeds[1:]:
-                extra = _predict(_open(e, cfg, seed), x, x_ood, cfg.num_samples)
-                seeds.append(core(extra, y))
-        per_model[e.name] = {"metrics": metrics, "b": boot, "mc": seeds}
-        intervals = {
+                seeds.append(core(_predict(_open(e, cfg, seed), x, x_ood, cfg.num_samples), y))
+        per_model[e.name] = {
+            "metrics": seeds[0],
+            "b": E.replicate(core, out, y, indices),
+            "mc": seeds,
+        }
+    ref = per_model[entries[0].name]["metrics"]
+    results = [
+        _result(e, preds[e.name], outs[e.name], per_model[e.name], ref, y, cfg) for e in entries
+    ]
+    return results, per_model
+
+
+def _result(e: ModelEntry, pred, out, measured: dict, ref: dict, y, cfg) -> ModelResult:
+    metrics, boot = measured["metrics"], measured["b"]
+    return ModelResult(
+        name=e.name,
+        path=str(e.path),
+        role=e.role,
+        info=_info(pred, out),
+        metrics=metrics,
+        deltas={
+            k: v - ref[k] for k, v in metrics.items() if v is not None and ref.get(k) is not None
+        },
+        intervals={
             k: E.percentile_interval([b.get(k) for b in boot])
             for k in E.INTERVAL_KEYS
             if k in metrics and boot
-        }
-        results.append((e, pred, out, metrics, intervals, _mc_noise(seeds)))
-    ref_metrics = results[0][3]
-    final = []
-    for e, pred, out, metrics, intervals, mc in results:
-        deltas = {
-            k: v - ref_metrics[k]
-            for k, v in metrics.items()
-            if v is not None and ref_metrics.get(k) is not None
-        }
-        final.append(ModelResult(
-            name=e.name, path=str(e.path), role=e.role, info=_info(pred, out), metrics=metrics,
-            deltas=deltas, intervals=intervals, mc_noise=mc,
-            curves=E.curves(out, y, n_bins=cfg.n_bins),
-        ))  # fmt: skip
-    return final, per_model
+        },
+        mc_noise=_mc_noise(measured["mc"]),
+        curves=E.curves(out, y, n_bins=cfg.n_bins),
+    )

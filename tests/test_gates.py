@@ -18,9 +18,13 @@ from qbnn.pipeline.validate import ValidateConfig
 from qbnn.runtimes.errors import ConfigError
 
 REF = {
-    "accuracy": 0.98, "ece": 0.02, "ood_auroc_entropy": 0.94, "ood_auroc_mi": 0.93,
-    "referral_needed@0.99": 0.03, "mean_mi": 0.006,
-}  # fmt: skip
+    "accuracy": 0.98,
+    "ece": 0.02,
+    "ood_auroc_entropy": 0.94,
+    "ood_auroc_mi": 0.93,
+    "referral_needed@0.99": 0.03,
+    "mean_mi": 0.006,
+}
 
 
 def by_name(results):
@@ -44,9 +48,15 @@ def test_gates_round_trip(tmp_path, cfg, suffix):
 @pytest.mark.parametrize("suffix", [".yaml", ".json"])
 def test_validate_config_round_trip(tmp_path, suffix):
     cfg = ValidateConfig(
-        num_samples=8, seed=3, referral_targets=(0.95,), bootstrap=0, mc_repeats=0,
-        threads=1, plain_output="probs", gates=Gates(max_abs_ece_delta=0.02),
-    )  # fmt: skip
+        num_samples=8,
+        seed=3,
+        referral_targets=(0.95,),
+        bootstrap=0,
+        mc_repeats=0,
+        threads=1,
+        plain_output="probs",
+        gates=Gates(max_abs_ece_delta=0.02),
+    )
     path = tmp_path / f"validate{suffix}"
     dump = json.dumps if suffix == ".json" else yaml.safe_dump
     path.write_text(dump(cfg.to_dict()))
