@@ -1,0 +1,53 @@
+"""Deterministic baselines as plain ONNX (no qbnn metadata; runtimes treat them as S = 1)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import warnings
+from pathlib import Path
+
+import onnx
+import torch
+from torch import nn
+
+from qbnn.runtimes.atomic import atomic_path
+from qbnn.runtimes.contract import INPUT
+from qbnn.runtimes.errors import ExportError
+
+__all__ = ["export_plain"]
+
+
+class _FirstOutput(nn.Module):
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        out = self.net(x)
+        return out[0] if isinstance(out, (tuple, list)) else out
+
+
+def export_plain(model: nn.Module, example_input: torch.Tensor, path: str | Path) -> Path:
+    """Export ``model`` (eval mode) with input ``input [B, *F]`` and output ``logits [B, C]``."""
+    x = example_input.detach().float()
+    x = x if x.shape[0] > 1 else x.expand(2, *x.shape[1:]).contiguous()
+    buf = io.StringIO()
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(buf):
+            warnings.simplefilter("ignore")
+            prog = torch.onnx.export(
+                _FirstOutput(model).eval(), (x,), dynamo=True, input_names=[INPUT],
+                output_names=["logits"], dynamic_shapes=({0: torch.export.Dim("batch")},),
+                opset_version=18, verbose=False,
+            )  # fmt: skip
+    except Exception as exc:
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ExportError(f"torch.onnx.export of the baseline failed: {msg}") from exc
+    proto = prog.model_proto
+    for i, node in enumerate(proto.graph.node):
+        node.name = node.name or f"{node.op_type}_{i}"
+    with atomic_path(path) as tmp:
+        onnx.checker.check_model(proto)
+        onnx.save_model(proto, str(tmp))
+    return Path(path)

@@ -1,0 +1,68 @@
+"""The end-of-run table: quality (from ``report.json``) beside speed and size (``bench.json``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+__all__ = ["SUMMARY_COLUMNS", "summary_rows"]
+
+SUMMARY_COLUMNS = [
+    ("model", "model"), ("accuracy", "accuracy"), ("ece", "ECE"),
+    ("ood_auroc_entropy", "OOD AUROC (H)"), ("ood_auroc_mi", "OOD AUROC (MI)"),
+    ("referral_needed@0.99", "referral@99%"), ("images_per_s", "images/s"),
+    ("size_mb", "size MB"), ("gates", "gates"),
+]  # fmt: skip
+_FILES = {"fp32": "model.fp32.onnx", "int8": "model.int8.onnx", "baseline": "baseline.onnx"}
+
+
+def _fmt(key: str, value) -> str:
+    if value is None:
+        return "-"
+    if key == "size_mb":
+        return f"{value:.3f}"
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def _throughput(root: Path) -> dict[str, str]:
+    """images/s per model at the largest batch and the largest S it was benched at."""
+    path = root / "bench" / "bench.json"
+    cells = json.loads(path.read_text()).get("cells", []) if path.is_file() else []
+    if not cells:
+        return {}
+    batch = max(c["batch"] for c in cells)
+    best: dict[str, tuple[int, float]] = {}
+    for c in cells:
+        if c["batch"] != batch:
+            continue
+        key = (c["samples"], c["images_per_s"])
+        best[c["model"]] = max(best.get(c["model"], key), key)
+    return {m: f"{v:,.0f} (B={batch}, S={s})" for m, (s, v) in best.items()}
+
+
+def summary_rows(root: str | Path) -> list[dict[str, str]]:
+    """One row per model of a run folder (formatted strings; '-' where not measured)."""
+    root = Path(root)
+    rep_path = root / "report" / "report.json"
+    report = json.loads(rep_path.read_text()) if rep_path.is_file() else {"models": []}
+    speed = _throughput(root)
+    gates = report.get("gates", {})
+    names = [m["name"] for m in report["models"]] or [
+        n for n in _FILES if (root / _FILES[n]).is_file()
+    ]
+    metrics = {m["name"]: m["metrics"] for m in report["models"]}
+    rows = []
+    for name in names:
+        row = {"model": name}
+        for key, _ in SUMMARY_COLUMNS[1:6]:
+            row[key] = _fmt(key, metrics.get(name, {}).get(key))
+        row["images_per_s"] = speed.get(name, "-")
+        f = root / _FILES.get(name, f"{name}.onnx")
+        row["size_mb"] = _fmt("size_mb", f.stat().st_size / 1e6 if f.is_file() else None)
+        if name in gates:
+            failed = [g["name"] for g in gates[name] if g.get("passed") is False]
+            row["gates"] = "pass" if not failed else "FAIL: " + ", ".join(failed)
+        else:
+            row["gates"] = "reference" if name == report.get("reference") else "-"
+        rows.append(row)
+    return rows
