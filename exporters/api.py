@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import logging
 import os
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +26,7 @@ from qbnn.runtimes.seeding import random_nodes
 from . import ensemble, flipout, mcdropout, meanfield  # noqa: F401  (register exporters)
 from .btlayers import FLIPOUT_TYPES, REPARAM_TYPES, check_supported
 from .graph import finalize
+from .quiet import quiet_export
 from .registry import BuiltModel, get_exporter, known_families, task_of
 from .verify import FidelityReport, verify_export
 
@@ -136,10 +134,8 @@ def _trace(built: BuiltModel, x: torch.Tensor, task: Task, opset: int) -> onnx.M
     template = torch.zeros(2)
     dims = {"x": {0: torch.export.Dim("batch")}, "template": {0: torch.export.Dim("samples")}}
     outputs = REGRESSION_OUTPUTS if task == Task.REGRESSION else CLASSIFICATION_OUTPUTS
-    buf = io.StringIO()
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(buf):
-            warnings.simplefilter("ignore")
+        with quiet_export():
             prog = torch.onnx.export(
                 built.module,
                 (xb, template),

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
-import warnings
 from pathlib import Path
 
 import onnx
@@ -14,6 +11,8 @@ from torch import nn
 from qbnn.runtimes.atomic import atomic_path
 from qbnn.runtimes.contract import INPUT
 from qbnn.runtimes.errors import ExportError
+
+from .quiet import quiet_export
 
 __all__ = ["export_plain"]
 
@@ -32,10 +31,8 @@ def export_plain(model: nn.Module, example_input: torch.Tensor, path: str | Path
     """Export ``model`` (eval mode) with input ``input [B, *F]`` and output ``logits [B, C]``."""
     x = example_input.detach().float()
     x = x if x.shape[0] > 1 else x.expand(2, *x.shape[1:]).contiguous()
-    buf = io.StringIO()
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(buf):
-            warnings.simplefilter("ignore")
+        with quiet_export():
             prog = torch.onnx.export(
                 _FirstOutput(model).eval(), (x,), dynamo=True, input_names=[INPUT],
                 output_names=["logits"], dynamic_shapes=({0: torch.export.Dim("batch")},),

@@ -148,4 +148,4 @@ def main() -> None:
 
 
 # Stage commands that live in their own modules register themselves on ``app``.
-from qbnn.pipeline import cli_quantize, cli_validate  # noqa: E402,F401
+from qbnn.pipeline import cli_bench, cli_quantize, cli_run, cli_validate  # noqa: E402,F401

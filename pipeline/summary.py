@@ -35,7 +35,7 @@ def _throughput(root: Path) -> dict[str, str]:
     for c in cells:
         if c["batch"] != batch:
             continue
-        key = (c["samples"], c["images_per_s"])
+        key = (c["num_samples"], c["images_per_s"])
         best[c["model"]] = max(best.get(c["model"], key), key)
     return {m: f"{v:,.0f} (B={batch}, S={s})" for m, (s, v) in best.items()}
 
