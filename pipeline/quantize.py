@@ -225,8 +225,8 @@ def _guard_global(src_model, int8, info, cfg, x) -> SpreadCheck | None:
     has_posterior = info.stochastic or info.posterior == "ensemble" or "frozen" in info.sampling
     if not info.is_qbnn or not info.takes_num_samples or not has_posterior:
         return None
-    s = max(32, cfg.calibration.num_samples)
-    return spread_check(src_model, int8, x[: min(len(x), 128)], info.task, s, cfg.guard.seed)
+    s = max(16, cfg.calibration.num_samples)
+    return spread_check(src_model, int8, x[: min(len(x), 48)], info.task, s, cfg.guard.seed)
 
 
 def _spread_ok(spread: SpreadCheck, cfg: QuantConfig) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from typer.testing import CliRunner
@@ -93,21 +94,16 @@ def test_failed_stage_keeps_earlier_artifacts_and_a_valid_manifest(demo_run, tmp
     data["data"] = {k: str(inputs / v) for k, v in data["data"].items()}
     data["model"]["weights"] = str(inputs / "bnn.pt")
     data["baseline"]["weights"] = str(inputs / "det.pt")
-    data["data"]["calib"] = str(inputs / "ood.npz")  # right shape ...
-    data["quantize"]["calibration"]["num_samples"] = 8
-    data["quantize"]["guard"] = {
-        "on_erasure": "fail",
-        "min_spread_ratio": 0.99,
-        "max_spread_ratio": 1.0,
-    }  # ... but an impossible guard
+    np.savez(tmp_path / "wrong.npz", x=np.zeros((4, 1, 9, 9), np.float32))
+    data["data"]["calib"] = str(tmp_path / "wrong.npz")  # 9x9 images for an 8x8 model
     cfg = tmp_path / "p.yaml"
     cfg.write_text(yaml.safe_dump(data))
-    with pytest.raises(QbnnError, match="does not keep the posterior"):
+    with pytest.raises(QbnnError, match=r"calibration data shape \[4, 1, 9, 9\] does not match"):
         run(cfg)
     m = _manifest(tmp_path / "broken")
     assert m["stages"]["export"]["status"] == "done"
     assert m["stages"]["quantize"]["status"] == "failed"
-    assert "posterior" in m["stages"]["quantize"]["error"]
+    assert "calibration data shape" in m["stages"]["quantize"]["error"]
     for a in m["artifacts"]:
         assert sha256_file(tmp_path / "broken" / a["path"]) == a["sha256"]
     assert not (tmp_path / "broken" / "model.int8.onnx").exists()
