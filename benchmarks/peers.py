@@ -5,9 +5,10 @@ Contenders per (model, batch, S) cell, all with 2 threads and the same inputs:
   bt_int8   Bayesian-Torch's own int8 QBNN (prepare / calibrate / convert, x86 engine)
   det_fp32  the deterministic network in PyTorch, one pass (the floor; S does not apply)
   qbnn      fp32 and INC int8 ONNX graphs per sampling mode, one session.run for all S
-Models have random weights (fine for speed). Rounds rotate the contender order so machine
-drift hits all alike; repeats adapt to ~1.5 s per contender (3..15), and a contender whose
-first run exceeds 8 s is timed once.
+Models have random weights (fine for speed). ONNX Runtime thread spinning is off so that idle
+ORT workers do not steal the CPU from the torch contenders. Rounds rotate the contender order
+so machine drift hits all alike; repeats adapt to ~1.5 s per contender (3..15), and a
+contender whose first run exceeds 8 s is timed once.
 Usage: python benchmarks/peers.py [--quick] [--cache DIR]
 """
 
@@ -25,9 +26,11 @@ import onnxruntime as ort
 import torch
 import zoo
 
-from qbnn.runtimes import Predictor, available_providers
+from qbnn.runtimes import Predictor, PredictorOptions, SessionOptions, available_providers
 
 RESULTS = Path(__file__).parent / "results"
+NOTES: list[str] = []
+NO_SPIN = {"session.intra_op.allow_spinning": "0", "session.inter_op.allow_spinning": "0"}
 CELLS = [("resnet20", 1, 1), ("resnet20", 32, 1), ("resnet20", 32, 8), ("resnet20", 32, 32),
          ("resnet50", 8, 1), ("digits_mlp", 32, 8)]  # fmt: skip
 MODES = {
@@ -49,7 +52,10 @@ def _torch_runner(model, x: np.ndarray, s: int, loop: bool):
 
 
 def _ort_runner(path: Path, x: np.ndarray, s: int, provider: str):
-    pred = Predictor(path, provider=provider, threads=2, seed=0)
+    # No spinning: idle ORT worker threads would otherwise steal the CPU from the torch
+    # contenders interleaved with them.
+    opts = PredictorOptions(session=SessionOptions(config_entries=NO_SPIN))
+    pred = Predictor(path, provider=provider, threads=2, seed=0, options=opts)
     feed = {"input": x, "num_samples": np.array(s, dtype=np.int64)}
     if not pred.info.takes_num_samples:
         feed.pop("num_samples")
@@ -65,7 +71,9 @@ def contenders(name: str, batch: int, s: int, cache: Path, providers) -> dict:
         calib = torch.from_numpy(zoo.inputs(name, 32, seed=1))
         out["bt_int8"] = _torch_runner(bt_qbnn.bt_int8(bnn, calib, engine="x86"), x, s, True)
     except RuntimeError as exc:
-        print(f"  bt_int8 unavailable: {exc}")
+        msg = str(exc).split(" is only available for these backends")[0]
+        NOTES.append(f"{name}: Bayesian-Torch int8 unavailable: {msg}")
+        print(f"  bt_int8 unavailable: {msg}")
     for mode in MODES[name]:
         if mode.startswith("frozen") and s != int(mode.split(":")[1]):
             continue  # frozen:K always evaluates its K members: only meaningful at S = K
@@ -156,7 +164,8 @@ def write(rows: list[dict], providers, seconds: float) -> None:
                 f"| {r['contender']} | {r['median_ms']:.1f} | {r['images_per_s']:,.1f} | {ratio} |"
             )
         lines.append("")
-    (RESULTS / "peers.md").write_text("\n".join(lines))
+    lines += ["## Notes", ""] + [f"- {n}" for n in NOTES]
+    (RESULTS / "peers.md").write_text("\n".join(lines) + "\n")
     print(f"-> {RESULTS / 'peers.md'}")
 
 

@@ -76,6 +76,11 @@ class BenchConfig:
     seed: int = 0
     interleave: bool = True
     measure_memory: bool = True
+    #: ONNX Runtime worker threads spin after a run by default; with several sessions timed
+    #: in turn, one session's spinning threads compete with the next one (interleaved
+    #: results of small graphs varied up to ~4x run to run with spinning on), so benchmarks
+    #: turn spinning off unless asked.
+    spinning: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "batches", _grid("batches", self.batches, 1 << 20))
@@ -169,7 +174,15 @@ class _Runner:
     """One open session and its feeds, timed one ``session.run`` at a time."""
 
     def __init__(self, name: str, path: Path, provider: str, cfg: BenchConfig) -> None:
-        opts = SessionOptions(provider=provider, threads=cfg.threads)
+        spin = "1" if cfg.spinning else "0"
+        opts = SessionOptions(
+            provider=provider,
+            threads=cfg.threads,
+            config_entries={
+                "session.intra_op.allow_spinning": spin,
+                "session.inter_op.allow_spinning": spin,
+            },
+        )
         self.session, self.info, self.spec = open_session(path, opts, cfg.seed)
         self.name, self.path, self.seed = name, path, cfg.seed
         self.samples = cfg.samples if self.info.takes_num_samples else (1,)

@@ -103,6 +103,7 @@ class Predictor:
             provider=provider, threads=threads,
             graph_optimization_level=opts.session.graph_optimization_level,
             provider_options=opts.session.provider_options,
+            config_entries=opts.session.config_entries,
         )  # fmt: skip
         self.path = Path(path)
         self.options = opts

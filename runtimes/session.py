@@ -37,6 +37,9 @@ class SessionOptions:
     threads: int | None = None
     graph_optimization_level: GraphOptLevel = GraphOptLevel.ALL
     provider_options: dict[str, str] = field(default_factory=dict)
+    #: ONNX Runtime session config entries, e.g. ``{"session.intra_op.allow_spinning": "0"}``
+    #: (benchmarks that interleave ORT with other frameworks turn spinning off)
+    config_entries: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.threads is not None and self.threads < 1:
@@ -133,6 +136,8 @@ def open_session(path: str | Path, options: SessionOptions, seed: int | None):
         _require_num_samples(model)
     so = ort.SessionOptions()
     so.log_severity_level = 3  # the num_samples initializer notice is by design
+    for key, value in options.config_entries.items():
+        so.add_session_config_entry(key, str(value))
     if options.threads is not None:
         so.intra_op_num_threads = options.threads
         so.inter_op_num_threads = 1

@@ -268,3 +268,15 @@ def test_cli_predict_errors(models, tmp_path, setup, message):
     )
     assert r.exit_code == 1 and message in r.output and "Traceback" not in r.output
     assert not (tmp_path / "o.npz").exists()
+
+
+def test_session_config_entries_pass_through(models):
+    from qbnn.runtimes import SessionOptions
+
+    spin_off = {"session.intra_op.allow_spinning": "0"}
+    opts = PredictorOptions(session=SessionOptions(config_entries=spin_off, threads=1))
+    a = Predictor(models["bnn"], seed=3, options=opts).predict(x_img(), 4).mean_probs
+    b = Predictor(models["bnn"], seed=3).predict(x_img(), 4).mean_probs
+    np.testing.assert_allclose(a, b, atol=1e-5)
+    with pytest.raises(ConfigError, match="threads must be >= 1"):
+        SessionOptions(threads=0)
