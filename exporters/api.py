@@ -20,7 +20,7 @@ from qbnn.runtimes.contract import (
     MetaKey,
     Task,
 )
-from qbnn.runtimes.errors import ConfigError, ExportError
+from qbnn.runtimes.errors import ConfigError, ExportError, first_line
 from qbnn.runtimes.seeding import random_nodes
 
 from . import ensemble, flipout, mcdropout, meanfield  # noqa: F401  (register exporters)
@@ -125,7 +125,7 @@ def _probe(built: BuiltModel, x: torch.Tensor) -> torch.Tensor:
     try:
         return built.reference(x, 1, torch.Generator().manual_seed(0))
     except Exception as exc:  # the user's model raised: report it as a shape problem
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise ExportError(f"the model rejected an input of shape {list(x.shape)}: {first}") from exc
 
 
@@ -147,7 +147,7 @@ def _trace(built: BuiltModel, x: torch.Tensor, task: Task, opset: int) -> onnx.M
                 verbose=False,
             )
     except Exception as exc:
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        msg = first_line(exc)
         raise ExportError(f"torch.onnx.export failed: {msg}") from exc
     return prog.model_proto
 

@@ -95,14 +95,18 @@ class _ExportLayer(nn.Module):
         raise NotImplementedError
 
 
-class WeightSampledLayer(_ExportLayer):
-    """``weight`` mode: per MC sample ``W_s = mu + sigma * eps_s``, shared by the batch."""
+class _GaussianSampled(_ExportLayer):
+    """Holds ``mu`` and ``sigma`` of weight and bias, and the shared sample context."""
 
     def __init__(self, post: GaussianLayer, ctx: SampleContext) -> None:
         super().__init__(post.conv, post.returns_kl)
         self.ctx = ctx
         for name in ("mu_w", "sigma_w", "mu_b", "sigma_b"):
             self._opt(name, getattr(post, name))
+
+
+class WeightSampledLayer(_GaussianSampled):
+    """``weight`` mode: per MC sample ``W_s = mu + sigma * eps_s``, shared by the batch."""
 
     def compute(self, x: torch.Tensor) -> torch.Tensor:
         w = self.mu_w + self.sigma_w * self.ctx.noise(self.mu_w.shape)
@@ -128,18 +132,12 @@ class LRTLayer(_ExportLayer):
         return mean + torch.sqrt(torch.clamp(var, min=1e-16)) * normal_like(mean)
 
 
-class FlipoutLayer(_ExportLayer):
+class FlipoutLayer(_GaussianSampled):
     """Bayesian-Torch's flipout estimator with one delta-weight draw per MC sample.
 
     ``out = f(x, mu) + f(x * s_in, sigma * eps_s) * s_out`` with random sign tensors shaped like
     the layer's input and output, exactly as ``LinearFlipout`` / ``Conv2dFlipout`` compute it.
     """
-
-    def __init__(self, post: GaussianLayer, ctx: SampleContext) -> None:
-        super().__init__(post.conv, post.returns_kl)
-        self.ctx = ctx
-        for name in ("mu_w", "sigma_w", "mu_b", "sigma_b"):
-            self._opt(name, getattr(post, name))
 
     def compute(self, x: torch.Tensor) -> torch.Tensor:
         outputs = apply_shared(x, self.mu_w, self.mu_b, self.conv)

@@ -10,7 +10,7 @@ from torch import nn
 
 from qbnn.runtimes.atomic import atomic_path
 from qbnn.runtimes.contract import INPUT
-from qbnn.runtimes.errors import ExportError
+from qbnn.runtimes.errors import ExportError, first_line
 
 from .quiet import quiet_export
 
@@ -39,7 +39,7 @@ def export_plain(model: nn.Module, example_input: torch.Tensor, path: str | Path
                 opset_version=18, verbose=False,
             )  # fmt: skip
     except Exception as exc:
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        msg = first_line(exc)
         raise ExportError(f"torch.onnx.export of the baseline failed: {msg}") from exc
     proto = prog.model_proto
     for i, node in enumerate(proto.graph.node):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from qbnn.runtimes.errors import QuantizationError
+from qbnn.runtimes.errors import QuantizationError, first_line
 
 from .calibration import make_reader
 from .qconfig import Backend, CalibMethod, QType, QuantConfig, QuantFormat
@@ -121,7 +121,7 @@ def quiet_backend(name: str):
     except QuantizationError:
         raise
     except Exception as exc:
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        msg = first_line(exc)
         raise QuantizationError(f"{name} quantization failed: {msg}") from exc
     finally:
         inc_log.setLevel(level)

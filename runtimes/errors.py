@@ -7,6 +7,7 @@ place and prints one line (exit code 1, or 2 for :class:`UsageError`).
 from __future__ import annotations
 
 __all__ = [
+    "first_line",
     "ConfigError",
     "ExportError",
     "ModelLoadError",
@@ -53,3 +54,9 @@ class RuntimeInputError(QbnnError):
 
 class QuantizationError(QbnnError):
     """Quantization failed or produced a model that is no longer Bayesian."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first non-empty line of an exception's message (its type name if it has none)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -10,7 +10,7 @@ from pathlib import Path
 import onnx
 
 from .contract import INPUT, NUM_SAMPLES, MetaKey, Task
-from .errors import ConfigError, ModelLoadError
+from .errors import ConfigError, ModelLoadError, first_line
 from .loading import load_onnx
 from .providers import ProviderSpec, resolve_provider
 from .seeding import random_nodes, reseed
@@ -156,7 +156,7 @@ def open_session(path: str | Path, options: SessionOptions, seed: int | None):
     try:
         sess = ort.InferenceSession(model.SerializeToString(), so, providers=providers)
     except Exception as exc:  # ONNX Runtime refused the graph: say which file and why
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise ModelLoadError(f"ONNX Runtime cannot load {path} on {spec.name}: {first}") from exc
     log.info("opened %s on %s (%s)", path, spec.name, spec.ep)
     return sess, info, spec
