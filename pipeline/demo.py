@@ -26,7 +26,7 @@ def demo_config_text() -> str:
 def _quick(text: str) -> str:
     """The reduced setting used by tests: smaller validation and benchmark grids."""
     cfg = yaml.safe_load(text)
-    cfg["validate"].update({"num_samples": 8, "bootstrap": 20, "mc_repeats": 1})
+    cfg["validate"].update({"num_samples": 16, "bootstrap": 20, "mc_repeats": 1})
     cfg["bench"].update({"batches": [4], "samples": [1, 4], "repeats": 2, "warmup": 1})
     cfg["quantize"]["calibration"].update({"size": 64})
     return yaml.safe_dump(cfg, sort_keys=False)
@@ -58,7 +58,7 @@ def prepare_demo(
     for name, content in arrays.items():  # npz embeds timestamps: rewrite only when asked
         if retrain or not (inputs / name).is_file():
             np.savez(inputs / name, **content)
-    epochs = 8 if quick else 30
+    epochs = 30  # ~4 s per model; fewer epochs leave a model too weak for stable gates
     for name, factory in (("bnn.pt", digits.bayes_cnn), ("det.pt", digits.det_cnn)):
         if (inputs / name).is_file() and not retrain:
             continue
