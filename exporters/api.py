@@ -15,6 +15,7 @@ from qbnn.runtimes.atomic import atomic_path
 from qbnn.runtimes.contract import (
     CLASSIFICATION_OUTPUTS,
     FORMAT_VERSION,
+    HETEROSCEDASTIC_OUTPUTS,
     INPUT,
     REGRESSION_OUTPUTS,
     MetaKey,
@@ -78,6 +79,7 @@ def export(
     verify_samples: int = 64,
     opset: int = 18,
     source: str | None = None,
+    heteroscedastic: bool = False,
 ) -> Path:
     """Compile ``model`` to an ONNX graph obeying the qbnn contract; returns the written path.
 
@@ -103,6 +105,7 @@ def export(
         verify_samples=verify_samples,
         opset=opset,
         source=source,
+        heteroscedastic=heteroscedastic,
     ).path
 
 
@@ -129,11 +132,28 @@ def _probe(built: BuiltModel, x: torch.Tensor) -> torch.Tensor:
         raise ExportError(f"the model rejected an input of shape {list(x.shape)}: {first}") from exc
 
 
-def _trace(built: BuiltModel, x: torch.Tensor, task: Task, opset: int) -> onnx.ModelProto:
+def _heteroscedastic(built: BuiltModel, ref: torch.Tensor, task: Task, on: bool) -> int:
+    """Switch the wrapper's head; returns the output dimension D (C for classifiers)."""
+    if not on:
+        return int(ref.shape[-1])
+    if task != Task.REGRESSION or ref.shape[-1] % 2:
+        raise ConfigError(
+            f"heteroscedastic=True needs task='regression' and an even output size [B, 2D] "
+            f"(mean, log-variance); got task '{task.value}' and output size {ref.shape[-1]}"
+        )
+    built.module.heteroscedastic = True
+    return int(ref.shape[-1]) // 2
+
+
+def _trace(
+    built: BuiltModel, x: torch.Tensor, task: Task, opset: int, heteroscedastic: bool = False
+) -> onnx.ModelProto:
     xb = x if x.shape[0] > 1 else x.expand(2, *x.shape[1:]).contiguous()
     template = torch.zeros(2)
     dims = {"x": {0: torch.export.Dim("batch")}, "template": {0: torch.export.Dim("samples")}}
     outputs = REGRESSION_OUTPUTS if task == Task.REGRESSION else CLASSIFICATION_OUTPUTS
+    if heteroscedastic:
+        outputs = HETEROSCEDASTIC_OUTPUTS
     try:
         with quiet_export():
             prog = torch.onnx.export(
@@ -174,8 +194,14 @@ def export_model(
     verify_samples=64,
     opset=18,
     source=None,
+    heteroscedastic=False,
 ) -> ExportResult:
-    """Like :func:`export` but returns an :class:`ExportResult` with the self-check numbers."""
+    """Like :func:`export` but returns an :class:`ExportResult` with the self-check numbers.
+
+    ``heteroscedastic=True`` (regression only): the network outputs ``[B, 2D]`` = mean and
+    log-variance; the graph adds ``variance [S, B, D]`` and ``pred_variance`` becomes the law of
+    total variance ``E[variance] + Var[mean]``.
+    """
     path = Path(path)
     _check_args(example_input, path, num_samples, verify_samples)
     task_e = task_of(task)
@@ -185,7 +211,8 @@ def export_model(
     x = example_input.detach().float()
     built = exporter.build(model, mode, task=task_e, seed=seed)
     ref = _probe(built, x)
-    proto = _trace(built, x, task_e, opset)
+    out_dim = _heteroscedastic(built, ref, task_e, heteroscedastic)
+    proto = _trace(built, x, task_e, opset, heteroscedastic)
     meta = {
         MetaKey.FORMAT_VERSION: FORMAT_VERSION,
         MetaKey.TASK: task_e.value,
@@ -198,8 +225,9 @@ def export_model(
         MetaKey.INPUT_SHAPE: ",".join(map(str, x.shape[1:])),
         MetaKey.SEED: "" if seed is None else str(seed),
         (MetaKey.NUM_CLASSES if task_e == Task.CLASSIFICATION else "qbnn.output_dim"): str(
-            ref.shape[-1]
+            out_dim
         ),
+        MetaKey.HETEROSCEDASTIC: "1" if heteroscedastic else "0",
     }
     finalize(proto, _TEMPLATE, num_samples, seed, {str(k): v for k, v in meta.items()})
     if not built.exact and not random_nodes(proto):

@@ -26,13 +26,23 @@ def _entropy(p: torch.Tensor) -> torch.Tensor:
     return -(p * torch.log(torch.clamp(p, min=1e-12))).sum(-1)
 
 
-def uncertainty_head(per_sample: torch.Tensor, task: Task) -> tuple[torch.Tensor, ...]:
+def uncertainty_head(
+    per_sample: torch.Tensor, task: Task, heteroscedastic: bool = False
+) -> tuple[torch.Tensor, ...]:
     """Contract outputs from per-sample network outputs ``[S, B, C]`` (logits) or ``[S, B, D]``.
 
     Classification: ``probs [S,B,C], mean_probs [B,C], predictive_entropy [B],
     expected_entropy [B], mutual_information [B]``.
-    Regression: ``mean [S,B,D], pred_mean [B,D], pred_variance [B,D]``.
+    Regression: ``mean [S,B,D], pred_mean [B,D], pred_variance [B,D]``. Heteroscedastic heads
+    output ``[S, B, 2D]`` (mean, log-variance) and add ``variance [S,B,D]``; then
+    ``pred_variance = E[variance] + Var[mean]`` (law of total variance).
     """
+    if task == Task.REGRESSION and heteroscedastic:
+        d = per_sample.shape[-1] // 2
+        mean, var = per_sample[..., :d], torch.exp(per_sample[..., d:])
+        pred_mean = mean.mean(0)
+        spread = ((mean - pred_mean.unsqueeze(0)) ** 2).mean(0)
+        return mean, var, pred_mean, var.mean(0) + spread
     if task == Task.REGRESSION:
         pred_mean = per_sample.mean(0)
         pred_var = ((per_sample - pred_mean.unsqueeze(0)) ** 2).mean(0)
@@ -57,13 +67,14 @@ class SampledModel(nn.Module):
         self.net = net
         self.ctx = ctx
         self.task = task
+        self.heteroscedastic = False  # set by the export driver
 
     def forward(self, x: torch.Tensor, template: torch.Tensor):
         self.ctx.template = template
         s, b = template.shape[0], x.shape[0]
         xs = x.unsqueeze(0).expand(s, *x.shape).reshape(s * b, *x.shape[1:])
         out = _first(self.net(xs))
-        return uncertainty_head(out.reshape(s, b, -1), self.task)
+        return uncertainty_head(out.reshape(s, b, -1), self.task, self.heteroscedastic)
 
 
 class EnsembleModel(nn.Module):
@@ -73,10 +84,11 @@ class EnsembleModel(nn.Module):
         super().__init__()
         self.members = nn.ModuleList(members)
         self.task = task
+        self.heteroscedastic = False  # set by the export driver
 
     def forward(self, x: torch.Tensor, template: torch.Tensor):
         b = x.shape[0]
         outs = torch.stack([_first(m(x)).reshape(b, -1) for m in self.members])  # [K, B, C]
         k = len(self.members)
         idx = torch.remainder(torch.arange(template.shape[0]), k)
-        return uncertainty_head(outs[idx], self.task)
+        return uncertainty_head(outs[idx], self.task, self.heteroscedastic)

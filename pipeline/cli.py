@@ -82,6 +82,9 @@ def export_cmd(
     task: Annotated[str, typer.Option(help="classification|regression")] = "classification",
     batch: Annotated[int, typer.Option(help="example batch for the self-check")] = 4,
     verify: Annotated[bool, typer.Option("--verify/--no-verify", help="self-check")] = True,
+    heteroscedastic: Annotated[
+        bool, typer.Option(help="regression head outputs [mean, log-variance]")
+    ] = False,
     trust_checkpoint: Annotated[
         bool, typer.Option(help="allow full unpickling of --weights (trusted files only)")
     ] = False,
@@ -106,6 +109,7 @@ def export_cmd(
         task=task,
         seed=seed,
         verify=verify,
+        heteroscedastic=heteroscedastic,
     )
     if result.fidelity is not None:
         typer.echo(result.fidelity.summary())

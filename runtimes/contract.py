@@ -10,6 +10,7 @@ from enum import StrEnum
 
 __all__ = [
     "CLASSIFICATION_OUTPUTS",
+    "HETEROSCEDASTIC_OUTPUTS",
     "FORMAT_VERSION",
     "INPUT",
     "META_PREFIX",
@@ -34,6 +35,8 @@ CLASSIFICATION_OUTPUTS = (
 )
 #: mean [S, B, D], pred_mean [B, D], pred_variance [B, D]
 REGRESSION_OUTPUTS = ("mean", "pred_mean", "pred_variance")
+#: heteroscedastic heads add the per-sample predicted variance ``variance [S, B, D]``
+HETEROSCEDASTIC_OUTPUTS = ("mean", "variance", "pred_mean", "pred_variance")
 
 
 class Task(StrEnum):
@@ -59,3 +62,4 @@ class MetaKey(StrEnum):
     INPUT_SHAPE = "qbnn.input_shape"
     MAX_SAMPLES = "qbnn.max_samples"
     QUANTIZATION = "qbnn.quantization"
+    HETEROSCEDASTIC = "qbnn.heteroscedastic"

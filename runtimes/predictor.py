@@ -58,7 +58,8 @@ class Prediction:
     """Predictive summary of one call. Classification fields:
     ``mean_probs [B, C]``, ``predictive_entropy [B]``, ``expected_entropy [B]``,
     ``mutual_information [B]``, ``probs [S, B, C]`` (only with ``return_samples``).
-    Regression fields: ``pred_mean [B, D]``, ``pred_variance [B, D]``, ``samples [S, B, D]``.
+    Regression fields: ``pred_mean [B, D]``, ``pred_variance [B, D]``, ``samples [S, B, D]`` and,
+    for heteroscedastic heads, ``variance_samples [S, B, D]`` (both only with ``return_samples``).
     All float32. ``num_samples`` is the S used."""
 
     num_samples: int
@@ -70,6 +71,7 @@ class Prediction:
     pred_mean: np.ndarray | None = None
     pred_variance: np.ndarray | None = None
     samples: np.ndarray | None = None
+    variance_samples: np.ndarray | None = None
 
     def as_dict(self) -> dict[str, np.ndarray]:
         """Non-empty fields as arrays (for ``np.savez``)."""
@@ -194,15 +196,28 @@ class Predictor:
         names = [o for o in self.info.outputs]
         return dict(zip(names, self.session.run(names, feed), strict=True))
 
+    def _merge_regression(self, parts: list[dict[str, np.ndarray]], keep: bool) -> Prediction:
+        """Per-chunk graph outputs concatenated along the batch; the graph's own
+        ``pred_variance`` (which includes a heteroscedastic head's aleatoric part) is used when
+        present, else the spread of the per-sample means."""
+        samples = np.concatenate([p["mean"] for p in parts], axis=1)
+        if all("pred_variance" in p for p in parts):
+            mean = np.concatenate([p["pred_mean"] for p in parts])
+            var = np.concatenate([p["pred_variance"] for p in parts])
+        else:
+            mean = samples.mean(0)
+            var = ((samples - mean) ** 2).mean(0)
+        noise = None
+        if keep and all("variance" in p for p in parts):
+            noise = np.concatenate([p["variance"] for p in parts], axis=1)
+        return Prediction(
+            num_samples=samples.shape[0], pred_mean=mean, pred_variance=var,
+            samples=samples if keep else None, variance_samples=noise,
+        )  # fmt: skip
+
     def _merge(self, parts: list[dict[str, np.ndarray]], s: int, keep: bool) -> Prediction:
         if self.info.task == Task.REGRESSION:
-            samples = np.concatenate([p["mean"] for p in parts], axis=1)
-            mean = samples.mean(0)
-            return Prediction(
-                num_samples=samples.shape[0], pred_mean=mean,
-                pred_variance=((samples - mean) ** 2).mean(0),
-                samples=samples if keep else None,
-            )  # fmt: skip
+            return self._merge_regression(parts, keep)
         probs = np.concatenate([p["probs"] for p in parts], axis=1)
         if all("mean_probs" in p for p in parts):
             cat = {

@@ -213,3 +213,22 @@ class UnitNoise(torch.nn.Module):
 
     def forward(self, x):
         return self.l(x)[0]
+
+
+class HeteroMLP(torch.nn.Module):
+    """Bayesian regression head: [B, 6] -> [B, 4] = mean (2) and log-variance (2)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.l1 = LinearReparameterization(6, 16, posterior_rho_init=RHO)
+        self.l2 = LinearReparameterization(16, 4, posterior_rho_init=RHO)
+
+    def forward(self, x):
+        h, _ = self.l1(x)
+        out, _ = self.l2(torch.relu(h))
+        return out
+
+
+@_seeded
+def hetero_mlp() -> torch.nn.Module:
+    return HeteroMLP()
