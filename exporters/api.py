@@ -224,9 +224,7 @@ def export_model(
         MetaKey.VERSION: QBNN_VERSION,
         MetaKey.INPUT_SHAPE: ",".join(map(str, x.shape[1:])),
         MetaKey.SEED: "" if seed is None else str(seed),
-        (MetaKey.NUM_CLASSES if task_e == Task.CLASSIFICATION else "qbnn.output_dim"): str(
-            out_dim
-        ),
+        (MetaKey.NUM_CLASSES if task_e == Task.CLASSIFICATION else "qbnn.output_dim"): str(out_dim),
         MetaKey.HETEROSCEDASTIC: "1" if heteroscedastic else "0",
     }
     finalize(proto, _TEMPLATE, num_samples, seed, {str(k): v for k, v in meta.items()})

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-import torch
 
 from qbnn.exporters import export, export_model
 from qbnn.pipeline.qconfig import QuantConfig
