@@ -13,9 +13,10 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from qbnn.runtimes.contract import NUM_SAMPLES
+from qbnn.runtimes.loading import set_metadata
 from qbnn.runtimes.seeding import RANDOM_OPS, reseed
 
-__all__ = ["attach_num_samples", "finalize", "name_nodes", "set_metadata"]
+__all__ = ["attach_num_samples", "finalize", "name_nodes"]
 
 
 def attach_num_samples(model: onnx.ModelProto, template_name: str, default: int) -> None:
@@ -61,15 +62,6 @@ def name_nodes(model: onnx.ModelProto) -> None:
             name = f"{name}_{i}"
         node.name = name
         seen.add(name)
-
-
-def set_metadata(model: onnx.ModelProto, meta: dict[str, str]) -> None:
-    """Set (or overwrite) ``metadata_props`` entries."""
-    current = {p.key: p.value for p in model.metadata_props}
-    current.update({k: str(v) for k, v in meta.items()})
-    del model.metadata_props[:]
-    for k, v in sorted(current.items()):
-        model.metadata_props.append(onnx.StringStringEntryProto(key=k, value=v))
 
 
 def finalize(

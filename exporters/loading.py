@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from qbnn.runtimes.errors import ModelLoadError, UsageError
+from qbnn.runtimes.errors import ModelLoadError, UsageError, first_line
 
 __all__ = ["load_factory", "load_model", "load_weights", "parse_shape"]
 
@@ -76,9 +76,7 @@ def load_weights(model: nn.Module, path: str | Path, *, trust: bool = False) -> 
             if trust
             else " (it may need full unpickling: pass --trust-checkpoint if you trust it)"
         )
-        raise ModelLoadError(
-            f"cannot load checkpoint {path}: {str(exc).splitlines()[0]}{hint}"
-        ) from exc
+        raise ModelLoadError(f"cannot load checkpoint {path}: {first_line(exc)}{hint}") from exc
     state = _state_dict(obj, path)
     own = model.state_dict()
     missing = [k for k in own if k not in state]

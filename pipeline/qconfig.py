@@ -169,8 +169,7 @@ class QuantConfig:
 
     def __post_init__(self) -> None:
         coerce_enums(self)
-        ops = [o for o in self.op_types if o not in self.exclude_op_types]
-        if not ops:
+        if not self.quantized_op_types:
             raise ConfigError(
                 f"no op type left to quantize: op_types {list(self.op_types)} minus "
                 f"exclude_op_types {list(self.exclude_op_types)}"

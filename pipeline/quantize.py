@@ -20,9 +20,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from qbnn.runtimes.contract import NUM_SAMPLES, MetaKey, Task
+from qbnn.runtimes.contract import NUM_SAMPLES, MetaKey
 from qbnn.runtimes.errors import ConfigError, QuantizationError
-from qbnn.runtimes.loading import load_onnx
+from qbnn.runtimes.loading import load_onnx, set_metadata
 from qbnn.runtimes.session import model_info
 
 from .backends import run_backend
@@ -67,13 +67,10 @@ def _calibration_inputs(calib: np.ndarray | str | Path, info, size: int) -> np.n
     x = load_npz(calib, require=("x",))["x"] if not isinstance(calib, np.ndarray) else calib
     if len(x) == 0:
         raise ConfigError("the calibration set is empty")
-    fs = tuple(info.feature_shape)
-    if x.ndim != len(fs) + 1 or any(
-        isinstance(d, int) and d > 0 and d != s for d, s in zip(fs, x.shape[1:], strict=False)
-    ):
+    if not info.accepts(x.shape):
         raise ConfigError(
             f"calibration data shape {list(x.shape)} does not match the model input "
-            f"[N, {', '.join(map(str, fs))}]"
+            f"[N, {', '.join(map(str, info.feature_shape))}]"
         )
     if not np.isfinite(x).all():
         raise ConfigError("calibration data contains NaN or inf values")
@@ -86,11 +83,7 @@ def _repair(model: onnx.ModelProto, src_meta: dict[str, str]) -> None:
     inits = {i.name for i in model.graph.initializer}
     if NUM_SAMPLES in inits and not any(i.name == NUM_SAMPLES for i in model.graph.input):
         model.graph.input.append(helper.make_tensor_value_info(NUM_SAMPLES, TensorProto.INT64, []))
-    meta = {p.key: p.value for p in model.metadata_props}
-    meta.update({k: v for k, v in src_meta.items() if k not in meta})
-    del model.metadata_props[:]
-    for k, v in sorted(meta.items()):
-        model.metadata_props.append(onnx.StringStringEntryProto(key=k, value=v))
+    set_metadata(model, src_meta, overwrite=False)
 
 
 def _biasless_gemm_to_matmul(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -268,11 +261,10 @@ def _erasure_message(spread: SpreadCheck, erased, kept, cfg: QuantConfig) -> str
 def _finish(model: onnx.ModelProto, cfg: QuantConfig, kept: set[str]) -> None:
     record = to_dict(cfg)
     record["kept_fp32"] = sorted(kept)
-    meta = {p.key: p.value for p in model.metadata_props}
-    meta[MetaKey.PRECISION.value] = "int8"
-    meta[MetaKey.QUANTIZATION.value] = json.dumps(record, sort_keys=True)
-    del model.metadata_props[:]
-    for k, v in sorted(meta.items()):
-        model.metadata_props.append(onnx.StringStringEntryProto(key=k, value=v))
-    if Task(meta.get(MetaKey.TASK.value, "classification")) not in tuple(Task):
-        raise QuantizationError("unknown task in metadata")  # pragma: no cover
+    set_metadata(
+        model,
+        {
+            MetaKey.PRECISION.value: "int8",
+            MetaKey.QUANTIZATION.value: json.dumps(record, sort_keys=True),
+        },
+    )

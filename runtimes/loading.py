@@ -9,7 +9,7 @@ from onnx.external_data_helper import uses_external_data
 
 from .errors import ModelLoadError
 
-__all__ = ["load_onnx"]
+__all__ = ["load_onnx", "set_metadata"]
 
 
 def _check_external(model: onnx.ModelProto, base: Path) -> None:
@@ -43,3 +43,15 @@ def load_onnx(path: str | Path) -> onnx.ModelProto:
     _check_external(model, path.parent)
     onnx.load_external_data_for_model(model, str(path.parent))
     return model
+
+
+def set_metadata(model: onnx.ModelProto, meta: dict[str, str], *, overwrite: bool = True) -> None:
+    """Set ``metadata_props`` entries in place (sorted by key); with ``overwrite=False`` keys
+    the model already has keep their values."""
+    current = {p.key: p.value for p in model.metadata_props}
+    for k, v in meta.items():
+        if overwrite or k not in current:
+            current[k] = str(v)
+    del model.metadata_props[:]
+    for k, v in sorted(current.items()):
+        model.metadata_props.append(onnx.StringStringEntryProto(key=k, value=v))

@@ -124,14 +124,7 @@ class Predictor:
             raise RuntimeInputError(f"input dtype must be float32, got {x.dtype}")
         fs = self.info.feature_shape
         expected = "[B, " + ", ".join(map(str, fs)) + "]"
-        if (
-            x.ndim != len(fs) + 1
-            or x.shape[0] < 1
-            or any(
-                isinstance(d, int) and d > 0 and d != s
-                for d, s in zip(fs, x.shape[1:], strict=False)
-            )
-        ):
+        if not self.info.accepts(x.shape):
             raise RuntimeInputError(
                 f"input shape {list(x.shape)} does not match the model's {expected}"
             )

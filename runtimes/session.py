@@ -72,6 +72,19 @@ class ModelInfo:
     stochastic: bool
     meta: dict[str, str]
 
+    def accepts(self, shape: tuple[int, ...]) -> bool:
+        """Whether an input of ``shape`` (``[N >= 1, *feature_shape]``) fits the model;
+        symbolic or unknown feature dims accept any size."""
+        fs = self.feature_shape
+        return (
+            len(shape) == len(fs) + 1
+            and shape[0] >= 1
+            and all(
+                not (isinstance(d, int) and d > 0) or d == s
+                for d, s in zip(fs, shape[1:], strict=True)
+            )
+        )
+
 
 def model_info(model: onnx.ModelProto) -> ModelInfo:
     """Read the contract's metadata; a model without ``qbnn.*`` keys is a plain model (S = 1)."""
