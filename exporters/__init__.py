@@ -5,7 +5,9 @@ family live in their own modules and register with :func:`register_exporter`.
 """
 
 from .api import ExportResult, export, export_model, resolve_family
+from .ensemble import WeightSamples
 from .registry import Exporter, SamplingMode, get_exporter, known_families, register_exporter
+from .swag import SwagPosterior
 from .verify import FidelityReport
 
 __all__ = [
@@ -13,6 +15,8 @@ __all__ = [
     "Exporter",
     "FidelityReport",
     "SamplingMode",
+    "SwagPosterior",
+    "WeightSamples",
     "export",
     "export_model",
     "get_exporter",

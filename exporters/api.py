@@ -24,7 +24,7 @@ from qbnn.runtimes.contract import (
 from qbnn.runtimes.errors import ConfigError, ExportError, first_line
 from qbnn.runtimes.seeding import random_nodes
 
-from . import ensemble, flipout, mcdropout, meanfield  # noqa: F401  (register exporters)
+from . import ensemble, flipout, laplace, mcdropout, meanfield, swag  # noqa: F401  (register)
 from .btlayers import FLIPOUT_TYPES, REPARAM_TYPES, check_supported
 from .graph import finalize
 from .quiet import quiet_export
@@ -53,7 +53,7 @@ def resolve_family(model: object, posterior: str) -> str:
     """``posterior`` itself, or for ``auto`` the first registered family that detects ``model``."""
     if posterior != "auto":
         return get_exporter(posterior).family
-    for order in ("ensemble", "flipout", "meanfield", "mcdropout"):
+    for order in ("laplace", "swag", "ensemble", "flipout", "meanfield", "mcdropout"):
         if known_families()[order].detect(model):
             return order
     if isinstance(model, nn.Module):
@@ -80,6 +80,7 @@ def export(
     opset: int = 18,
     source: str | None = None,
     heteroscedastic: bool = False,
+    noise_variance: float | None = None,
 ) -> Path:
     """Compile ``model`` to an ONNX graph obeying the qbnn contract; returns the written path.
 
@@ -90,7 +91,9 @@ def export(
     ``predictive_entropy``, ``expected_entropy``, ``mutual_information`` ``[B']``
     (regression: ``mean [S, B', D]``, ``pred_mean``, ``pred_variance [B', D]``).
     ``seed`` fixes every random node's seed (identical outputs across processes); without it
-    each session draws fresh noise. See :func:`export_model` for the full result.
+    each session draws fresh noise. ``model`` may also be a fitted laplace-torch object, a
+    :class:`~qbnn.exporters.swag.SwagPosterior` or :class:`~qbnn.exporters.ensemble.WeightSamples`
+    (SG-MCMC draws). See :func:`export_model` for the full result and the regression options.
     """
     return export_model(
         model,
@@ -106,6 +109,7 @@ def export(
         opset=opset,
         source=source,
         heteroscedastic=heteroscedastic,
+        noise_variance=noise_variance,
     ).path
 
 
@@ -145,6 +149,22 @@ def _heteroscedastic(built: BuiltModel, ref: torch.Tensor, task: Task, on: bool)
     return int(ref.shape[-1]) // 2
 
 
+def _noise_variance(model, family: str, task: Task, hetero: bool, value: float | None) -> float:
+    """The observation-noise variance a homoscedastic regression head adds (0 for none)."""
+    if value is None and family == "laplace" and task == Task.REGRESSION:
+        value = float(torch.as_tensor(model.sigma_noise).detach().reshape(-1)[0]) ** 2
+    if value is None or value == 0:
+        return 0.0
+    if task != Task.REGRESSION or hetero:
+        raise ConfigError(
+            "noise_variance applies to homoscedastic regression only (task='regression', "
+            f"heteroscedastic=False); got task '{task.value}', heteroscedastic={hetero}"
+        )
+    if not value > 0 or value == float("inf"):
+        raise ConfigError(f"noise_variance must be a finite number > 0; got {value}")
+    return float(value)
+
+
 def _trace(
     built: BuiltModel, x: torch.Tensor, task: Task, opset: int, heteroscedastic: bool = False
 ) -> onnx.ModelProto:
@@ -173,10 +193,11 @@ def _trace(
 
 
 def _source(family: str) -> str:
-    if family in ("meanfield", "flipout"):
+    libs = {"meanfield": "bayesian-torch", "flipout": "bayesian-torch", "laplace": "laplace-torch"}
+    if family in libs:
         from importlib.metadata import version
 
-        return f"bayesian-torch {version('bayesian-torch')}; torch {torch.__version__}"
+        return f"{libs[family]} {version(libs[family])}; torch {torch.__version__}"
     return f"torch {torch.__version__}"
 
 
@@ -195,12 +216,15 @@ def export_model(
     opset=18,
     source=None,
     heteroscedastic=False,
+    noise_variance=None,
 ) -> ExportResult:
     """Like :func:`export` but returns an :class:`ExportResult` with the self-check numbers.
 
     ``heteroscedastic=True`` (regression only): the network outputs ``[B, 2D]`` = mean and
     log-variance; the graph adds ``variance [S, B, D]`` and ``pred_variance`` becomes the law of
-    total variance ``E[variance] + Var[mean]``.
+    total variance ``E[variance] + Var[mean]``. ``noise_variance`` (homoscedastic regression
+    only): a fixed observation-noise variance added to ``pred_variance``; a regression Laplace
+    object supplies ``sigma_noise**2`` by default.
     """
     path = Path(path)
     _check_args(example_input, path, num_samples, verify_samples)
@@ -212,6 +236,8 @@ def export_model(
     built = exporter.build(model, mode, task=task_e, seed=seed)
     ref = _probe(built, x)
     out_dim = _heteroscedastic(built, ref, task_e, heteroscedastic)
+    noise_var = _noise_variance(model, family, task_e, heteroscedastic, noise_variance)
+    built.module.noise_variance = noise_var
     proto = _trace(built, x, task_e, opset, heteroscedastic)
     meta = {
         MetaKey.FORMAT_VERSION: FORMAT_VERSION,
@@ -227,6 +253,8 @@ def export_model(
         (MetaKey.NUM_CLASSES if task_e == Task.CLASSIFICATION else "qbnn.output_dim"): str(out_dim),
         MetaKey.HETEROSCEDASTIC: "1" if heteroscedastic else "0",
     }
+    if noise_var:
+        meta[MetaKey.NOISE_VARIANCE] = repr(noise_var)
     finalize(proto, _TEMPLATE, num_samples, seed, {str(k): v for k, v in meta.items()})
     if not built.exact and not random_nodes(proto):
         raise ExportError(

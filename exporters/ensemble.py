@@ -8,7 +8,10 @@ one posterior sample; the graph's sample axis walks the members (sample ``s`` is
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from qbnn.runtimes.contract import Task
@@ -19,11 +22,39 @@ from .registry import BuiltModel, SamplingMode, register_exporter
 from .sampling import member_sampler
 from .wrapper import EnsembleModel
 
-__all__ = ["build_ensemble"]
+__all__ = ["WeightSamples", "build_ensemble"]
+
+
+@dataclass(frozen=True)
+class WeightSamples:
+    """Posterior weight samples as state dicts of one architecture.
+
+    ``model``: the architecture (its own weights are not used); ``states``: one state dict per
+    sample (SGLD / pSGLD / SGHMC draws, SWAG draws, checkpoints of a deep ensemble). Each must
+    load into ``model`` with ``strict=True``.
+    """
+
+    model: nn.Module
+    states: Sequence[Mapping[str, torch.Tensor]]
+
+    def members(self) -> list[nn.Module]:
+        """One deterministic copy of ``model`` per state dict."""
+        if not self.states:
+            raise ExportError("WeightSamples needs at least one state dict; got none")
+        out = []
+        for i, state in enumerate(self.states):
+            net = copy.deepcopy(self.model).eval()
+            try:
+                net.load_state_dict(state, strict=True)
+            except (RuntimeError, TypeError, AttributeError) as exc:
+                first = str(exc).strip().splitlines()[0]
+                raise ExportError(f"weight sample {i} does not fit the model: {first}") from exc
+            out.append(net)
+        return out
 
 
 def _detect(model: object) -> bool:
-    return isinstance(model, (list, tuple, nn.ModuleList))
+    return isinstance(model, (list, tuple, nn.ModuleList, WeightSamples))
 
 
 def _check_members(members: list[nn.Module]) -> None:
@@ -53,12 +84,15 @@ def _check_members(members: list[nn.Module]) -> None:
     modes=("members",),
     default_mode="members",
     detect=_detect,
-    description="a list of same-architecture modules (deep/bootstrap ensembles, SG-MCMC samples)",
+    description="a list of same-architecture modules (deep/bootstrap ensembles) or "
+    "WeightSamples (SG-MCMC / SWAG draws as state dicts)",
 )
 def build_ensemble(
-    model: list[nn.Module], mode: SamplingMode, *, task: Task, seed: int | None
+    model: list[nn.Module] | WeightSamples, mode: SamplingMode, *, task: Task, seed: int | None
 ) -> BuiltModel:
     """K members -> one graph computing all members and indexing them by sample."""
+    if isinstance(model, WeightSamples):
+        model = model.members()
     if not isinstance(model, (list, tuple, nn.ModuleList)):
         raise ExportError(
             f"the 'ensemble' family needs a list of modules, got a {type(model).__name__}"

@@ -27,7 +27,10 @@ def _entropy(p: torch.Tensor) -> torch.Tensor:
 
 
 def uncertainty_head(
-    per_sample: torch.Tensor, task: Task, heteroscedastic: bool = False
+    per_sample: torch.Tensor,
+    task: Task,
+    heteroscedastic: bool = False,
+    noise_variance: float = 0.0,
 ) -> tuple[torch.Tensor, ...]:
     """Contract outputs from per-sample network outputs ``[S, B, C]`` (logits) or ``[S, B, D]``.
 
@@ -35,7 +38,8 @@ def uncertainty_head(
     expected_entropy [B], mutual_information [B]``.
     Regression: ``mean [S,B,D], pred_mean [B,D], pred_variance [B,D]``. Heteroscedastic heads
     output ``[S, B, 2D]`` (mean, log-variance) and add ``variance [S,B,D]``; then
-    ``pred_variance = E[variance] + Var[mean]`` (law of total variance).
+    ``pred_variance = E[variance] + Var[mean]`` (law of total variance). Homoscedastic heads add
+    a fixed observation-noise variance ``noise_variance`` (e.g. Laplace's ``sigma_noise**2``).
     """
     if task == Task.REGRESSION and heteroscedastic:
         d = per_sample.shape[-1] // 2
@@ -46,6 +50,8 @@ def uncertainty_head(
     if task == Task.REGRESSION:
         pred_mean = per_sample.mean(0)
         pred_var = ((per_sample - pred_mean.unsqueeze(0)) ** 2).mean(0)
+        if noise_variance:
+            pred_var = pred_var + noise_variance
         return per_sample, pred_mean, pred_var
     probs = torch.softmax(per_sample, dim=-1)
     mean_probs = probs.mean(0)
@@ -68,13 +74,15 @@ class SampledModel(nn.Module):
         self.ctx = ctx
         self.task = task
         self.heteroscedastic = False  # set by the export driver
+        self.noise_variance = 0.0  # set by the export driver
 
     def forward(self, x: torch.Tensor, template: torch.Tensor):
         self.ctx.template = template
         s, b = template.shape[0], x.shape[0]
         xs = x.unsqueeze(0).expand(s, *x.shape).reshape(s * b, *x.shape[1:])
         out = _first(self.net(xs))
-        return uncertainty_head(out.reshape(s, b, -1), self.task, self.heteroscedastic)
+        out = out.reshape(s, b, -1)
+        return uncertainty_head(out, self.task, self.heteroscedastic, self.noise_variance)
 
 
 class EnsembleModel(nn.Module):
@@ -85,10 +93,11 @@ class EnsembleModel(nn.Module):
         self.members = nn.ModuleList(members)
         self.task = task
         self.heteroscedastic = False  # set by the export driver
+        self.noise_variance = 0.0  # set by the export driver
 
     def forward(self, x: torch.Tensor, template: torch.Tensor):
         b = x.shape[0]
         outs = torch.stack([_first(m(x)).reshape(b, -1) for m in self.members])  # [K, B, C]
         k = len(self.members)
         idx = torch.remainder(torch.arange(template.shape[0]), k)
-        return uncertainty_head(outs[idx], self.task, self.heteroscedastic)
+        return uncertainty_head(outs[idx], self.task, self.heteroscedastic, self.noise_variance)

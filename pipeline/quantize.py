@@ -23,6 +23,7 @@ from onnx import TensorProto, helper, numpy_helper
 from qbnn.runtimes.contract import NUM_SAMPLES, MetaKey
 from qbnn.runtimes.errors import ConfigError, QuantizationError
 from qbnn.runtimes.loading import load_onnx, set_metadata
+from qbnn.runtimes.seeding import RANDOM_OPS
 from qbnn.runtimes.session import model_info
 
 from .backends import run_backend
@@ -137,11 +138,36 @@ def _im2col_nodes(src: onnx.ModelProto) -> set[str]:
     return out
 
 
+def _sampling_nodes(src: onnx.ModelProto) -> set[str]:
+    """MatMul/Gemm/Conv nodes that *draw parameters*: one input derives from random ops but not
+    from the data input (``eps @ L.T`` of a Laplace factor, ``Q1 (E * M) Q2.T``, SWAG's low-rank
+    term, a head applying sampled weights).
+
+    Static quantization would turn the standard-normal noise into an int8 activation with a
+    calibrated range (clipping its tails) or emit batched QLinearMatMuls ONNX Runtime cannot
+    run; these nodes stay fp32 and their factors are stored in int8 by ``posterior_int8``.
+    Noise that depends on the data (LRT, dropout masks) is not affected.
+    """
+    data = {i.name for i in src.graph.input if i.name != NUM_SAMPLES}
+    noisy: set[str] = set()
+    for n in src.graph.node:
+        ins = set(n.input)
+        if n.op_type in RANDOM_OPS or ins & noisy:
+            noisy.update(n.output)
+        if ins & data:
+            data.update(n.output)
+    drawn = noisy - data
+    heavy = {"MatMul", "Gemm", "Conv"}
+    names = {n.name for n in src.graph.node if n.op_type in heavy and set(n.input) & drawn}
+    # ONNX Runtime's pre-quantization optimizer fuses MatMul + Add into "<name>/MatMulAddFusion"
+    return names | {f"{n}/MatMulAddFusion" for n in names}
+
+
 def _excluded_nodes(src: onnx.ModelProto, cfg: QuantConfig, extra: set[str]) -> list[str]:
     names = [n.name for n in src.graph.node]
     pats = list(cfg.exclude_nodes)
     matched = {n for n in names if any(fnmatch(n, p) for p in pats)}
-    return sorted(matched | extra | _im2col_nodes(src))
+    return sorted(matched | extra | _im2col_nodes(src) | _sampling_nodes(src))
 
 
 def quantize(

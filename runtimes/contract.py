@@ -63,3 +63,4 @@ class MetaKey(StrEnum):
     MAX_SAMPLES = "qbnn.max_samples"
     QUANTIZATION = "qbnn.quantization"
     HETEROSCEDASTIC = "qbnn.heteroscedastic"
+    NOISE_VARIANCE = "qbnn.noise_variance"

@@ -1,0 +1,222 @@
+"""Laplace approximations fitted with laplace-torch (``pip install qbnn[laplace]``, see README).
+
+Supported posteriors (``Laplace(model, ..., subset_of_weights=..., hessian_structure=...)``):
+
+=================  ======================  =========================================
+subset_of_weights  hessian_structure       graph
+=================  ======================  =========================================
+``last_layer``     ``full``/``kron``/      body once, final Linear sampled S times
+                   ``diag``                (:class:`~qbnn.exporters.vectormodel.LastLayerModel`)
+``all``            ``full``/``kron``/      every Linear/Conv parameter sampled per
+                   ``diag``                MC sample (like mean-field ``weight`` mode)
+=================  ======================  =========================================
+
+Modes: ``weight`` samples ``theta = mean + delta`` in the graph (``delta`` from the posterior's
+own square-root factors, see :mod:`qbnn.exporters.vector`); ``frozen:K`` stores K exact draws of
+``la.sample`` taken at export time. The self-check compares with laplace-torch's own
+``predictive_samples(x, pred_type="nn")``.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from qbnn.runtimes.contract import Task
+from qbnn.runtimes.errors import ExportError, UnsupportedLayerError
+
+from .registry import BuiltModel, SamplingMode, register_exporter
+from .sampling import member_sampler
+from .vector import DenseTerm, DiagTerm, KronTerm, Term, VectorGaussian, VectorSampler
+from .vectormodel import (
+    FrozenTable,
+    LastLayerModel,
+    ParamContext,
+    VectorSampledModel,
+    param_slots,
+    sampled_network,
+    snapshot,
+)
+from .wrapper import EnsembleModel
+
+__all__ = ["build_laplace", "laplace_posterior"]
+
+_SUPPORTED = ("FullLaplace", "KronLaplace", "DiagLaplace")
+MAX_DENSE_PARAMS = 8192  # a dense [P, P] factor beyond this is > 256 MB of initializer
+
+
+def _detect(obj: object) -> bool:
+    mod = type(obj).__module__ or ""
+    return mod.split(".")[0] == "laplace" and hasattr(obj, "posterior_precision")
+
+
+def _kind(la) -> tuple[str, bool]:
+    """``(structure, last_layer)`` of a fitted laplace-torch object, or a clear error."""
+    names = [c.__name__ for c in type(la).__mro__]
+    last = "LLLaplace" in names
+    for base in _SUPPORTED:
+        if base in names:
+            if getattr(la, "mean", None) is None or not isinstance(la.mean, torch.Tensor):
+                raise ExportError(f"{type(la).__name__} is not fitted: call la.fit(loader) first")
+            return base.removesuffix("Laplace").lower(), last
+    raise UnsupportedLayerError(
+        f"{type(la).__name__} is not supported; qbnn exports laplace-torch's full, kron and "
+        "diag Hessian structures, over all weights or the last layer"
+    )
+
+
+def laplace_posterior(la) -> VectorGaussian:
+    """The posterior ``N(la.mean, P^-1)`` of a fitted laplace-torch object as structured terms.
+
+    ``full``: ``delta = eps @ la.posterior_scale.T``; ``diag``: ``la.posterior_scale * eps``;
+    ``kron``: one term per Kronecker group of ``la.posterior_precision`` (``KronDecomposed``).
+    """
+    structure, _ = _kind(la)
+    mean = la.mean.detach().float().reshape(-1)
+    if structure == "diag":
+        return VectorGaussian(mean, (DiagTerm(0, la.posterior_scale.detach().float()),))
+    if structure == "full":
+        if mean.numel() > MAX_DENSE_PARAMS:
+            raise ExportError(
+                f"full-covariance Laplace over {mean.numel()} parameters needs a "
+                f"{mean.numel()}x{mean.numel()} factor; qbnn exports at most {MAX_DENSE_PARAMS} "
+                "(use hessian_structure='kron' or 'diag', or subset_of_weights='last_layer')"
+            )
+        return VectorGaussian(mean, (DenseTerm(0, la.posterior_scale.detach().float()),))
+    return VectorGaussian(mean, tuple(_kron_terms(la.posterior_precision)))
+
+
+def _kron_terms(prec) -> list[Term]:
+    """Mirror of ``KronDecomposed._bmm(W, exponent=-0.5)``, one term per group."""
+    terms: list[Term] = []
+    start = 0
+    for ls, qs, delta in zip(prec.eigenvalues, prec.eigenvectors, prec.deltas, strict=True):
+        delta = delta.detach().double()
+        if len(ls) == 1:
+            q, lam = qs[0].detach().double(), ls[0].detach().double()
+            scale = q * torch.pow(lam + delta, -0.5).unsqueeze(0)  # Q diag(d)
+            terms.append(DenseTerm(start, scale.float()))
+            start += int(lam.numel())
+            continue
+        (q1, q2), (l1, l2) = [q.detach().double() for q in qs], [v.detach().double() for v in ls]
+        if prec.damping:
+            m = torch.pow(torch.outer(l1 + delta.sqrt(), l2 + delta.sqrt()), -0.5)
+        else:
+            m = torch.pow(torch.outer(l1, l2) + delta, -0.5)
+        terms.append(KronTerm(start, q1.float(), q2.float(), m.float()))
+        start += int(m.numel())
+    return terms
+
+
+def _reference(la, task: Task):
+    """laplace-torch's own MC predictive; classifiers return log-probabilities (softmax of
+    them gives back laplace's probabilities, which is what the self-check compares)."""
+
+    def sample(x: torch.Tensor, s: int, gen: torch.Generator) -> torch.Tensor:
+        out = la.predictive_samples(x, pred_type="nn", n_samples=s, generator=gen).detach()
+        if task == Task.CLASSIFICATION:
+            return torch.log(torch.clamp(out, min=1e-30))
+        return out.reshape(s, x.shape[0], -1)
+
+    return sample
+
+
+def _check_task(la, task: Task) -> None:
+    lik = str(getattr(la.likelihood, "value", la.likelihood))
+    if lik != task.value:
+        raise ExportError(
+            f"the Laplace object was fitted with likelihood '{lik}' but task='{task.value}'; "
+            f"export it with task='{lik}'"
+        )
+
+
+@register_exporter(
+    "laplace",
+    modes=("weight", "frozen"),
+    default_mode="weight",
+    detect=_detect,
+    description="a fitted laplace-torch Laplace object (full/kron/diag, all weights or last layer)",
+)
+def build_laplace(la, mode: SamplingMode, *, task: Task, seed: int | None) -> BuiltModel:
+    """A fitted ``laplace.*Laplace`` -> graph sampling its Gaussian posterior."""
+    if not _detect(la):
+        raise ExportError(
+            f"the 'laplace' family needs a fitted laplace-torch object, got {type(la).__name__}"
+        )
+    structure, last = _kind(la)
+    _check_task(la, task)
+    post = laplace_posterior(la)
+    build = _build_last_layer if last else _build_all
+    built = build(la, post, mode, task, seed)
+    where = "the last layer" if last else "all weights"
+    built.notes.insert(0, f"{structure} Laplace over {where} ({post.num_params} parameters)")
+    return built
+
+
+def _generator(seed: int | None) -> torch.Generator:
+    return torch.Generator().manual_seed(seed if seed is not None else int(torch.seed() % 2**31))
+
+
+def _build_last_layer(la, post, mode, task, seed) -> BuiltModel:
+    fe = la.model  # laplace's FeatureExtractor around a copy of the user's model
+    if getattr(fe, "feature_reduction", None) is not None:
+        raise UnsupportedLayerError("last-layer Laplace with feature_reduction is not supported")
+    last: nn.Linear = fe.last_layer
+    name = fe._last_layer_name
+    body = copy.deepcopy(fe.model).eval()
+    parent, _, child = name.rpartition(".")
+    setattr(body.get_submodule(parent) if parent else body, child, nn.Identity())
+    ctx = ParamContext()
+    if mode.name == "frozen":
+        draws = post.sample(mode.k or 1, _generator(seed))
+        sampler: nn.Module = FrozenTable(draws, ctx)
+    else:
+        sampler = VectorSampler(post, ctx)
+    module = LastLayerModel(
+        body, sampler, ctx, last.out_features, last.in_features, last.bias is not None, task
+    )
+    if mode.name == "frozen":
+        reference = _frozen_last_layer_reference(module, draws)
+        return BuiltModel(module, reference, exact=True, notes=[f"{mode.k} frozen draws"])
+    return BuiltModel(module, _reference(la, task))
+
+
+def _frozen_last_layer_reference(module: LastLayerModel, draws: torch.Tensor):
+    o, i, has_b = module.out_features, module.in_features, module.bias
+
+    def sample(x: torch.Tensor, s: int, gen: torch.Generator) -> torch.Tensor:
+        del gen
+        with torch.no_grad():
+            feats = module.body(x).reshape(x.shape[0], i).double()
+            th = draws.double()[torch.arange(s) % draws.shape[0]]
+            out = torch.matmul(feats.unsqueeze(0), th[:, : o * i].reshape(s, o, i).transpose(1, 2))
+            if has_b:
+                out = out + th[:, o * i : o * i + o].unsqueeze(1)
+        return out.float()
+
+    return sample
+
+
+def _param_names(la) -> list[str]:
+    ids = {id(p) for p in la.params}
+    names = [n for n, p in la.model.named_parameters() if id(p) in ids]
+    if len(names) != len(la.params):
+        raise ExportError("cannot match the Laplace object's parameters to its model's names")
+    return names
+
+
+def _build_all(la, post, mode, task, seed) -> BuiltModel:
+    model = la.model
+    slots = param_slots(model, _param_names(la))
+    if mode.name == "frozen":
+        draws = post.sample(mode.k or 1, _generator(seed))
+        members = [snapshot(model, slots, d) for d in draws]
+        module = EnsembleModel(members, task)
+        notes = [f"{mode.k} frozen draws"]
+        return BuiltModel(module, member_sampler(members), exact=True, notes=notes)
+    ctx = ParamContext()
+    net = sampled_network(model, slots, ctx)
+    module = VectorSampledModel(net, VectorSampler(post, ctx), ctx, task)
+    return BuiltModel(module, _reference(la, task))
