@@ -12,7 +12,13 @@ ood_auroc_entropy_drop ood_auroc_entropy       ref - cand           stat <= max_
 ood_auroc_mi_drop      ood_auroc_mi            ref - cand           stat <= max_ood_auroc_drop
 referral99_increase    referral_needed@0.99    cand - ref           stat <= max_referral99_increase
 mi_ratio               mean_mi                 cand / ref           mi_ratio_min <= stat <= max
+rmse_ratio             rmse                    cand / ref           stat <= rmse_ratio_max
+gaussian_nll_increase  gaussian_nll            cand - ref           stat <= max_gaussian_nll_inc.
+variance_ratio         mean_variance           cand / ref           variance_ratio_min <= stat
+                                                                    <= variance_ratio_max
 ====================== ======================= ==================== =============================
+
+The first six apply to classifiers, the last three to regression models.
 
 A gate is *skipped* (``passed is None``), never silently passed, when its metric is missing from
 either metrics mapping (e.g. no OOD data, a regression model), when its limit is ``None``
@@ -55,6 +61,8 @@ class Gates:
 
     Accuracy, ECE and referral are fractions (0.01 = one point); AUROC drops are absolute;
     the MI ratio is candidate mean MI / reference mean MI on the in-distribution data.
+    Regression: RMSE ratio cand / ref, Gaussian NLL increase in nats, and the ratio of mean
+    predictive variances (the regression analogue of the MI ratio).
     """
 
     max_accuracy_drop: float | None = 0.01
@@ -63,6 +71,10 @@ class Gates:
     max_referral99_increase: float | None = 0.02
     mi_ratio_min: float | None = 0.8
     mi_ratio_max: float | None = 1.25
+    rmse_ratio_max: float | None = 1.05
+    max_gaussian_nll_increase: float | None = 0.1
+    variance_ratio_min: float | None = 0.8
+    variance_ratio_max: float | None = 1.25
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -77,9 +89,10 @@ class Gates:
             if not math.isfinite(value) or value < 0:
                 raise ConfigError(f"gate '{f.name}' must be a finite number >= 0, got {value!r}")
             object.__setattr__(self, f.name, float(value))
-        lo, hi = self.mi_ratio_min, self.mi_ratio_max
-        if lo is not None and hi is not None and lo > hi:
-            raise ConfigError(f"mi_ratio_min ({lo}) must not exceed mi_ratio_max ({hi})")
+        for name in ("mi_ratio", "variance_ratio"):
+            lo, hi = getattr(self, f"{name}_min"), getattr(self, f"{name}_max")
+            if lo is not None and hi is not None and lo > hi:
+                raise ConfigError(f"{name}_min ({lo}) must not exceed {name}_max ({hi})")
 
     @classmethod
     def from_dict(cls, data: Mapping | None) -> Gates:
@@ -161,6 +174,21 @@ GATE_SPECS: tuple[GateSpec, ...] = (
     GateSpec(
         "mi_ratio", "mean_mi", GateKind.RATIO, ("mi_ratio_min", "mi_ratio_max"), "a classifier"
     ),
+    GateSpec("rmse_ratio", "rmse", GateKind.RATIO, ("rmse_ratio_max",), "a regression model"),
+    GateSpec(
+        "gaussian_nll_increase",
+        "gaussian_nll",
+        GateKind.INCREASE,
+        ("max_gaussian_nll_increase",),
+        "a regression model",
+    ),
+    GateSpec(
+        "variance_ratio",
+        "mean_variance",
+        GateKind.RATIO,
+        ("variance_ratio_min", "variance_ratio_max"),
+        "a regression model",
+    ),
 )
 
 
@@ -200,7 +228,9 @@ def gate_statistic(spec: GateSpec, ref: float | None, cand: float | None) -> flo
 
 def _limit(spec: GateSpec, gates: Gates):
     values = tuple(getattr(gates, f) for f in spec.limit_fields)
-    return values if spec.kind == GateKind.RATIO else values[0]
+    if spec.kind == GateKind.RATIO:
+        return values if len(values) == 2 else (None, values[0])  # one field: an upper bound
+    return values[0]
 
 
 def _verdict(spec: GateSpec, stat: float, limit) -> bool:
@@ -251,8 +281,8 @@ def _evaluate_one(spec: GateSpec, ref_m: Mapping, cand_m: Mapping, gates: Gates)
             None,
             limit,
             None,
-            f"skipped: reference {spec.metric} = {ref:.3g} <= {MI_FLOOR:g} (no epistemic "
-            "uncertainty to compare)",
+            f"skipped: reference {spec.metric} = {ref:.3g} <= {MI_FLOOR:g} (nothing to compare "
+            "a ratio against, e.g. no epistemic uncertainty)",
         )
     passed = _verdict(spec, stat, limit)
     if spec.kind == GateKind.RATIO:

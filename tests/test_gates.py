@@ -25,6 +25,8 @@ REF = {
     "referral_needed@0.99": 0.03,
     "mean_mi": 0.006,
 }
+REG = {"rmse": 0.5, "gaussian_nll": 0.9, "mean_variance": 0.4, "picp@0.95": 0.94}
+REGRESSION_GATES = {"rmse_ratio", "gaussian_nll_increase", "variance_ratio"}
 
 
 def by_name(results):
@@ -75,6 +77,7 @@ def test_shipped_gates_yaml_equals_the_defaults():
         ({"mi_ratio_min": True}, r"'mi_ratio_min' must be of type float, got bool"),
         ({"max_abs_ece_delta": -0.1}, r"'max_abs_ece_delta' must be a finite number >= 0"),
         ({"mi_ratio_min": 2.0, "mi_ratio_max": 1.0}, r"mi_ratio_min \(2.0\) must not exceed"),
+        ({"variance_ratio_min": 2.0}, r"variance_ratio_min \(2.0\) must not exceed"),
         ([1, 2], r"must be a mapping, got list"),
     ],
 )
@@ -114,7 +117,8 @@ def test_validate_config_unknown_key():
 def test_identical_metrics_pass_every_gate():
     res = by_name(evaluate_gates(REF, REF, Gates()))
     assert [g.name for g in res.values()] == [s.name for s in GATE_SPECS]
-    assert all(g.passed is True for g in res.values())
+    assert all(g.passed is True for n, g in res.items() if n not in REGRESSION_GATES)
+    assert all(res[n].passed is None for n in REGRESSION_GATES)  # a classifier's metrics
     assert res["mi_ratio"].value == pytest.approx(1.0)
     assert res["accuracy_drop"].value == 0.0
 
@@ -149,9 +153,29 @@ def test_unavailable_metrics_are_skipped_not_passed():
     assert res["accuracy_drop"].passed is True
 
 
-def test_regression_metrics_skip_every_gate():
-    reg = {"rmse": 0.3, "gaussian_nll": 1.0}
-    assert all(g.passed is None for g in evaluate_gates(reg, reg, Gates()))
+def test_regression_metrics_use_the_regression_gates():
+    res = by_name(evaluate_gates(REG, REG, Gates()))
+    assert {n for n, g in res.items() if g.passed is not None} == REGRESSION_GATES
+    assert all(res[n].passed is True for n in REGRESSION_GATES)
+    assert "needs a classifier" in res["accuracy_drop"].detail
+
+
+@pytest.mark.parametrize(
+    ("gate", "changes", "passed"),
+    [
+        ("rmse_ratio", {"rmse": 0.5 * 1.049}, True),
+        ("rmse_ratio", {"rmse": 0.5 * 1.06}, False),
+        ("rmse_ratio", {"rmse": 0.2}, True),  # only an upper bound
+        ("gaussian_nll_increase", {"gaussian_nll": 0.99}, True),
+        ("gaussian_nll_increase", {"gaussian_nll": 1.01}, False),
+        ("variance_ratio", {"mean_variance": 0.4 * 0.81}, True),
+        ("variance_ratio", {"mean_variance": 0.4 * 0.79}, False),
+        ("variance_ratio", {"mean_variance": 0.4 * 1.3}, False),
+    ],
+)
+def test_regression_gate_verdicts(gate, changes, passed):
+    res = by_name(evaluate_gates(REG, REG | changes, Gates()))
+    assert res[gate].passed is passed, res[gate].detail
 
 
 def test_disabled_and_undefined_gates_are_skipped():

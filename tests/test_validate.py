@@ -426,7 +426,10 @@ def test_regression_report(regression_model, tmp_path):
     assert set(m) == {"rmse", "gaussian_nll", "mean_variance", "picp@0.68", "picp@0.95"}
     assert 0.0 <= m["picp@0.68"] <= m["picp@0.95"] <= 1.0
     assert report.models[0].intervals["rmse"] is not None
-    assert report.passed and all(g.status == "skipped" for g in report.gates["copy"])
+    status = {g.name: g.status for g in report.gates["copy"]}
+    regression = {"rmse_ratio", "gaussian_nll_increase", "variance_ratio"}
+    assert report.passed and all(status[n] == "pass" for n in regression)
+    assert all(s == "skipped" for n, s in status.items() if n not in regression)
     assert any("OOD data ignored" in n for n in report.notes)
     assert report.plots == [] and (tmp_path / "report.md").is_file()
     with pytest.raises(RuntimeInputError, match=r"targets 'y' have shape \[64, 2\] but the"):
