@@ -47,8 +47,8 @@ class WeightSamples:
             try:
                 net.load_state_dict(state, strict=True)
             except (RuntimeError, TypeError, AttributeError) as exc:
-                first = str(exc).strip().splitlines()[0]
-                raise ExportError(f"weight sample {i} does not fit the model: {first}") from exc
+                why = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+                raise ExportError(f"weight sample {i} does not fit the model: {why}") from exc
             out.append(net)
         return out
 

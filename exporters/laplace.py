@@ -58,7 +58,9 @@ def _kind(la) -> tuple[str, bool]:
     last = "LLLaplace" in names
     for base in _SUPPORTED:
         if base in names:
-            if getattr(la, "mean", None) is None or not isinstance(la.mean, torch.Tensor):
+            if not getattr(la, "n_data", 0) or not isinstance(
+                getattr(la, "mean", None), torch.Tensor
+            ):
                 raise ExportError(f"{type(la).__name__} is not fitted: call la.fit(loader) first")
             return base.removesuffix("Laplace").lower(), last
     raise UnsupportedLayerError(

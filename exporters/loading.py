@@ -28,8 +28,10 @@ def parse_shape(text: str) -> tuple[int, ...]:
     return shape
 
 
-def load_factory(spec: str) -> nn.Module | list[nn.Module]:
-    """Import ``pkg.module:factory`` and call it; it must return a module or list of modules."""
+def load_factory(spec: str) -> object:
+    """Import ``pkg.module:factory`` and call it; it must return a module, a list of modules or
+    any other posterior a registered exporter accepts (a fitted laplace-torch object, a
+    ``SwagPosterior``, ``WeightSamples``)."""
     mod_name, sep, attr = spec.partition(":")
     if not sep or not mod_name or not attr:
         raise UsageError(f"--model must look like 'package.module:factory'; got '{spec}'")
@@ -48,9 +50,13 @@ def load_factory(spec: str) -> nn.Module | list[nn.Module]:
         return model
     if isinstance(model, (list, tuple)) and model and all(isinstance(m, nn.Module) for m in model):
         return list(model)
+    from .api import known_families  # registered posterior types (laplace, swag, ...)
+
+    if any(e.detect(model) for e in known_families().values()):
+        return model
     raise ModelLoadError(
-        f"factory '{spec}' returned a {type(model).__name__}; expected a torch.nn.Module or a "
-        "list of modules"
+        f"factory '{spec}' returned a {type(model).__name__}; expected a torch.nn.Module, a "
+        "list of modules, a fitted laplace-torch object, a SwagPosterior or WeightSamples"
     )
 
 
@@ -102,9 +108,10 @@ def load_model(spec: str, weights: str | Path | None = None, *, trust: bool = Fa
     """Factory plus optional weights (a single module only; ensembles load in the factory)."""
     model = load_factory(spec)
     if weights is not None:
-        if isinstance(model, list):
+        if not isinstance(model, nn.Module):
             raise UsageError(
-                "--weights applies to a single module; ensemble factories load their own members"
+                "--weights applies to a single module; factories of ensembles and fitted "
+                f"posteriors load their own weights (got a {type(model).__name__})"
             )
         load_weights(model, weights, trust=trust)
     return model

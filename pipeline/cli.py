@@ -74,7 +74,7 @@ def export_cmd(
     output: Annotated[Path, typer.Option("--output", "-o", help="output .onnx path")],
     weights: Annotated[Path | None, typer.Option("--weights", help="state-dict checkpoint")] = None,
     posterior: Annotated[
-        str, typer.Option(help="auto|meanfield|flipout|mcdropout|ensemble")
+        str, typer.Option(help="auto|meanfield|flipout|mcdropout|ensemble|laplace|swag")
     ] = "auto",
     sampling: Annotated[str | None, typer.Option(help="weight|lrt|flipout|frozen:K|...")] = None,
     samples: Annotated[int, typer.Option("--samples", help="default MC samples S")] = 16,
@@ -85,6 +85,10 @@ def export_cmd(
     heteroscedastic: Annotated[
         bool, typer.Option(help="regression head outputs [mean, log-variance]")
     ] = False,
+    noise_variance: Annotated[
+        float | None,
+        typer.Option(help="regression: observation-noise variance added to pred_variance"),
+    ] = None,
     trust_checkpoint: Annotated[
         bool, typer.Option(help="allow full unpickling of --weights (trusted files only)")
     ] = False,
@@ -110,6 +114,7 @@ def export_cmd(
         seed=seed,
         verify=verify,
         heteroscedastic=heteroscedastic,
+        noise_variance=noise_variance,
     )
     if result.fidelity is not None:
         typer.echo(result.fidelity.summary())

@@ -1,0 +1,263 @@
+"""Laplace (laplace-torch), SWAG and SG-MCMC posteriors.
+
+Fidelity is checked against each trainer's own sampler (laplace-torch's ``predictive_samples``,
+the SWAG authors' sampling loop, the member loop); the graph's *parameter* draws are read out of
+single-layer models and compared with the exact posterior covariance; quantized graphs are
+gated by ``validate``'s regression gates on scikit-learn's bundled diabetes data.
+
+Statistical tolerances: moments of N draws are compared in standard errors (|z| <= 5 for every
+entry: with ~100 entries a false alarm has probability < 1e-4); seeds are fixed throughout.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from qbnn.exporters import SwagPosterior, WeightSamples, export, export_model
+from qbnn.exporters import laplace as la_mod
+from qbnn.exporters.laplace import laplace_posterior
+from qbnn.runtimes import Predictor, PredictorOptions
+from qbnn.runtimes.errors import (
+    ConfigError,
+    ExportError,
+    UnsupportedLayerError,
+    VerificationError,
+)
+
+import trainers as T
+
+LAPLACE_CASES = [(s, h) for s in ("last_layer", "all") for h in ("full", "kron", "diag")]
+IDS = [f"{s}-{h}" for s, h in LAPLACE_CASES]
+
+
+@pytest.fixture(scope="module")
+def iris():
+    return T.iris()
+
+
+@pytest.fixture(scope="module")
+def iris_laplace(iris):
+    net = T.fit(T.mlp(4, 3, hidden=16), iris.x_train, iris.y_train, "ce", steps=300)
+    return {
+        case: T.laplace(net, iris.x_train, iris.y_train, "classification", *case)
+        for case in LAPLACE_CASES
+    }
+
+
+@pytest.fixture(scope="module")
+def dia():
+    return T.diabetes()
+
+
+# --------------------------------------------------------------------------- Laplace
+
+
+@pytest.mark.parametrize("case", LAPLACE_CASES, ids=IDS)
+def test_laplace_posterior_covariance_is_laplace_torchs(iris_laplace, case):
+    la = iris_laplace[case]
+    cov = laplace_posterior(la).covariance()
+    if case[1] == "full":
+        ref = la.posterior_covariance
+    elif case[1] == "kron":
+        ref = la.posterior_precision.to_matrix(exponent=-1)
+    else:
+        ref = torch.diag(la.posterior_variance)
+    ref = ref.double()
+    torch.testing.assert_close(cov, ref, rtol=1e-3, atol=1e-5 * float(ref.abs().max()))
+    torch.testing.assert_close(laplace_posterior(la).mean, la.mean.float())
+
+
+@pytest.mark.parametrize("mode", ["weight", "frozen:5"])
+@pytest.mark.parametrize("case", LAPLACE_CASES, ids=IDS)
+def test_laplace_export_matches_predictive_samples(tmp_path, iris, iris_laplace, case, mode):
+    la = iris_laplace[case]
+    res = export_model(
+        la, iris.x_test[:16], tmp_path / "la.onnx", sampling=mode, verify_samples=400, seed=0
+    )
+    assert res.family == "laplace" and res.sampling == mode
+    assert f"{case[1]} Laplace over" in res.notes[0]
+    f = res.fidelity
+    if mode == "weight":  # statistical, against la.predictive_samples(pred_type="nn")
+        assert not f.exact and f.max_z < 5
+        assert abs(f.spread_graph - f.spread_torch) <= 0.1 * f.spread_torch
+        assert f.spread_torch > 0.01  # the posterior is visibly stochastic on this data
+    else:  # the same K draws on both sides
+        assert f.exact and f.max_abs_mean_diff < 1e-4
+
+
+def test_the_self_check_catches_a_wrong_covariance(tmp_path, iris, iris_laplace, monkeypatch):
+    """Negative control: a graph whose posterior scale is doubled fails the self-check."""
+    real = la_mod.laplace_posterior
+
+    def doubled(la):
+        post = real(la)
+        terms = tuple(type(t)(t.start, t.scale * 2.0) for t in post.terms)
+        return type(post)(post.mean, terms)
+
+    monkeypatch.setattr(la_mod, "laplace_posterior", doubled)
+    la = iris_laplace[("last_layer", "full")]
+    with pytest.raises(VerificationError, match="spread"):
+        export(la, iris.x_test[:16], tmp_path / "bad.onnx", verify_samples=400)
+    assert not (tmp_path / "bad.onnx").exists()  # nothing half-written
+
+
+def _linear_readout(path, d_in: int, s: int) -> np.ndarray:
+    """theta [S, out*in + out] of a single-Linear regression graph (parameters_to_vector
+    order), read from its per-sample outputs at x = 0 (bias) and x = e_j (column j + bias)."""
+    x = np.vstack([np.zeros(d_in), np.eye(d_in)]).astype(np.float32)
+    opts = PredictorOptions(max_samples=s, max_rows=s * len(x))
+    pred = Predictor(path, seed=0, options=opts)
+    m = pred.predict(x, s, return_samples=True).samples.astype(np.float64)
+    b = m[:, 0]
+    w = (m[:, 1:] - b[:, None]).transpose(0, 2, 1)  # [S, out, in]
+    return np.concatenate([w.reshape(s, -1), b], axis=1)
+
+
+def _assert_moments(theta: np.ndarray, mean: np.ndarray, cov: np.ndarray, z: float = 5.0):
+    n = theta.shape[0]
+    var = np.diag(cov)
+    m_se = np.sqrt(var / n)
+    assert np.all(np.abs(theta.mean(0) - mean) <= z * m_se + 1e-6), "posterior mean"
+    emp = np.cov(theta, rowvar=False)
+    c_se = np.sqrt((np.outer(var, var) + cov**2) / n)
+    bad = np.abs(emp - cov) > z * c_se + 1e-9
+    assert not bad.any(), f"covariance entries off: {np.argwhere(bad)[:5].tolist()}"
+
+
+def _linear_data(seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(64, 3, generator=g)
+    y = x @ torch.randn(3, 2, generator=g) + 0.3 * torch.randn(64, 2, generator=g)
+    return x, y
+
+
+READOUT = [("last_layer", "full"), ("last_layer", "kron"), ("last_layer", "diag"), ("all", "kron")]
+
+
+@pytest.mark.parametrize(("subset", "structure"), READOUT)
+def test_graph_draws_have_the_laplace_covariance(tmp_path, subset, structure):
+    x, y = _linear_data()
+    net = T.fit(nn.Sequential(nn.Linear(3, 2)), x, y)
+    kw = {"last_layer_name": "0"} if subset == "last_layer" else {}
+    la = T.laplace(net, x, y, "regression", subset, structure, prior_precision=1.0, **kw)
+    path = export(la, x[:4], tmp_path / "l.onnx", task="regression", verify=False)
+    theta = _linear_readout(path, 3, 20000)
+    post = laplace_posterior(la)
+    _assert_moments(theta, post.mean.double().numpy(), post.covariance().numpy())
+    # and the structure matters: a diagonal-only covariance is rejected for the dense ones
+    if structure != "diag":
+        with pytest.raises(AssertionError, match="covariance"):
+            _assert_moments(theta, post.mean.double().numpy(), np.diag(np.diag(post.covariance())))
+
+
+def test_laplace_regression_adds_sigma_noise(tmp_path):
+    x, y = _linear_data()
+    net = T.fit(nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 2)), x, y)
+    la = T.laplace(net, x, y, "regression", "last_layer", "kron", sigma_noise=0.5)
+    path = export(la, x[:4], tmp_path / "r.onnx", task="regression", verify=False)
+    out = Predictor(path, seed=0).predict(x[:6].numpy(), 64, return_samples=True)
+    np.testing.assert_allclose(out.pred_variance, out.samples.var(0) + 0.25, rtol=1e-4)
+    import onnx
+
+    meta = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    assert float(meta["qbnn.noise_variance"]) == pytest.approx(0.25)
+    assert meta["qbnn.posterior"] == "laplace" and meta["qbnn.source"].startswith("laplace-torch")
+
+
+def test_laplace_errors(tmp_path, iris, iris_laplace, monkeypatch):
+    from laplace import Laplace
+
+    unfitted = Laplace(
+        T.mlp(4, 3), "classification", subset_of_weights="all", hessian_structure="diag"
+    )
+    with pytest.raises(ExportError, match="not fitted: call la.fit"):
+        export(unfitted, iris.x_test[:4], tmp_path / "u.onnx")
+    la = iris_laplace[("last_layer", "kron")]
+    with pytest.raises(ExportError, match="fitted with likelihood 'classification'"):
+        export(la, iris.x_test[:4], tmp_path / "t.onnx", task="regression")
+    with pytest.raises(ConfigError, match="valid modes: weight, frozen:K"):
+        export(la, iris.x_test[:4], tmp_path / "m.onnx", sampling="lrt")
+    monkeypatch.setattr(la_mod, "MAX_DENSE_PARAMS", 40)
+    with pytest.raises(ExportError, match="qbnn exports at most 40"):
+        export(iris_laplace[("all", "full")], iris.x_test[:4], tmp_path / "f.onnx")
+
+
+def test_laplace_with_a_batchnorm_parameter_is_named(tmp_path, iris):
+    net = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Tanh(), nn.Linear(8, 3))
+    net = T.fit(net, iris.x_train, iris.y_train, "ce", steps=50)
+    la = T.laplace(net, iris.x_train, iris.y_train, "classification", "all", "diag")
+    with pytest.raises(
+        UnsupportedLayerError, match=r"parameter .1.weight. belongs to a BatchNorm1d"
+    ):
+        export(la, iris.x_test[:4], tmp_path / "bn.onnx")
+
+
+# --------------------------------------------------------------------------- SWAG, SG-MCMC
+
+
+def test_swag_moments_from_snapshots():
+    net = nn.Sequential(nn.Linear(3, 2))
+    g = torch.Generator().manual_seed(0)
+    vecs = [torch.randn(8, generator=g) for _ in range(7)]
+    post = SwagPosterior.from_snapshots(net, vecs, rank=4)
+    stack = torch.stack(vecs).double()
+    torch.testing.assert_close(post.mean.double(), stack.mean(0), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(post.variance.double(), stack.var(0, unbiased=False), rtol=1e-4,
+                               atol=1e-6)  # fmt: skip
+    assert post.rank == 4
+    torch.testing.assert_close(post.deviations[-1].double(), stack[-1] - stack.mean(0))
+    # the oldest kept deviation is snapshot 3's, against the running mean after it
+    torch.testing.assert_close(post.deviations[0].double(), stack[3] - stack[:4].mean(0))
+
+
+def test_graph_draws_have_the_swag_covariance(tmp_path):
+    net = nn.Sequential(nn.Linear(3, 2))
+    g = torch.Generator().manual_seed(1)
+    mean, var = torch.randn(8, generator=g), torch.rand(8, generator=g) * 0.05
+    dev = torch.randn(5, 8, generator=g) * 0.3
+    post = SwagPosterior(net, mean, var, dev, scale=0.5)
+    path = export(post, torch.zeros(4, 3), tmp_path / "s.onnx", task="regression", verify=False)
+    theta = _linear_readout(path, 3, 20000)
+    d = dev.double().numpy()
+    exact = 0.5 * (np.diag(var.double().numpy()) + d.T @ d / 4)
+    _assert_moments(theta, mean.double().numpy(), exact)
+
+
+@pytest.mark.parametrize("mode", ["weight", "frozen:6"])
+def test_swag_export_matches_the_swag_sampler(tmp_path, dia, mode):
+    net = T.mlp(10, 1)
+    snaps = T.sgd_iterates(net, dia.x_train, dia.y_train, epochs=40, keep=20)
+    post = SwagPosterior.from_snapshots(net, snaps, rank=10)
+    res = export_model(post, dia.x_test[:16], tmp_path / "s.onnx", task="regression",
+                       sampling=mode, verify_samples=400)  # fmt: skip
+    assert res.family == "swag" and "rank 10" in res.notes[0]
+    if mode == "weight":
+        f = res.fidelity
+        assert f.max_z < 5 and abs(f.spread_graph - f.spread_torch) <= 0.1 * f.spread_torch
+    else:
+        assert res.fidelity.exact
+
+
+def test_swag_rejects_bad_shapes():
+    net = nn.Sequential(nn.Linear(3, 2))
+    with pytest.raises(ConfigError, match=r"mean and variance must be \[P\] = \[8\]"):
+        SwagPosterior(net, torch.zeros(7), torch.ones(7))
+    with pytest.raises(ConfigError, match=r"deviations must be \[K, 8\]"):
+        SwagPosterior(net, torch.zeros(8), torch.ones(8), torch.zeros(3, 5))
+    with pytest.raises(ConfigError, match="at least 2 snapshots"):
+        SwagPosterior.from_snapshots(net, [net.state_dict()])
+
+
+def test_sgld_samples_export_exactly(tmp_path, dia):
+    net = T.mlp(10, 1, hidden=16)
+    states = T.sgld(net, dia.x_train, dia.y_train, n=8)
+    assert not torch.equal(states[0]["0.weight"], states[-1]["0.weight"])
+    res = export_model(WeightSamples(T.mlp(10, 1, hidden=16), states), dia.x_test[:8],
+                       tmp_path / "g.onnx", task="regression")  # fmt: skip
+    assert res.family == "ensemble" and res.fidelity.exact and res.notes == ("8 members",)
+    bad = [states[0], {k: v for k, v in states[1].items() if k != "2.bias"}]
+    with pytest.raises(ExportError, match=r"weight sample 1 does not fit the model: .*2\.bias"):
+        export(WeightSamples(T.mlp(10, 1, hidden=16), bad), dia.x_test[:8], tmp_path / "b.onnx")
