@@ -232,6 +232,11 @@ def export_model(
     family = resolve_family(model, posterior)
     exporter = get_exporter(family)
     mode = exporter.parse_mode(sampling, num_samples)
+    if heteroscedastic and family == "laplace":
+        raise ConfigError(
+            "laplace-torch fits a homoscedastic Gaussian likelihood, so a Laplace posterior has no "
+            "heteroscedastic head; its sigma_noise**2 becomes the graph's noise_variance"
+        )
     x = example_input.detach().float()
     built = exporter.build(model, mode, task=task_e, seed=seed)
     ref = _probe(built, x)

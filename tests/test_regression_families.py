@@ -1,0 +1,130 @@
+"""Regression on scikit-learn's bundled diabetes data, for every posterior family.
+
+Each family is trained for real (tests/trainers.py), exported with a homoscedastic or
+heteroscedastic head, quantized with INC, and the fp32/int8 pair is measured by ``validate``:
+its regression metrics (RMSE, Gaussian NLL, PICP, mean variance) and the regression gates
+(RMSE ratio <= 1.05, NLL increase <= 0.1 nats, variance ratio in [0.8, 1.25]) must pass.
+
+Thresholds: a predictor of the training mean has RMSE 1.0 here (standardized target); a linear
+model reaches ~0.72 on this split, so RMSE < 0.9 means the network learned; the 95 % interval
+must cover 80-100 % of the 100 test targets.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from qbnn.exporters import SwagPosterior, WeightSamples, export, export_model
+from qbnn.pipeline.qconfig import QuantConfig
+from qbnn.pipeline.quantize import quantize_model
+from qbnn.pipeline.validate import ValidateConfig, validate
+from qbnn.runtimes import Predictor
+from qbnn.runtimes.errors import ConfigError
+
+import trainers as T
+
+VCFG = {"num_samples": 32, "bootstrap": 50, "mc_repeats": 1, "threads": 1}
+
+
+@pytest.fixture(scope="module")
+def dia():
+    return T.diabetes()
+
+
+def _posterior(family: str, dia, loss: str):
+    """(exportable posterior, posterior name, sampling) for one family, trained on diabetes."""
+    x, y = dia.x_train, dia.y_train
+    d_out = 2 if loss == "hetero" else 1
+    if family == "meanfield":
+        return T.meanfield(10, d_out, x, y, loss), "meanfield", "lrt"
+    if family == "mcdropout":
+        return T.fit(T.mlp(10, d_out, dropout=0.1), x, y, loss), "mcdropout", None
+    if family == "ensemble":
+        return T.ensemble(10, d_out, x, y, k=4, loss=loss), "ensemble", None
+    if family == "swag":
+        net = T.mlp(10, d_out)
+        snaps = T.sgd_iterates(net, x, y, epochs=20, keep=10, lr=0.01, loss=loss)
+        return SwagPosterior.from_snapshots(net, snaps, rank=10), "swag", None
+    if family == "sgld":
+        net = T.mlp(10, d_out)
+        return WeightSamples(net, T.sgld(net, x, y, n=8, loss=loss)), "ensemble", None
+    subset, structure = {"laplace-ll-kron": ("last_layer", "kron"),
+                         "laplace-all-diag": ("all", "diag")}[family]  # fmt: skip
+    net = T.fit(T.mlp(10, 1), x, y)
+    return T.laplace(net, x, y, "regression", subset, structure), "laplace", None
+
+
+def _residual_variance(path, dia) -> float:
+    """Observation noise of a homoscedastic model: its mean training residual, squared."""
+    out = Predictor(path, seed=0).predict(dia.x_train.numpy(), 16)
+    return float(((out.pred_mean - dia.y_train.numpy()) ** 2).mean())
+
+
+def _fp32_int8(tmp_path, dia, post, posterior, sampling, hetero):
+    kw = {"task": "regression", "posterior": posterior, "sampling": sampling, "seed": 0,
+          "heteroscedastic": hetero, "verify_samples": 200}  # fmt: skip
+    fp32 = tmp_path / "fp32.onnx"
+    export(post, dia.x_test[:16], fp32, **kw)
+    if not hetero and posterior != "laplace":  # Laplace carries its own sigma_noise
+        export(post, dia.x_test[:16], fp32, noise_variance=_residual_variance(fp32, dia), **kw)
+    int8 = tmp_path / "int8.onnx"
+    quantize_model(fp32, int8, QuantConfig(), calib=dia.x_train.numpy())
+    return fp32, int8
+
+
+FAMILIES = [
+    "meanfield",
+    "mcdropout",
+    "ensemble",
+    "swag",
+    "sgld",
+    "laplace-ll-kron",
+    "laplace-all-diag",
+]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_homoscedastic_family_on_diabetes(tmp_path, dia, family):
+    post, posterior, sampling = _posterior(family, dia, "mse")
+    fp32, int8 = _fp32_int8(tmp_path, dia, post, posterior, sampling, hetero=False)
+    report = validate({"fp32": fp32, "int8": int8}, dia.npz_test(), config=ValidateConfig(**VCFG))
+    m = {r.name: r.metrics for r in report.models}
+    assert m["fp32"]["rmse"] < 0.9, m["fp32"]
+    assert 0.8 <= m["fp32"]["picp@0.95"] <= 1.0, m["fp32"]
+    gates = {g.name: g for g in report.gates["int8"]}
+    for name in ("rmse_ratio", "gaussian_nll_increase", "variance_ratio"):
+        assert gates[name].passed is True, gates[name].detail
+    assert report.passed
+
+
+@pytest.mark.parametrize("family", ["meanfield", "mcdropout", "ensemble", "swag", "sgld"])
+def test_heteroscedastic_family_on_diabetes(tmp_path, dia, family):
+    post, posterior, sampling = _posterior(family, dia, "hetero")
+    fp32, int8 = _fp32_int8(tmp_path, dia, post, posterior, sampling, hetero=True)
+    out = Predictor(fp32, seed=0).predict(dia.x_test.numpy(), 32, return_samples=True)
+    aleatoric = out.variance_samples.mean(0)
+    np.testing.assert_allclose(out.pred_variance, aleatoric + out.samples.var(0), rtol=1e-4)
+    assert float(aleatoric.mean()) > 0.1  # the head learned a real noise level
+    report = validate({"fp32": fp32, "int8": int8}, dia.npz_test(), config=ValidateConfig(**VCFG))
+    m = report.models[0].metrics
+    assert m["rmse"] < 0.9 and 0.8 <= m["picp@0.95"] <= 1.0, m
+    assert report.passed, [g.detail for g in report.gates["int8"] if g.passed is False]
+
+
+def test_laplace_has_no_heteroscedastic_head(tmp_path, dia):
+    net = T.fit(T.mlp(10, 2), dia.x_train, torch.cat([dia.y_train, dia.y_train], 1))
+    la = T.laplace(net, dia.x_train, torch.cat([dia.y_train, dia.y_train], 1), "regression",
+                   "last_layer", "diag")  # fmt: skip
+    with pytest.raises(ConfigError, match="homoscedastic Gaussian likelihood"):
+        export_model(la, dia.x_test[:4], tmp_path / "h.onnx", task="regression",
+                     heteroscedastic=True)  # fmt: skip
+
+
+def test_noise_variance_errors(tmp_path, dia):
+    net = T.fit(T.mlp(10, 1, dropout=0.1), dia.x_train, dia.y_train, steps=20)
+    with pytest.raises(ConfigError, match="noise_variance applies to homoscedastic regression"):
+        export(net, dia.x_test[:4], tmp_path / "n.onnx", noise_variance=0.3)
+    with pytest.raises(ConfigError, match="noise_variance must be a finite number > 0"):
+        export(net, dia.x_test[:4], tmp_path / "n.onnx", task="regression", noise_variance=-1.0)
