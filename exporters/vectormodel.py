@@ -38,6 +38,7 @@ __all__ = [
 ]
 
 _LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d)
+_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
 
 
 @dataclass(frozen=True)
@@ -61,19 +62,19 @@ class ParamSlot:
 def param_slots(model: nn.Module, names: Sequence[str]) -> list[ParamSlot]:
     """Slots of the named parameters, laid out in ``names`` order (``parameters_to_vector``).
 
-    Only Linear/Conv1d/Conv2d weights and biases can be sampled; anything else raises
-    :class:`UnsupportedLayerError` naming the parameter.
+    Weights and biases of Linear, Conv1d, Conv2d and (eval-mode) BatchNorm1d/2d layers can be
+    sampled; anything else raises :class:`UnsupportedLayerError` naming the parameter.
     """
     params = dict(model.named_parameters())
     out, start = [], 0
     for name in names:
         module, _, attr = name.rpartition(".")
         owner = model.get_submodule(module) if module else model
-        if not isinstance(owner, _LAYERS) or attr not in ("weight", "bias"):
+        if not isinstance(owner, _LAYERS + _NORMS) or attr not in ("weight", "bias"):
             raise UnsupportedLayerError(
                 f"posterior parameter '{name}' belongs to a {type(owner).__name__}; qbnn samples "
-                "parameters of Linear, Conv1d and Conv2d layers only (freeze the others with "
-                "requires_grad=False before fitting, or use a last-layer posterior)"
+                "parameters of Linear, Conv1d, Conv2d and BatchNorm1d/2d layers only (freeze the "
+                "others with requires_grad=False before fitting, or use a last-layer posterior)"
             )
         if isinstance(owner, (nn.Conv1d, nn.Conv2d)) and isinstance(owner.padding, str):
             raise UnsupportedLayerError(
@@ -127,6 +128,49 @@ class ParamSampledLayer(_ExportLayer):
         return apply_per_sample(x, w, b, self.conv, self.ctx.num_samples)
 
 
+class ParamSampledBatchNorm(nn.Module):
+    """Eval-mode BatchNorm with a sampled affine transform: ``x_hat * gamma_s + beta_s``, the
+    running statistics fixed (as in every MC sample of the torch model)."""
+
+    def __init__(self, mod: nn.Module, slots: dict[str, ParamSlot], ctx: ParamContext) -> None:
+        super().__init__()
+        if mod.running_mean is None:
+            raise UnsupportedLayerError(
+                f"{type(mod).__name__} without running statistics cannot be exported"
+            )
+        self.ctx, self.slots = ctx, slots
+        self.eps = float(mod.eps)
+        self.register_buffer("mean", mod.running_mean.detach().clone())
+        self.register_buffer("inv_std", torch.rsqrt(mod.running_var.detach() + mod.eps))
+        self.register_buffer("fixed_weight", None if "weight" in slots else _affine(mod, "weight"))
+        self.register_buffer("fixed_bias", None if "bias" in slots else _affine(mod, "bias"))
+
+    def _param(self, attr: str, fixed: torch.Tensor) -> torch.Tensor:
+        slot = self.slots.get(attr)
+        if slot is None:
+            return fixed.unsqueeze(0)  # [1, C]
+        return self.ctx.theta[:, slot.start : slot.stop]  # [S, C]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.ctx.num_samples
+        c = self.mean.shape[0]
+        view = (1, c) + (1,) * (x.dim() - 2)
+        xhat = (x - self.mean.reshape(view)) * self.inv_std.reshape(view)  # [S*B, C, ...]
+        xs = xhat.reshape(s, -1, *xhat.shape[1:])  # [S, B, C, ...]
+        tail = (1,) * (x.dim() - 2)
+        g = self._param("weight", self.fixed_weight).reshape(-1, 1, c, *tail)
+        b = self._param("bias", self.fixed_bias).reshape(-1, 1, c, *tail)
+        return (xs * g + b).reshape(x.shape)
+
+
+def _affine(mod: nn.Module, attr: str) -> torch.Tensor:
+    p = getattr(mod, attr)
+    if p is not None:
+        return p.detach().clone()
+    n = mod.running_mean.shape[0]
+    return torch.ones(n) if attr == "weight" else torch.zeros(n)
+
+
 def sampled_network(model: nn.Module, slots: list[ParamSlot], ctx: ParamContext) -> nn.Module:
     """A copy of ``model`` whose posterior layers read their parameters from ``ctx.theta``."""
     by_module: dict[str, dict[str, ParamSlot]] = {}
@@ -137,6 +181,8 @@ def sampled_network(model: nn.Module, slots: list[ParamSlot], ctx: ParamContext)
     def swap(name: str, mod: nn.Module) -> nn.Module | None:
         if name not in by_module:
             return None
+        if isinstance(mod, _NORMS):
+            return ParamSampledBatchNorm(mod, by_module[name], ctx)
         return ParamSampledLayer(mod, by_module[name], ctx)
 
     replace_modules(net, swap)

@@ -185,14 +185,22 @@ def test_laplace_errors(tmp_path, iris, iris_laplace, monkeypatch):
         export(iris_laplace[("all", "full")], iris.x_test[:4], tmp_path / "f.onnx")
 
 
-def test_laplace_with_a_batchnorm_parameter_is_named(tmp_path, iris):
+@pytest.mark.parametrize("structure", ["diag", "full"])  # laplace-torch's kron rejects BatchNorm
+def test_laplace_samples_batchnorm_affine_parameters(tmp_path, iris, structure):
     net = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Tanh(), nn.Linear(8, 3))
-    net = T.fit(net, iris.x_train, iris.y_train, "ce", steps=50)
+    net = T.fit(net, iris.x_train, iris.y_train, "ce", steps=100)
+    la = T.laplace(net, iris.x_train, iris.y_train, "classification", "all", structure)
+    assert any(p is net[1].weight for p in la.params)
+    res = export_model(la, iris.x_test[:16], tmp_path / "bn.onnx", verify_samples=400)
+    assert res.fidelity.max_z < 5
+
+
+def test_a_layernorm_parameter_is_named(tmp_path, iris):
+    net = nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8), nn.Tanh(), nn.Linear(8, 3))
+    net = T.fit(net, iris.x_train, iris.y_train, "ce", steps=20)
     la = T.laplace(net, iris.x_train, iris.y_train, "classification", "all", "diag")
-    with pytest.raises(
-        UnsupportedLayerError, match=r"parameter .1.weight. belongs to a BatchNorm1d"
-    ):
-        export(la, iris.x_test[:4], tmp_path / "bn.onnx")
+    with pytest.raises(UnsupportedLayerError, match=r"'1.weight' belongs to a LayerNorm"):
+        export(la, iris.x_test[:4], tmp_path / "ln.onnx")
 
 
 # --------------------------------------------------------------------------- SWAG, SG-MCMC
