@@ -15,10 +15,14 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
+from typer.testing import CliRunner
 
 from qbnn.exporters import SwagPosterior, WeightSamples, export, export_model
 from qbnn.exporters import laplace as la_mod
 from qbnn.exporters.laplace import laplace_posterior
+from qbnn.pipeline.cli import app
+from qbnn.pipeline.qconfig import QuantConfig
+from qbnn.pipeline.quantize import quantize_model
 from qbnn.runtimes import Predictor, PredictorOptions
 from qbnn.runtimes.errors import (
     ConfigError,
@@ -269,3 +273,45 @@ def test_sgld_samples_export_exactly(tmp_path, dia):
     bad = [states[0], {k: v for k, v in states[1].items() if k != "2.bias"}]
     with pytest.raises(ExportError, match=r"weight sample 1 does not fit the model: .*2\.bias"):
         export(WeightSamples(T.mlp(10, 1, hidden=16), bad), dia.x_test[:8], tmp_path / "b.onnx")
+
+
+# --------------------------------------------------------------------------- quantization
+
+
+@pytest.mark.parametrize("case", [("last_layer", "full"), ("last_layer", "kron"), ("all", "diag")],
+                         ids=["ll-full", "ll-kron", "all-diag"])  # fmt: skip
+def test_laplace_graphs_quantize_and_keep_the_posterior(tmp_path, iris, iris_laplace, case):
+    """INC int8: the sampling MatMuls (noise times factor, sampled head) stay fp32 with their
+    factors stored in 8 bits; accuracy and mean MI stay close to fp32 on the iris test split."""
+    import onnx
+
+    fp32 = export(iris_laplace[case], iris.x_test[:16], tmp_path / "f.onnx", seed=0)
+    res = quantize_model(fp32, tmp_path / "q.onnx", QuantConfig(), calib=iris.x_train.numpy())
+    q = onnx.load(str(res.path))
+    ops = [n.op_type for n in q.graph.node]
+    assert "QLinearMatMul" not in ops  # no noise became an int8 activation
+    if case[0] == "last_layer":  # factors >= 256 values (all-diag's 163 scales stay fp32)
+        assert res.int8_weights, "the posterior factors are stored in 8 bits"
+    assert res.size_ratio < 0.45
+    x = iris.x_test.numpy()
+    a = Predictor(fp32, seed=0).predict(x, 64)
+    b = Predictor(res.path, seed=0).predict(x, 64)
+    acc = [float((p.mean_probs.argmax(1) == iris.y_test.numpy()).mean()) for p in (a, b)]
+    assert acc[0] >= 0.85 and abs(acc[0] - acc[1]) <= 0.05, acc
+    ratio = b.mutual_information.mean() / a.mutual_information.mean()
+    assert 0.8 <= ratio <= 1.25, ratio
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def test_cli_exports_a_laplace_factory(tmp_path):
+    out = tmp_path / "la.onnx"
+    args = ["export", "-m", "trainers:iris_laplace_factory", "--input-shape", "4", "-o", str(out)]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert "exported laplace (weight)" in res.output and "self-check (probs" in res.output
+    bad = CliRunner().invoke(app, [*args[:-2], "-o", str(tmp_path / "w.onnx"), "--weights",
+                                   str(out)])  # fmt: skip
+    assert bad.exit_code != 0 and "--weights applies to a single module" in bad.output
+    assert "Traceback" not in bad.output

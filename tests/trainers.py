@@ -173,3 +173,10 @@ def sgld(model: nn.Module, x, y, *, n=16, burn=1500, thin=50, lr=2e-5, loss="mse
         if it >= burn and (it - burn) % thin == thin - 1:
             states.append({k: v.detach().clone() for k, v in model.state_dict().items()})
     return states
+
+
+def iris_laplace_factory():
+    """CLI factory (``trainers:iris_laplace_factory``): last-layer Kronecker Laplace on iris."""
+    d = iris()
+    net = fit(mlp(4, 3), d.x_train, d.y_train, "ce", steps=300)
+    return laplace(net, d.x_train, d.y_train, "classification", "last_layer", "kron")
