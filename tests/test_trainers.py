@@ -294,8 +294,10 @@ def test_laplace_graphs_quantize_and_keep_the_posterior(tmp_path, iris, iris_lap
         assert res.int8_weights, "the posterior factors are stored in 8 bits"
     assert res.size_ratio < 0.45
     x = iris.x_test.numpy()
-    a = Predictor(fp32, seed=0).predict(x, 64)
-    b = Predictor(res.path, seed=0).predict(x, 64)
+    # S = 1024: all-diag's posterior is wide on iris (mean MI ~0.47 nats); at S = 64 the MC
+    # noise alone flipped 5 of 40 predictions (INC left that graph without an int8 op)
+    a = Predictor(fp32, seed=0).predict(x, 1024)
+    b = Predictor(res.path, seed=1).predict(x, 1024)
     acc = [float((p.mean_probs.argmax(1) == iris.y_test.numpy()).mean()) for p in (a, b)]
     assert acc[0] >= 0.85 and abs(acc[0] - acc[1]) <= 0.05, acc
     ratio = b.mutual_information.mean() / a.mutual_information.mean()
