@@ -9,8 +9,9 @@ import torch
 from torch import nn
 
 from qbnn.runtimes.atomic import atomic_path
-from qbnn.runtimes.contract import INPUT
+from qbnn.runtimes.contract import INPUT, MetaKey
 from qbnn.runtimes.errors import ExportError, first_line
+from qbnn.runtimes.loading import set_metadata
 
 from .quiet import quiet_export
 
@@ -27,8 +28,11 @@ class _FirstOutput(nn.Module):
         return out[0] if isinstance(out, (tuple, list)) else out
 
 
-def export_plain(model: nn.Module, example_input: torch.Tensor, path: str | Path) -> Path:
-    """Export ``model`` (eval mode) with input ``input [B, *F]`` and output ``logits [B, C]``."""
+def export_plain(
+    model: nn.Module, example_input: torch.Tensor, path: str | Path, task: str = "classification"
+) -> Path:
+    """Export ``model`` (eval mode) with input ``input [B, *F]`` and output ``logits [B, C]``
+    (regression: the predictions ``[B, D]``, marked with ``qbnn.task = regression``)."""
     x = example_input.detach().float()
     x = x if x.shape[0] > 1 else x.expand(2, *x.shape[1:]).contiguous()
     try:
@@ -44,6 +48,8 @@ def export_plain(model: nn.Module, example_input: torch.Tensor, path: str | Path
     proto = prog.model_proto
     for i, node in enumerate(proto.graph.node):
         node.name = node.name or f"{node.op_type}_{i}"
+    if task == "regression":
+        set_metadata(proto, {str(MetaKey.TASK): task})
     with atomic_path(path) as tmp:
         onnx.checker.check_model(proto)
         onnx.save_model(proto, str(tmp))

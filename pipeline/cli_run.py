@@ -36,17 +36,18 @@ def _print_result(result) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from .summary import SUMMARY_COLUMNS
+    from .summary import summary_columns
 
     console = Console()
     if not console.is_terminal:
         console = Console(width=150)  # logs and CI: keep the table's columns readable
     if result.summary:
+        columns = summary_columns(result.root)
         table = Table(title="qbnn run summary")
-        for key, label in SUMMARY_COLUMNS:
+        for key, label in columns:
             table.add_column(label, justify="left" if key == "model" else "right")
         for row in result.summary:
-            table.add_row(*[row.get(key, "-") for key, _ in SUMMARY_COLUMNS])
+            table.add_row(*[row.get(key, "-") for key, _ in columns])
         console.print(table)
     if result.gates_passed is not None:
         verdict = (
@@ -59,7 +60,8 @@ def _print_result(result) -> None:
     if report.is_file():
         console.print(f"report: {report}")
         plots = sorted(p.name for p in (result.root / "report").glob("*.png"))
-        console.print(f"plots:  {result.root / 'report'}/{{{', '.join(plots)}}}")
+        if plots:  # regression reports have none
+            console.print(f"plots:  {result.root / 'report'}/{{{', '.join(plots)}}}")
     bench = result.root / "bench" / "bench.json"
     if bench.is_file():
         console.print(f"bench:  {bench}")

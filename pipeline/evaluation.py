@@ -143,13 +143,20 @@ def core_metrics(
         ``picp@0.68``, ``picp@0.95``, ``mean_variance``.
     """
     if not out.is_classifier:
+        # a point predictor (zero variance everywhere, e.g. a plain baseline) has no predictive
+        # distribution: its NLL and interval coverage are undefined, not astronomically bad
+        spread = bool(np.any(out.pred_variance > 0))
         res = {
             "rmse": M.rmse(out.pred_mean, y),
-            "gaussian_nll": M.gaussian_nll(out.pred_mean, out.pred_variance, y),
+            "gaussian_nll": (
+                M.gaussian_nll(out.pred_mean, out.pred_variance, y) if spread else None
+            ),
             "mean_variance": _mean(out.pred_variance),
         }
         for level in PICP_LEVELS:
-            res[f"picp@{level:g}"] = M.picp(out.pred_mean, out.pred_variance, y, level)
+            res[f"picp@{level:g}"] = (
+                M.picp(out.pred_mean, out.pred_variance, y, level) if spread else None
+            )
         return res
     p = out.mean_probs
     correct = np.argmax(p, axis=1) == y

@@ -272,8 +272,17 @@ def _evaluate_one(spec: GateSpec, ref_m: Mapping, cand_m: Mapping, gates: Gates)
             f"(needs {spec.needs})",
         )
     ref, cand = ref_m[spec.metric], cand_m[spec.metric]
-    if ref is None or cand is None:
+    if (ref is None or cand is None) and spec.metric.startswith("referral_needed"):
         return _unreachable(spec, ref, cand, limit)
+    if ref is None or cand is None:
+        who = " and ".join(w for w, v in (("reference", ref), ("candidate", cand)) if v is None)
+        return GateResult(
+            spec.name,
+            None,
+            limit,
+            None,
+            f"skipped: {spec.metric} is undefined for the {who} (no predictive variance)",
+        )
     stat = gate_statistic(spec, ref, cand)
     if stat is None:
         return GateResult(

@@ -41,8 +41,13 @@ class ModelSource:
     num_samples: int = 16
     seed: int | None = 0
     trust_checkpoint: bool = False
+    task: str = "classification"
+    heteroscedastic: bool = False
+    noise_variance: float | None = None
 
     def __post_init__(self) -> None:
+        if self.task not in ("classification", "regression"):
+            raise ConfigError(f"task is '{self.task}'; valid: classification, regression")
         if bool(self.factory) == bool(self.onnx):
             raise ConfigError("give exactly one of 'factory' (torch model) or 'onnx' (a file)")
         if self.factory and not self.input_shape:

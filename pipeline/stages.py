@@ -7,6 +7,8 @@ hashes, records and skips them.
 from __future__ import annotations
 
 import shutil
+import sys
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -66,11 +68,26 @@ def _example(ctx: StageContext, src: ModelSource):
     return torch.randn((4, *src.input_shape), generator=gen)
 
 
+@contextmanager
+def _importable(folder: Path):
+    """Factory modules may live beside the config file (``factory: my_models:make``)."""
+    entry = str(folder.resolve())
+    added = entry not in sys.path
+    if added:
+        sys.path.insert(0, entry)
+    try:
+        yield
+    finally:
+        if added and entry in sys.path:
+            sys.path.remove(entry)
+
+
 def _torch_model(ctx: StageContext, src: ModelSource, key: str):
     from qbnn.exporters.loading import load_model
 
     weights = ctx.path(src.weights, f"{key}.weights") if src.weights else None
-    return load_model(src.factory, weights, trust=src.trust_checkpoint)
+    with _importable(ctx.base):
+        return load_model(src.factory, weights, trust=src.trust_checkpoint)
 
 
 def export_stage(ctx: StageContext) -> StageOutput:
@@ -86,7 +103,8 @@ def export_stage(ctx: StageContext) -> StageOutput:
         res = export_model(
             _torch_model(ctx, cfg.model, "model"), _example(ctx, cfg.model), fp32,
             posterior=cfg.model.posterior, sampling=cfg.model.sampling or None,
-            num_samples=cfg.model.num_samples, seed=cfg.model.seed,
+            num_samples=cfg.model.num_samples, seed=cfg.model.seed, task=cfg.model.task,
+            heteroscedastic=cfg.model.heteroscedastic, noise_variance=cfg.model.noise_variance,
         )  # fmt: skip
         if res.fidelity is not None:
             out.extra["fidelity"] = res.fidelity.summary()
@@ -99,7 +117,7 @@ def export_stage(ctx: StageContext) -> StageOutput:
             from qbnn.exporters.plain import export_plain
 
             model = _torch_model(ctx, cfg.baseline, "baseline").eval()
-            export_plain(model, _example(ctx, cfg.baseline), base)
+            export_plain(model, _example(ctx, cfg.baseline), base, task=cfg.model.task)
         out.outputs.append(base)
     return out
 

@@ -5,12 +5,17 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-__all__ = ["SUMMARY_COLUMNS", "summary_rows"]
+__all__ = ["REGRESSION_SUMMARY_COLUMNS", "SUMMARY_COLUMNS", "summary_columns", "summary_rows"]
 
 SUMMARY_COLUMNS = [
     ("model", "model"), ("accuracy", "accuracy"), ("ece", "ECE"),
     ("ood_auroc_entropy", "OOD AUROC (H)"), ("ood_auroc_mi", "OOD AUROC (MI)"),
     ("referral_needed@0.99", "referral@99%"), ("images_per_s", "images/s"),
+    ("size_mb", "size MB"), ("gates", "gates"),
+]  # fmt: skip
+REGRESSION_SUMMARY_COLUMNS = [
+    ("model", "model"), ("rmse", "RMSE"), ("gaussian_nll", "Gaussian NLL"),
+    ("picp@0.95", "PICP@95%"), ("mean_variance", "mean variance"), ("images_per_s", "images/s"),
     ("size_mb", "size MB"), ("gates", "gates"),
 ]  # fmt: skip
 _FILES = {"fp32": "model.fp32.onnx", "int8": "model.int8.onnx", "baseline": "baseline.onnx"}
@@ -40,11 +45,22 @@ def _throughput(root: Path) -> dict[str, str]:
     return {m: f"{v:,.0f} (B={batch}, S={s})" for m, (s, v) in best.items()}
 
 
+def _report(root: Path) -> dict:
+    rep_path = root / "report" / "report.json"
+    return json.loads(rep_path.read_text()) if rep_path.is_file() else {"models": []}
+
+
+def summary_columns(root: str | Path) -> list[tuple[str, str]]:
+    """``(key, label)`` columns for a run folder: classification or regression metrics."""
+    regression = _report(Path(root)).get("task") == "regression"
+    return REGRESSION_SUMMARY_COLUMNS if regression else SUMMARY_COLUMNS
+
+
 def summary_rows(root: str | Path) -> list[dict[str, str]]:
     """One row per model of a run folder (formatted strings; '-' where not measured)."""
     root = Path(root)
-    rep_path = root / "report" / "report.json"
-    report = json.loads(rep_path.read_text()) if rep_path.is_file() else {"models": []}
+    report = _report(root)
+    columns = summary_columns(root)
     speed = _throughput(root)
     gates = report.get("gates", {})
     names = [m["name"] for m in report["models"]] or [
@@ -54,7 +70,7 @@ def summary_rows(root: str | Path) -> list[dict[str, str]]:
     rows = []
     for name in names:
         row = {"model": name}
-        for key, _ in SUMMARY_COLUMNS[1:6]:
+        for key, _ in columns[1:-3]:
             row[key] = _fmt(key, metrics.get(name, {}).get(key))
         row["images_per_s"] = speed.get(name, "-")
         f = root / _FILES.get(name, f"{name}.onnx")

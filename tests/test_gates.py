@@ -197,3 +197,9 @@ def test_referral_never_reached(ref, cand, passed):
 def test_evaluate_gates_rejects_a_dict_of_limits():
     with pytest.raises(ConfigError, match="gates must be a Gates instance, got dict"):
         evaluate_gates(REF, REF, {"max_accuracy_drop": 0.01})
+
+
+def test_undefined_regression_metric_is_skipped():
+    res = by_name(evaluate_gates(REG | {"gaussian_nll": None}, REG, Gates()))
+    g = res["gaussian_nll_increase"]
+    assert g.passed is None and "undefined for the reference" in g.detail

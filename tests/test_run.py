@@ -174,3 +174,31 @@ def test_shipped_configs(tmp_path):
     assert (ROOT / "examples" / "demo.yaml").read_text() == demo_config_text()
     cfg, _ = load_run_config(ROOT / "examples" / "pipeline_byo.yaml")
     assert isinstance(cfg, RunConfig) and cfg.model.sampling == "lrt"
+
+
+def test_regression_pipeline_from_the_diabetes_example(tmp_path):
+    """examples/diabetes: a laplace-torch posterior built by a factory beside the config,
+    exported with task: regression, quantized, validated with the regression gates."""
+    import shutil
+    import subprocess
+    import sys
+
+    ex = tmp_path / "diabetes"
+    shutil.copytree(ROOT / "examples" / "diabetes", ex)
+    subprocess.run([sys.executable, str(ex / "diabetes_models.py")], check=True)
+    cfg = yaml.safe_load((ex / "pipeline.yaml").read_text())
+    cfg["output_root"] = str(tmp_path / "out")
+    cfg["stages"] = ["export", "quantize", "validate"]
+    (ex / "pipeline.yaml").write_text(yaml.safe_dump(cfg))
+    r = runner.invoke(app, ["run", str(ex / "pipeline.yaml")])
+    assert r.exit_code == 0, r.output
+    assert "RMSE" in r.output and "all gates passed" in r.output
+    report = json.loads(
+        (tmp_path / "out" / "diabetes-laplace" / "report" / "report.json").read_text()
+    )
+    assert report["task"] == "regression"
+    m = {x["name"]: x["metrics"] for x in report["models"]}
+    assert m["fp32"]["rmse"] < 0.8 and 0.85 <= m["fp32"]["picp@0.95"] <= 1.0
+    assert m["baseline"]["gaussian_nll"] is None  # a point predictor has no predictive NLL
+    gates = {g["name"]: g["passed"] for g in report["gates"]["int8"]}
+    assert gates["rmse_ratio"] and gates["gaussian_nll_increase"] and gates["variance_ratio"]
