@@ -71,8 +71,12 @@ def test_invalid_sampling_for_family(tmp_path):
 
 
 def test_unknown_family_and_task(tmp_path):
-    with pytest.raises(ConfigError, match="unknown posterior family 'swag'.*meanfield"):
+    with pytest.raises(ConfigError, match="unknown posterior family 'svgd'.*meanfield"):
+        export(bayes_mlp(), example((6,)), tmp_path / "m.onnx", posterior="svgd")
+    with pytest.raises(ExportError, match="'swag' family needs a SwagPosterior, got BayesMLP"):
         export(bayes_mlp(), example((6,)), tmp_path / "m.onnx", posterior="swag")
+    with pytest.raises(ExportError, match="needs a fitted laplace-torch object, got BayesMLP"):
+        export(bayes_mlp(), example((6,)), tmp_path / "m.onnx", posterior="laplace")
     with pytest.raises(ConfigError, match="unknown task 'ranking'"):
         export(bayes_mlp(), example((6,)), tmp_path / "m.onnx", task="ranking")
 
