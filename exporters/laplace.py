@@ -48,14 +48,19 @@ MAX_DENSE_PARAMS = 8192  # a dense [P, P] factor beyond this is > 256 MB of init
 
 
 def _detect(obj: object) -> bool:
+    """Any laplace-torch approximation; unsupported variants get a clear error in ``_kind``."""
     mod = type(obj).__module__ or ""
-    return mod.split(".")[0] == "laplace" and hasattr(obj, "posterior_precision")
+    return mod.split(".")[0] == "laplace" and any(
+        c.__name__ == "BaseLaplace" for c in type(obj).__mro__
+    )
 
 
 def _kind(la) -> tuple[str, bool]:
     """``(structure, last_layer)`` of a fitted laplace-torch object, or a clear error."""
     names = [c.__name__ for c in type(la).__mro__]
     last = "LLLaplace" in names
+    if "SubnetLaplace" in names or "FunctionalLaplace" in names or "BaseFunctionalLaplace" in names:
+        names = []  # subnetwork and GP (functional) posteriors: not a weight-space Gaussian here
     for base in _SUPPORTED:
         if base in names:
             if not getattr(la, "n_data", 0) or not isinstance(
@@ -65,7 +70,8 @@ def _kind(la) -> tuple[str, bool]:
             return base.removesuffix("Laplace").lower(), last
     raise UnsupportedLayerError(
         f"{type(la).__name__} is not supported; qbnn exports laplace-torch's full, kron and "
-        "diag Hessian structures, over all weights or the last layer"
+        "diag Hessian structures over all weights or the last layer (not low-rank, subnetwork "
+        "or functional Laplace)"
     )
 
 

@@ -184,6 +184,10 @@ def test_laplace_errors(tmp_path, iris, iris_laplace, monkeypatch):
         export(la, iris.x_test[:4], tmp_path / "t.onnx", task="regression")
     with pytest.raises(ConfigError, match="valid modes: weight, frozen:K"):
         export(la, iris.x_test[:4], tmp_path / "m.onnx", sampling="lrt")
+    gp = Laplace(T.mlp(4, 3), "classification", subset_of_weights="last_layer",
+                 hessian_structure="gp", n_subset=10)  # fmt: skip
+    with pytest.raises(UnsupportedLayerError, match="FunctionalLLLaplace is not supported"):
+        export(gp, iris.x_test[:4], tmp_path / "gp.onnx")
     monkeypatch.setattr(la_mod, "MAX_DENSE_PARAMS", 40)
     with pytest.raises(ExportError, match="qbnn exports at most 40"):
         export(iris_laplace[("all", "full")], iris.x_test[:4], tmp_path / "f.onnx")
