@@ -72,32 +72,8 @@ def _fid_row(name: str, data: str, res) -> str:
     return line
 
 
-def _posterior(family: str, dia, loss: str):
-    x, y = dia.x_train, dia.y_train
-    d_out = 2 if loss == "hetero" else 1
-    if family == "meanfield":
-        return T.meanfield(10, d_out, x, y, loss), "meanfield", "lrt"
-    if family == "mcdropout":
-        return T.fit(T.mlp(10, d_out, dropout=0.1), x, y, loss), "mcdropout", None
-    if family == "ensemble":
-        return T.ensemble(10, d_out, x, y, k=4, loss=loss), "ensemble", None
-    if family == "swag":
-        net = T.mlp(10, d_out)
-        snaps = T.sgd_iterates(net, x, y, epochs=20, keep=10, lr=0.01, loss=loss)
-        return SwagPosterior.from_snapshots(net, snaps, rank=10), "swag", None
-    if family == "sgld":
-        net = T.mlp(10, d_out)
-        return WeightSamples(net, T.sgld(net, x, y, n=8, loss=loss)), "ensemble", None
-    subset, structure = {"laplace-ll-kron": ("last_layer", "kron"),
-                         "laplace-ll-full": ("last_layer", "full"),
-                         "laplace-all-diag": ("all", "diag")}[family]  # fmt: skip
-    la = T.laplace(T.fit(T.mlp(10, 1), x, y), x, y, "regression", subset, structure)
-    la.optimize_prior_precision(method="marglik")
-    return la, "laplace", None
-
-
 def regression_row(tmp: Path, dia, family: str, hetero: bool) -> str:
-    post, posterior, sampling = _posterior(family, dia, "hetero" if hetero else "mse")
+    post, posterior, sampling = T.diabetes_posterior(family, dia, "hetero" if hetero else "mse")
     kw = {"task": "regression", "posterior": posterior, "sampling": sampling, "seed": 0,
           "heteroscedastic": hetero, "verify_samples": 200}  # fmt: skip
     fp32, int8 = tmp / "fp32.onnx", tmp / "int8.onnx"

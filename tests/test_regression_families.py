@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from qbnn.exporters import SwagPosterior, WeightSamples, export, export_model
+from qbnn.exporters import export, export_model
 from qbnn.pipeline.qconfig import QuantConfig
 from qbnn.pipeline.quantize import quantize_model
 from qbnn.pipeline.validate import ValidateConfig, validate
@@ -31,29 +31,6 @@ VCFG = {"num_samples": 32, "bootstrap": 50, "mc_repeats": 1, "threads": 1}
 @pytest.fixture(scope="module")
 def dia():
     return T.diabetes()
-
-
-def _posterior(family: str, dia, loss: str):
-    """(exportable posterior, posterior name, sampling) for one family, trained on diabetes."""
-    x, y = dia.x_train, dia.y_train
-    d_out = 2 if loss == "hetero" else 1
-    if family == "meanfield":
-        return T.meanfield(10, d_out, x, y, loss), "meanfield", "lrt"
-    if family == "mcdropout":
-        return T.fit(T.mlp(10, d_out, dropout=0.1), x, y, loss), "mcdropout", None
-    if family == "ensemble":
-        return T.ensemble(10, d_out, x, y, k=4, loss=loss), "ensemble", None
-    if family == "swag":
-        net = T.mlp(10, d_out)
-        snaps = T.sgd_iterates(net, x, y, epochs=20, keep=10, lr=0.01, loss=loss)
-        return SwagPosterior.from_snapshots(net, snaps, rank=10), "swag", None
-    if family == "sgld":
-        net = T.mlp(10, d_out)
-        return WeightSamples(net, T.sgld(net, x, y, n=8, loss=loss)), "ensemble", None
-    subset, structure = {"laplace-ll-kron": ("last_layer", "kron"),
-                         "laplace-all-diag": ("all", "diag")}[family]  # fmt: skip
-    net = T.fit(T.mlp(10, 1), x, y)
-    return T.laplace(net, x, y, "regression", subset, structure), "laplace", None
 
 
 def _residual_variance(path, dia) -> float:
@@ -87,7 +64,7 @@ FAMILIES = [
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_homoscedastic_family_on_diabetes(tmp_path, dia, family):
-    post, posterior, sampling = _posterior(family, dia, "mse")
+    post, posterior, sampling = T.diabetes_posterior(family, dia, "mse")
     fp32, int8 = _fp32_int8(tmp_path, dia, post, posterior, sampling, hetero=False)
     report = validate({"fp32": fp32, "int8": int8}, dia.npz_test(), config=ValidateConfig(**VCFG))
     m = {r.name: r.metrics for r in report.models}
@@ -101,7 +78,7 @@ def test_homoscedastic_family_on_diabetes(tmp_path, dia, family):
 
 @pytest.mark.parametrize("family", ["meanfield", "mcdropout", "ensemble", "swag", "sgld"])
 def test_heteroscedastic_family_on_diabetes(tmp_path, dia, family):
-    post, posterior, sampling = _posterior(family, dia, "hetero")
+    post, posterior, sampling = T.diabetes_posterior(family, dia, "hetero")
     fp32, int8 = _fp32_int8(tmp_path, dia, post, posterior, sampling, hetero=True)
     out = Predictor(fp32, seed=0).predict(dia.x_test.numpy(), 32, return_samples=True)
     aleatoric = out.variance_samples.mean(0)

@@ -180,3 +180,36 @@ def iris_laplace_factory():
     d = iris()
     net = fit(mlp(4, 3), d.x_train, d.y_train, "ce", steps=300)
     return laplace(net, d.x_train, d.y_train, "classification", "last_layer", "kron")
+
+
+def diabetes_posterior(family: str, dia: Split, loss: str = "mse"):
+    """``(posterior, family name, sampling)`` of one trainer fitted on diabetes.
+
+    ``family``: meanfield, mcdropout, ensemble, swag, sgld, laplace-ll-kron, laplace-ll-full,
+    laplace-all-diag; ``loss="hetero"`` trains a ``[mean, log-variance]`` head (not Laplace).
+    """
+    x, y = dia.x_train, dia.y_train
+    d_out = 2 if loss == "hetero" else 1
+    if family == "meanfield":
+        return meanfield(10, d_out, x, y, loss), "meanfield", "lrt"
+    if family == "mcdropout":
+        return fit(mlp(10, d_out, dropout=0.1), x, y, loss), "mcdropout", None
+    if family == "ensemble":
+        return ensemble(10, d_out, x, y, k=4, loss=loss), "ensemble", None
+    if family == "swag":
+        from qbnn.exporters import SwagPosterior
+
+        net = mlp(10, d_out)
+        snaps = sgd_iterates(net, x, y, epochs=20, keep=10, lr=0.01, loss=loss)
+        return SwagPosterior.from_snapshots(net, snaps, rank=10), "swag", None
+    if family == "sgld":
+        from qbnn.exporters import WeightSamples
+
+        net = mlp(10, d_out)
+        return WeightSamples(net, sgld(net, x, y, n=8, loss=loss)), "ensemble", None
+    subset, structure = {"laplace-ll-kron": ("last_layer", "kron"),
+                         "laplace-ll-full": ("last_layer", "full"),
+                         "laplace-all-diag": ("all", "diag")}[family]  # fmt: skip
+    la = laplace(fit(mlp(10, 1), x, y), x, y, "regression", subset, structure)
+    la.optimize_prior_precision(method="marglik")
+    return la, "laplace", None
