@@ -8,14 +8,22 @@ from .api import ExportResult, export, export_model, resolve_family
 from .ensemble import WeightSamples
 from .registry import Exporter, SamplingMode, get_exporter, known_families, register_exporter
 from .swag import SwagPosterior
+from .vector import DenseTerm, DiagTerm, KronTerm, LowRankTerm, VectorGaussian
 from .verify import FidelityReport
+from .weightgaussian import WeightGaussian
 
 __all__ = [
     "ExportResult",
     "Exporter",
     "FidelityReport",
     "SamplingMode",
+    "DenseTerm",
+    "DiagTerm",
+    "KronTerm",
+    "LowRankTerm",
     "SwagPosterior",
+    "VectorGaussian",
+    "WeightGaussian",
     "WeightSamples",
     "export",
     "export_model",

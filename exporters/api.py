@@ -24,7 +24,15 @@ from qbnn.runtimes.contract import (
 from qbnn.runtimes.errors import ConfigError, ExportError, first_line
 from qbnn.runtimes.seeding import random_nodes
 
-from . import ensemble, flipout, laplace, mcdropout, meanfield, swag  # noqa: F401  (register)
+from . import (  # noqa: F401  (register the exporters)
+    ensemble,
+    flipout,
+    laplace,
+    mcdropout,
+    meanfield,
+    swag,
+    weightgaussian,
+)
 from .btlayers import FLIPOUT_TYPES, REPARAM_TYPES, check_supported
 from .graph import finalize
 from .quiet import quiet_export
@@ -53,7 +61,7 @@ def resolve_family(model: object, posterior: str) -> str:
     """``posterior`` itself, or for ``auto`` the first registered family that detects ``model``."""
     if posterior != "auto":
         return get_exporter(posterior).family
-    for order in ("laplace", "swag", "ensemble", "flipout", "meanfield", "mcdropout"):
+    for order in ("laplace", "swag", "gaussian", "ensemble", "flipout", "meanfield", "mcdropout"):
         if known_families()[order].detect(model):
             return order
     if isinstance(model, nn.Module):
@@ -92,8 +100,9 @@ def export(
     (regression: ``mean [S, B', D]``, ``pred_mean``, ``pred_variance [B', D]``).
     ``seed`` fixes every random node's seed (identical outputs across processes); without it
     each session draws fresh noise. ``model`` may also be a fitted laplace-torch object, a
-    :class:`~qbnn.exporters.swag.SwagPosterior` or :class:`~qbnn.exporters.ensemble.WeightSamples`
-    (SG-MCMC draws). See :func:`export_model` for the full result and the regression options.
+    :class:`~qbnn.exporters.swag.SwagPosterior`, :class:`~qbnn.exporters.ensemble.WeightSamples`
+    (SG-MCMC draws) or a :class:`~qbnn.exporters.weightgaussian.WeightGaussian`. See
+    :func:`export_model` for the full result and the regression options.
     """
     return export_model(
         model,

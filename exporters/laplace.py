@@ -19,29 +19,16 @@ own square-root factors, see :mod:`qbnn.exporters.vector`); ``frozen:K`` stores 
 
 from __future__ import annotations
 
-import copy
-
 import torch
-from torch import nn
 
 from qbnn.runtimes.contract import Task
 from qbnn.runtimes.errors import ExportError, UnsupportedLayerError
 
 from .registry import BuiltModel, SamplingMode, register_exporter
-from .sampling import member_sampler
-from .vector import DenseTerm, DiagTerm, KronTerm, Term, VectorGaussian, VectorSampler
-from .vectormodel import (
-    FrozenTable,
-    LastLayerModel,
-    ParamContext,
-    VectorSampledModel,
-    param_slots,
-    sampled_network,
-    snapshot,
-)
-from .wrapper import EnsembleModel
+from .vector import DenseTerm, DiagTerm, KronTerm, Term, VectorGaussian
+from .weightgaussian import WeightGaussian, build_weight_gaussian, names_of
 
-__all__ = ["build_laplace", "laplace_posterior"]
+__all__ = ["build_laplace", "laplace_posterior", "to_weight_gaussian"]
 
 _SUPPORTED = ("FullLaplace", "KronLaplace", "DiagLaplace")
 MAX_DENSE_PARAMS = 8192  # a dense [P, P] factor beyond this is > 256 MB of initializer
@@ -140,6 +127,20 @@ def _check_task(la, task: Task) -> None:
         )
 
 
+def to_weight_gaussian(la) -> WeightGaussian:
+    """The fitted laplace-torch object as a :class:`WeightGaussian` (model, factors, layer)."""
+    _, last = _kind(la)
+    post = laplace_posterior(la)
+    if last:
+        fe = la.model  # laplace's FeatureExtractor around a copy of the user's model
+        if getattr(fe, "feature_reduction", None) is not None:
+            raise UnsupportedLayerError(
+                "last-layer Laplace with feature_reduction is not supported"
+            )
+        return WeightGaussian(fe.model, post, last_layer=fe._last_layer_name)
+    return WeightGaussian(la.model, post, param_names=names_of(la.model, la.params))
+
+
 @register_exporter(
     "laplace",
     modes=("weight", "frozen"),
@@ -148,83 +149,17 @@ def _check_task(la, task: Task) -> None:
     description="a fitted laplace-torch Laplace object (full/kron/diag, all weights or last layer)",
 )
 def build_laplace(la, mode: SamplingMode, *, task: Task, seed: int | None) -> BuiltModel:
-    """A fitted ``laplace.*Laplace`` -> graph sampling its Gaussian posterior."""
+    """A fitted ``laplace.*Laplace`` -> graph sampling its Gaussian posterior; the self-check
+    compares with ``la.predictive_samples(pred_type="nn")``."""
     if not _detect(la):
         raise ExportError(
             f"the 'laplace' family needs a fitted laplace-torch object, got {type(la).__name__}"
         )
     structure, last = _kind(la)
     _check_task(la, task)
-    post = laplace_posterior(la)
-    build = _build_last_layer if last else _build_all
-    built = build(la, post, mode, task, seed)
+    post = to_weight_gaussian(la)
+    built = build_weight_gaussian(post, mode, task=task, seed=seed, reference=_reference(la, task))
     where = "the last layer" if last else "all weights"
-    built.notes.insert(0, f"{structure} Laplace over {where} ({post.num_params} parameters)")
+    n = post.posterior.num_params
+    built.notes.insert(0, f"{structure} Laplace over {where} ({n} parameters)")
     return built
-
-
-def _generator(seed: int | None) -> torch.Generator:
-    return torch.Generator().manual_seed(seed if seed is not None else int(torch.seed() % 2**31))
-
-
-def _build_last_layer(la, post, mode, task, seed) -> BuiltModel:
-    fe = la.model  # laplace's FeatureExtractor around a copy of the user's model
-    if getattr(fe, "feature_reduction", None) is not None:
-        raise UnsupportedLayerError("last-layer Laplace with feature_reduction is not supported")
-    last: nn.Linear = fe.last_layer
-    name = fe._last_layer_name
-    body = copy.deepcopy(fe.model).eval()
-    parent, _, child = name.rpartition(".")
-    setattr(body.get_submodule(parent) if parent else body, child, nn.Identity())
-    ctx = ParamContext()
-    if mode.name == "frozen":
-        draws = post.sample(mode.k or 1, _generator(seed))
-        sampler: nn.Module = FrozenTable(draws, ctx)
-    else:
-        sampler = VectorSampler(post, ctx)
-    module = LastLayerModel(
-        body, sampler, ctx, last.out_features, last.in_features, last.bias is not None, task
-    )
-    if mode.name == "frozen":
-        reference = _frozen_last_layer_reference(module, draws)
-        return BuiltModel(module, reference, exact=True, notes=[f"{mode.k} frozen draws"])
-    return BuiltModel(module, _reference(la, task))
-
-
-def _frozen_last_layer_reference(module: LastLayerModel, draws: torch.Tensor):
-    o, i, has_b = module.out_features, module.in_features, module.bias
-
-    def sample(x: torch.Tensor, s: int, gen: torch.Generator) -> torch.Tensor:
-        del gen
-        with torch.no_grad():
-            feats = module.body(x).reshape(x.shape[0], i).double()
-            th = draws.double()[torch.arange(s) % draws.shape[0]]
-            out = torch.matmul(feats.unsqueeze(0), th[:, : o * i].reshape(s, o, i).transpose(1, 2))
-            if has_b:
-                out = out + th[:, o * i : o * i + o].unsqueeze(1)
-        return out.float()
-
-    return sample
-
-
-def _param_names(la) -> list[str]:
-    ids = {id(p) for p in la.params}
-    names = [n for n, p in la.model.named_parameters() if id(p) in ids]
-    if len(names) != len(la.params):
-        raise ExportError("cannot match the Laplace object's parameters to its model's names")
-    return names
-
-
-def _build_all(la, post, mode, task, seed) -> BuiltModel:
-    model = la.model
-    slots = param_slots(model, _param_names(la))
-    if mode.name == "frozen":
-        draws = post.sample(mode.k or 1, _generator(seed))
-        members = [snapshot(model, slots, d) for d in draws]
-        module = EnsembleModel(members, task)
-        notes = [f"{mode.k} frozen draws"]
-        return BuiltModel(module, member_sampler(members), exact=True, notes=notes)
-    ctx = ParamContext()
-    net = sampled_network(model, slots, ctx)
-    module = VectorSampledModel(net, VectorSampler(post, ctx), ctx, task)
-    return BuiltModel(module, _reference(la, task))

@@ -20,16 +20,10 @@ from qbnn.runtimes.contract import Task
 from qbnn.runtimes.errors import ConfigError, ExportError
 
 from .registry import BuiltModel, SamplingMode, register_exporter
-from .sampling import member_sampler
-from .vector import DiagTerm, LowRankTerm, VectorGaussian, VectorSampler
-from .vectormodel import (
-    ParamContext,
-    VectorSampledModel,
-    param_slots,
-    sampled_network,
-    snapshot,
-)
-from .wrapper import EnsembleModel, _first
+from .vector import DiagTerm, LowRankTerm, VectorGaussian
+from .vectormodel import param_slots, snapshot
+from .weightgaussian import WeightGaussian, build_weight_gaussian
+from .wrapper import _first
 
 __all__ = ["SwagPosterior", "build_swag", "swag_reference"]
 
@@ -160,19 +154,11 @@ def build_swag(post, mode: SamplingMode, *, task: Task, seed: int | None) -> Bui
     """SWAG -> graph sampling ``theta`` in place (``weight``) or K frozen draws."""
     if not isinstance(post, SwagPosterior):
         raise ExportError(f"the 'swag' family needs a SwagPosterior, got {type(post).__name__}")
-    slots = param_slots(post.model, post.param_names)
     gauss = post.gaussian()
     note = f"SWAG over {gauss.num_params} parameters, rank {post.rank}, scale {post.scale}"
-    if mode.name == "frozen":
-        gen = torch.Generator().manual_seed(seed if seed is not None else int(torch.seed() % 2**31))
-        members = [snapshot(post.model, slots, d) for d in gauss.sample(mode.k or 1, gen)]
-        return BuiltModel(
-            EnsembleModel(members, task),
-            member_sampler(members),
-            exact=True,
-            notes=[note, f"{mode.k} frozen draws"],
-        )
-    ctx = ParamContext()
-    net = sampled_network(post.model, slots, ctx)
-    module = VectorSampledModel(net, VectorSampler(gauss, ctx), ctx, task)
-    return BuiltModel(module, swag_reference(post), notes=[note])
+    weights = WeightGaussian(post.model, gauss, param_names=post.param_names)
+    built = build_weight_gaussian(
+        weights, mode, task=task, seed=seed, reference=swag_reference(post)
+    )
+    built.notes.insert(0, note)
+    return built

@@ -57,7 +57,7 @@ def exported(tmp_path_factory):
 
 def test_every_family_has_a_tiny_case():
     families = {c.split("-")[0] for c, _ in EXPORTS}
-    trained = {"laplace", "swag"}  # fitted posteriors: covered in tests/test_trainers.py
+    trained = {"laplace", "swag", "gaussian"}  # fitted posteriors: tests/test_trainers.py
     assert families | trained == set(known_families())
 
 

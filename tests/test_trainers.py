@@ -17,7 +17,17 @@ import torch
 from torch import nn
 from typer.testing import CliRunner
 
-from qbnn.exporters import SwagPosterior, WeightSamples, export, export_model
+from qbnn.exporters import (
+    DenseTerm,
+    DiagTerm,
+    KronTerm,
+    SwagPosterior,
+    VectorGaussian,
+    WeightGaussian,
+    WeightSamples,
+    export,
+    export_model,
+)
 from qbnn.exporters import laplace as la_mod
 from qbnn.exporters.laplace import laplace_posterior
 from qbnn.pipeline.cli import app
@@ -209,6 +219,50 @@ def test_a_layernorm_parameter_is_named(tmp_path, iris):
     la = T.laplace(net, iris.x_train, iris.y_train, "classification", "all", "diag")
     with pytest.raises(UnsupportedLayerError, match=r"'1.weight' belongs to a LayerNorm"):
         export(la, iris.x_test[:4], tmp_path / "ln.onnx")
+
+
+# --------------------------------------------------------------------------- WeightGaussian
+
+
+def test_weight_gaussian_from_map_weights_and_a_factor(tmp_path, iris):
+    """The trainer-independent route: MAP weights plus a covariance square root."""
+    net = T.fit(T.mlp(4, 3), iris.x_train, iris.y_train, "ce", steps=300)
+    head = torch.cat([net[2].weight.detach().reshape(-1), net[2].bias.detach()])
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(head.numel(), head.numel(), generator=g) * 0.05
+    post = VectorGaussian(
+        head, (DenseTerm(0, torch.linalg.cholesky(a @ a.T + 0.01 * torch.eye(51))),)
+    )
+    wg = WeightGaussian(net, post, last_layer="2")
+    assert wg.param_names == ("2.weight", "2.bias")
+    res = export_model(wg, iris.x_test[:16], tmp_path / "g.onnx", verify_samples=400)
+    assert res.family == "gaussian" and "last layer '2'" in res.notes[0]
+    assert res.fidelity.max_z < 5 and res.fidelity.spread_torch > 0.01
+
+
+def test_graph_draws_have_a_weight_gaussians_covariance(tmp_path):
+    net = nn.Sequential(nn.Linear(3, 2))
+    g = torch.Generator().manual_seed(2)
+    terms = (KronTerm(0, torch.linalg.qr(torch.randn(2, 2, generator=g))[0],
+                      torch.linalg.qr(torch.randn(3, 3, generator=g))[0],
+                      torch.rand(2, 3, generator=g) * 0.3 + 0.05),
+             DiagTerm(6, torch.tensor([0.2, 0.05])))  # fmt: skip
+    post = VectorGaussian(torch.randn(8, generator=g), terms)
+    path = export(WeightGaussian(net, post), torch.zeros(4, 3), tmp_path / "w.onnx",
+                  task="regression", verify=False)  # fmt: skip
+    theta = _linear_readout(path, 3, 20000)
+    _assert_moments(theta, post.mean.double().numpy(), post.covariance().numpy())
+
+
+def test_weight_gaussian_errors():
+    net = T.mlp(4, 3)
+    post = VectorGaussian(torch.zeros(51), (DiagTerm(0, torch.ones(51)),))
+    with pytest.raises(ConfigError, match="last_layer '1' is a Tanh; a last-layer posterior"):
+        WeightGaussian(net, post, last_layer="1")
+    with pytest.raises(ConfigError, match="the posterior has 51 parameters but 4 named"):
+        WeightGaussian(net, post)
+    with pytest.raises(ValueError, match="neither tile nor each span"):
+        VectorGaussian(torch.zeros(8), (DiagTerm(0, torch.ones(3)),))
 
 
 # --------------------------------------------------------------------------- SWAG, SG-MCMC
