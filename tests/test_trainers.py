@@ -33,7 +33,7 @@ from qbnn.exporters.laplace import laplace_posterior
 from qbnn.pipeline.cli import app
 from qbnn.pipeline.qconfig import QuantConfig
 from qbnn.pipeline.quantize import quantize_model
-from qbnn.runtimes import Predictor, PredictorOptions
+from qbnn.runtimes import Predictor
 from qbnn.runtimes.errors import (
     ConfigError,
     ExportError,
@@ -118,29 +118,6 @@ def test_the_self_check_catches_a_wrong_covariance(tmp_path, iris, iris_laplace,
     assert not (tmp_path / "bad.onnx").exists()  # nothing half-written
 
 
-def _linear_readout(path, d_in: int, s: int) -> np.ndarray:
-    """theta [S, out*in + out] of a single-Linear regression graph (parameters_to_vector
-    order), read from its per-sample outputs at x = 0 (bias) and x = e_j (column j + bias)."""
-    x = np.vstack([np.zeros(d_in), np.eye(d_in)]).astype(np.float32)
-    opts = PredictorOptions(max_samples=s, max_rows=s * len(x))
-    pred = Predictor(path, seed=0, options=opts)
-    m = pred.predict(x, s, return_samples=True).samples.astype(np.float64)
-    b = m[:, 0]
-    w = (m[:, 1:] - b[:, None]).transpose(0, 2, 1)  # [S, out, in]
-    return np.concatenate([w.reshape(s, -1), b], axis=1)
-
-
-def _assert_moments(theta: np.ndarray, mean: np.ndarray, cov: np.ndarray, z: float = 5.0):
-    n = theta.shape[0]
-    var = np.diag(cov)
-    m_se = np.sqrt(var / n)
-    assert np.all(np.abs(theta.mean(0) - mean) <= z * m_se + 1e-6), "posterior mean"
-    emp = np.cov(theta, rowvar=False)
-    c_se = np.sqrt((np.outer(var, var) + cov**2) / n)
-    bad = np.abs(emp - cov) > z * c_se + 1e-9
-    assert not bad.any(), f"covariance entries off: {np.argwhere(bad)[:5].tolist()}"
-
-
 def _linear_data(seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(64, 3, generator=g)
@@ -158,13 +135,13 @@ def test_graph_draws_have_the_laplace_covariance(tmp_path, subset, structure):
     kw = {"last_layer_name": "0"} if subset == "last_layer" else {}
     la = T.laplace(net, x, y, "regression", subset, structure, prior_precision=1.0, **kw)
     path = export(la, x[:4], tmp_path / "l.onnx", task="regression", verify=False)
-    theta = _linear_readout(path, 3, 20000)
+    theta = T.linear_readout(path, 3, 20000)
     post = laplace_posterior(la)
-    _assert_moments(theta, post.mean.double().numpy(), post.covariance().numpy())
+    T.assert_moments(theta, post.mean.double().numpy(), post.covariance().numpy())
     # and the structure matters: a diagonal-only covariance is rejected for the dense ones
     if structure != "diag":
         with pytest.raises(AssertionError, match="covariance"):
-            _assert_moments(theta, post.mean.double().numpy(), np.diag(np.diag(post.covariance())))
+            T.assert_moments(theta, post.mean.double().numpy(), np.diag(np.diag(post.covariance())))
 
 
 def test_laplace_regression_adds_sigma_noise(tmp_path):
@@ -250,8 +227,8 @@ def test_graph_draws_have_a_weight_gaussians_covariance(tmp_path):
     post = VectorGaussian(torch.randn(8, generator=g), terms)
     path = export(WeightGaussian(net, post), torch.zeros(4, 3), tmp_path / "w.onnx",
                   task="regression", verify=False)  # fmt: skip
-    theta = _linear_readout(path, 3, 20000)
-    _assert_moments(theta, post.mean.double().numpy(), post.covariance().numpy())
+    theta = T.linear_readout(path, 3, 20000)
+    T.assert_moments(theta, post.mean.double().numpy(), post.covariance().numpy())
 
 
 def test_weight_gaussian_errors():
@@ -290,10 +267,10 @@ def test_graph_draws_have_the_swag_covariance(tmp_path):
     dev = torch.randn(5, 8, generator=g) * 0.3
     post = SwagPosterior(net, mean, var, dev, scale=0.5)
     path = export(post, torch.zeros(4, 3), tmp_path / "s.onnx", task="regression", verify=False)
-    theta = _linear_readout(path, 3, 20000)
+    theta = T.linear_readout(path, 3, 20000)
     d = dev.double().numpy()
     exact = 0.5 * (np.diag(var.double().numpy()) + d.T @ d / 4)
-    _assert_moments(theta, mean.double().numpy(), exact)
+    T.assert_moments(theta, mean.double().numpy(), exact)
 
 
 @pytest.mark.parametrize("mode", ["weight", "frozen:6"])

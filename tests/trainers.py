@@ -18,6 +18,8 @@ from sklearn.datasets import load_diabetes, load_iris
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from qbnn.runtimes import Predictor, PredictorOptions
+
 
 @dataclass(frozen=True)
 class Split:
@@ -213,3 +215,28 @@ def diabetes_posterior(family: str, dia: Split, loss: str = "mse"):
     la = laplace(fit(mlp(10, 1), x, y), x, y, "regression", subset, structure)
     la.optimize_prior_precision(method="marglik")
     return la, "laplace", None
+
+
+def linear_readout(path, d_in: int, s: int, provider: str = "cpu") -> np.ndarray:
+    """theta [S, out*in + out] of a single-Linear regression graph (parameters_to_vector
+    order), read from its per-sample outputs at x = 0 (bias) and x = e_j (column j + bias)."""
+    x = np.vstack([np.zeros(d_in), np.eye(d_in)]).astype(np.float32)
+    opts = PredictorOptions(max_samples=s, max_rows=s * len(x))
+    pred = Predictor(path, provider=provider, seed=0, options=opts)
+    m = pred.predict(x, s, return_samples=True).samples.astype(np.float64)
+    b = m[:, 0]
+    w = (m[:, 1:] - b[:, None]).transpose(0, 2, 1)  # [S, out, in]
+    return np.concatenate([w.reshape(s, -1), b], axis=1)
+
+
+def assert_moments(theta: np.ndarray, mean: np.ndarray, cov: np.ndarray, z: float = 5.0):
+    """Draws ``theta [N, P]`` have ``mean [P]`` and ``cov [P, P]``: every entry within ``z``
+    standard errors (of a mean: sqrt(var/N); of a covariance: sqrt((s_ii s_jj + s_ij^2)/N))."""
+    n = theta.shape[0]
+    var = np.diag(cov)
+    m_se = np.sqrt(var / n)
+    assert np.all(np.abs(theta.mean(0) - mean) <= z * m_se + 1e-6), "posterior mean"
+    emp = np.cov(theta, rowvar=False)
+    c_se = np.sqrt((np.outer(var, var) + cov**2) / n)
+    bad = np.abs(emp - cov) > z * c_se + 1e-9
+    assert not bad.any(), f"covariance entries off: {np.argwhere(bad)[:5].tolist()}"
