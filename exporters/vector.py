@@ -24,6 +24,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from qbnn.runtimes.errors import ConfigError
+
 from .layers import SampleContext
 
 __all__ = [
@@ -125,7 +127,10 @@ class VectorGaussian:
         tiles = bool(ordered) and ordered[0][0] == 0 and ordered[-1][1] == p
         tiles = tiles and all(a[1] == b[0] for a, b in zip(ordered, ordered[1:], strict=False))
         if not (full or tiles):
-            raise ValueError(f"posterior terms {spans} neither tile nor each span [0, {p})")
+            raise ConfigError(
+                f"posterior terms cover {spans}: they must either tile [0, {p}) (one term per "
+                "parameter block) or each span all of it (summed, e.g. diagonal + low-rank)"
+            )
         object.__setattr__(self, "_concat", tiles and not full)
 
     @property

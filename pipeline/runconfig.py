@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
+from qbnn.runtimes.contract import Task
 from qbnn.runtimes.errors import ConfigError
 
 from .bench import BenchConfig
@@ -41,13 +42,12 @@ class ModelSource:
     num_samples: int = 16
     seed: int | None = 0
     trust_checkpoint: bool = False
-    task: str = "classification"
+    task: Task = Task.CLASSIFICATION
     heteroscedastic: bool = False
     noise_variance: float | None = None
 
     def __post_init__(self) -> None:
-        if self.task not in ("classification", "regression"):
-            raise ConfigError(f"task is '{self.task}'; valid: classification, regression")
+        coerce_enums(self)
         if bool(self.factory) == bool(self.onnx):
             raise ConfigError("give exactly one of 'factory' (torch model) or 'onnx' (a file)")
         if self.factory and not self.input_shape:

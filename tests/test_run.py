@@ -137,6 +137,10 @@ data: {calib: c.npz, test: t.npz}
             "unknown key 'validate.gates.max_acc_drop'",
         ),
         ("modle: {}\n", "unknown key 'modle'"),
+        (
+            "model: {factory: 'tiny_models:bayes_mlp', input_shape: [6], task: ranking}\n",
+            "'model.task' is 'ranking'; valid choices: classification, regression",
+        ),
     ],
 )
 def test_config_errors_name_the_key(tmp_path, patch, match):

@@ -238,7 +238,7 @@ def test_weight_gaussian_errors():
         WeightGaussian(net, post, last_layer="1")
     with pytest.raises(ConfigError, match="the posterior has 51 parameters but 4 named"):
         WeightGaussian(net, post)
-    with pytest.raises(ValueError, match="neither tile nor each span"):
+    with pytest.raises(ConfigError, match=r"cover \[\(0, 3\)\]: they must either tile \[0, 8\)"):
         VectorGaussian(torch.zeros(8), (DiagTerm(0, torch.ones(3)),))
 
 
