@@ -118,6 +118,22 @@ def test_the_self_check_catches_a_wrong_covariance(tmp_path, iris, iris_laplace,
     assert not (tmp_path / "bad.onnx").exists()  # nothing half-written
 
 
+@pytest.mark.parametrize("structure", ["kron", "diag"])
+def test_laplace_over_convolutions(tmp_path, structure):
+    """All-weights Laplace of a small CNN trained on digits: every conv weight is sampled per MC
+    sample (im2col kernels) and matches laplace-torch's own sampler."""
+    d = T.digits()
+    net = T.fit(T.small_cnn(), d.x_train, d.y_train, "ce", steps=150)
+    with torch.no_grad():
+        acc = float((net(d.x_test).argmax(1) == d.y_test).float().mean())
+    assert acc > 0.85
+    la = T.laplace(net, d.x_train, d.y_train, "classification", "all", structure)
+    res = export_model(la, d.x_test[:8], tmp_path / "cnn.onnx", verify_samples=300, seed=0)
+    f = res.fidelity
+    assert f.max_z < 5 and abs(f.spread_graph - f.spread_torch) <= 0.1 * f.spread_torch
+    assert f.spread_torch > 0.005
+
+
 def _linear_data(seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(64, 3, generator=g)

@@ -240,3 +240,23 @@ def assert_moments(theta: np.ndarray, mean: np.ndarray, cov: np.ndarray, z: floa
     c_se = np.sqrt((np.outer(var, var) + cov**2) / n)
     bad = np.abs(emp - cov) > z * c_se + 1e-9
     assert not bad.any(), f"covariance entries off: {np.argwhere(bad)[:5].tolist()}"
+
+
+def digits() -> Split:
+    """scikit-learn's bundled 8x8 digits as ``[N, 1, 8, 8]`` in [0, 1]; 1400 train / 397 test."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    idx = np.random.default_rng(0).permutation(len(d.target))
+    x = torch.tensor(d.images[idx] / 16.0, dtype=torch.float32).unsqueeze(1)
+    y = torch.tensor(d.target[idx], dtype=torch.long)
+    return Split(x[:1400], y[:1400], x[1400:], y[1400:])
+
+
+def small_cnn(seed: int = 0) -> nn.Module:
+    """Conv(1->8, 3x3, pad 1) -> ReLU -> Conv(8->8, 3x3, stride 2) -> ReLU -> Linear(72 -> 10)."""
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, stride=2), nn.ReLU(),
+        nn.Flatten(), nn.Linear(72, 10),
+    )  # fmt: skip
