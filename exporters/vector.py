@@ -65,6 +65,20 @@ class DenseTerm:
     def size(self) -> int:
         return int(self.scale.shape[0])
 
+    @classmethod
+    def from_covariance(cls, start: int, cov: torch.Tensor) -> DenseTerm:
+        """From a covariance ``[p, p]`` (its Cholesky factor)."""
+        return cls(start, torch.linalg.cholesky(cov.double()).float())
+
+    @classmethod
+    def from_precision(cls, start: int, prec: torch.Tensor) -> DenseTerm:
+        """From a precision ``P [p, p]``: with ``P = L L^T``, ``scale = L^-T`` has
+        ``scale scale^T = P^-1``."""
+        lower = torch.linalg.cholesky(prec.double())
+        eye = torch.eye(lower.shape[0], dtype=torch.float64)
+        inv_lower = torch.linalg.solve_triangular(lower, eye, upper=False)
+        return cls(start, inv_lower.t().float())
+
     def draw(self, eps_of) -> torch.Tensor:
         return torch.matmul(eps_of((self.size,)), self.scale.t())
 
@@ -82,6 +96,18 @@ class KronTerm:
     @property
     def size(self) -> int:
         return int(self.m.numel())
+
+    @classmethod
+    def from_precision(
+        cls, start: int, a: torch.Tensor, b: torch.Tensor, delta: float = 0.0
+    ) -> KronTerm:
+        """From Kronecker precision factors of a weight ``W [a, b]`` (row-major vec):
+        precision ``A kron B + delta I`` (``A [a,a]``: output side, ``B [b,b]``: input side).
+        With ``delta = 0`` the draw is ``A^-1/2 E B^-1/2``."""
+        l1, q1 = torch.linalg.eigh(a.double())
+        l2, q2 = torch.linalg.eigh(b.double())
+        m = torch.pow(torch.outer(l1, l2) + delta, -0.5)
+        return cls(start, q1.float(), q2.float(), m.float())
 
     def draw(self, eps_of) -> torch.Tensor:
         a, b = self.m.shape

@@ -247,6 +247,23 @@ def test_graph_draws_have_a_weight_gaussians_covariance(tmp_path):
     T.assert_moments(theta, post.mean.double().numpy(), post.covariance().numpy())
 
 
+def test_terms_from_precision_factors():
+    """The issue's form W = W_map + A^-1/2 E B^-1/2, and dense precisions/covariances."""
+    g = torch.Generator().manual_seed(3)
+    ra, rb = torch.randn(3, 3, generator=g), torch.randn(4, 4, generator=g)
+    a, b = ra @ ra.T + torch.eye(3), rb @ rb.T + torch.eye(4)
+    for delta in (0.0, 0.5):
+        cov = VectorGaussian(torch.zeros(12), (KronTerm.from_precision(0, a, b, delta),))
+        prec = torch.kron(a, b).double() + delta * torch.eye(12, dtype=torch.float64)
+        torch.testing.assert_close(cov.covariance(), torch.linalg.inv(prec), rtol=1e-4, atol=1e-6)
+    p = torch.kron(a, b).double()
+    dense = VectorGaussian(torch.zeros(12), (DenseTerm.from_precision(0, p),))
+    torch.testing.assert_close(dense.covariance(), torch.linalg.inv(p), rtol=1e-4, atol=1e-6)
+    c = torch.linalg.inv(p)
+    dense = VectorGaussian(torch.zeros(12), (DenseTerm.from_covariance(0, c),))
+    torch.testing.assert_close(dense.covariance(), c, rtol=1e-4, atol=1e-7)
+
+
 def test_weight_gaussian_errors():
     net = T.mlp(4, 3)
     post = VectorGaussian(torch.zeros(51), (DiagTerm(0, torch.ones(51)),))
