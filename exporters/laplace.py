@@ -1,4 +1,4 @@
-"""Laplace approximations fitted with laplace-torch (``pip install qbnn[laplace]``, see README).
+"""Laplace approximations fitted with laplace-torch (installed --no-deps, see README "Set-up").
 
 Supported posteriors (``Laplace(model, ..., subset_of_weights=..., hessian_structure=...)``):
 
@@ -7,8 +7,8 @@ subset_of_weights  hessian_structure       graph
 =================  ======================  =========================================
 ``last_layer``     ``full``/``kron``/      body once, final Linear sampled S times
                    ``diag``                (:class:`~qbnn.exporters.vectormodel.LastLayerModel`)
-``all``            ``full``/``kron``/      every Linear/Conv parameter sampled per
-                   ``diag``                MC sample (like mean-field ``weight`` mode)
+``all``            ``full``/``kron``/      every Linear/Conv/BatchNorm parameter sampled
+                   ``diag``                per MC sample (like mean-field ``weight`` mode)
 =================  ======================  =========================================
 
 Modes: ``weight`` samples ``theta = mean + delta`` in the graph (``delta`` from the posterior's
