@@ -77,7 +77,8 @@ class Outputs:
 
     Classification: ``mean_probs [N, C]``, ``entropy [N]`` (predictive entropy), ``mi [N]``
     (mutual information), ``ood_entropy [M]``, ``ood_mi [M]``.
-    Regression: ``pred_mean [N, D]``, ``pred_variance [N, D]``.
+    Regression: ``pred_mean [N, D]``, ``pred_variance [N, D]``, ``epistemic_variance [N, D]``
+    (variance of the per-sample means: the posterior's share).
     ``num_samples``: the MC sample count S actually used (1 for plain models).
     """
 
@@ -89,6 +90,7 @@ class Outputs:
     ood_mi: np.ndarray | None = None
     pred_mean: np.ndarray | None = None
     pred_variance: np.ndarray | None = None
+    epistemic_variance: np.ndarray | None = None
 
     @property
     def is_classifier(self) -> bool:
@@ -140,7 +142,7 @@ def core_metrics(
         Classification: ``accuracy``, ``nll``, ``brier``, ``ece``, ``mean_mi``,
         ``referral_needed@<t>`` (``None`` = never reached) and, with OOD data,
         ``ood_auroc_entropy`` / ``ood_auroc_mi``. Regression: ``rmse``, ``gaussian_nll``,
-        ``picp@0.68``, ``picp@0.95``, ``mean_variance``.
+        ``picp@0.68``, ``picp@0.95``, ``mean_variance`` and ``mean_epistemic_variance``.
     """
     if not out.is_classifier:
         # a point predictor (zero variance everywhere, e.g. a plain baseline) has no predictive
@@ -153,6 +155,8 @@ def core_metrics(
             ),
             "mean_variance": _mean(out.pred_variance),
         }
+        if out.epistemic_variance is not None:
+            res["mean_epistemic_variance"] = _mean(out.epistemic_variance)
         for level in PICP_LEVELS:
             res[f"picp@{level:g}"] = (
                 M.picp(out.pred_mean, out.pred_variance, y, level) if spread else None

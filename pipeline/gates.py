@@ -16,9 +16,14 @@ rmse_ratio             rmse                    cand / ref           stat <= rmse
 gaussian_nll_increase  gaussian_nll            cand - ref           stat <= max_gaussian_nll_inc.
 variance_ratio         mean_variance           cand / ref           variance_ratio_min <= stat
                                                                     <= variance_ratio_max
+epistemic_ratio        mean_epistemic_variance cand / ref           epistemic_ratio_min <= stat
+                                                                    <= epistemic_ratio_max
 ====================== ======================= ==================== =============================
 
-The first six apply to classifiers, the last three to regression models.
+The first six apply to classifiers, the last four to regression models. ``mean_variance`` is
+the whole predictive variance (observation noise and a heteroscedastic head's aleatoric part
+included), so it can hide a lost posterior; ``mean_epistemic_variance`` (the spread of the
+per-sample means) cannot.
 
 A gate is *skipped* (``passed is None``), never silently passed, when its metric is missing from
 either metrics mapping (e.g. no OOD data, a regression model), when its limit is ``None``
@@ -75,6 +80,8 @@ class Gates:
     max_gaussian_nll_increase: float | None = 0.1
     variance_ratio_min: float | None = 0.8
     variance_ratio_max: float | None = 1.25
+    epistemic_ratio_min: float | None = 0.8
+    epistemic_ratio_max: float | None = 1.25
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -89,7 +96,7 @@ class Gates:
             if not math.isfinite(value) or value < 0:
                 raise ConfigError(f"gate '{f.name}' must be a finite number >= 0, got {value!r}")
             object.__setattr__(self, f.name, float(value))
-        for name in ("mi_ratio", "variance_ratio"):
+        for name in ("mi_ratio", "variance_ratio", "epistemic_ratio"):
             lo, hi = getattr(self, f"{name}_min"), getattr(self, f"{name}_max")
             if lo is not None and hi is not None and lo > hi:
                 raise ConfigError(f"{name}_min ({lo}) must not exceed {name}_max ({hi})")
@@ -187,6 +194,13 @@ GATE_SPECS: tuple[GateSpec, ...] = (
         "mean_variance",
         GateKind.RATIO,
         ("variance_ratio_min", "variance_ratio_max"),
+        "a regression model",
+    ),
+    GateSpec(
+        "epistemic_ratio",
+        "mean_epistemic_variance",
+        GateKind.RATIO,
+        ("epistemic_ratio_min", "epistemic_ratio_max"),
         "a regression model",
     ),
 )

@@ -147,7 +147,12 @@ def _predict(pred: Predictor, x: np.ndarray, x_ood: np.ndarray | None, s: int) -
     samples = s if pred.info.takes_num_samples else None
     r = pred.predict(x, samples)
     if pred.info.task == Task.REGRESSION:
-        return E.Outputs(r.num_samples, pred_mean=r.pred_mean, pred_variance=r.pred_variance)
+        return E.Outputs(
+            r.num_samples,
+            pred_mean=r.pred_mean,
+            pred_variance=r.pred_variance,
+            epistemic_variance=r.epistemic_variance,
+        )
     o = pred.predict(x_ood, samples) if x_ood is not None else None
     return E.Outputs(
         r.num_samples,

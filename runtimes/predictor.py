@@ -59,7 +59,9 @@ class Prediction:
     ``mean_probs [B, C]``, ``predictive_entropy [B]``, ``expected_entropy [B]``,
     ``mutual_information [B]``, ``probs [S, B, C]`` (only with ``return_samples``).
     Regression fields: ``pred_mean [B, D]``, ``pred_variance [B, D]``, ``samples [S, B, D]`` and,
-    for heteroscedastic heads, ``variance_samples [S, B, D]`` (both only with ``return_samples``).
+    for heteroscedastic heads, ``variance_samples [S, B, D]`` (both only with ``return_samples``);
+    ``epistemic_variance [B, D]``: the spread of the per-sample means over the S samples (the
+    posterior's share of ``pred_variance``).
     All float32. ``num_samples`` is the S used."""
 
     num_samples: int
@@ -72,6 +74,7 @@ class Prediction:
     pred_variance: np.ndarray | None = None
     samples: np.ndarray | None = None
     variance_samples: np.ndarray | None = None
+    epistemic_variance: np.ndarray | None = None
 
     def as_dict(self) -> dict[str, np.ndarray]:
         """Non-empty fields as arrays (for ``np.savez``)."""
@@ -206,6 +209,7 @@ class Predictor:
         return Prediction(
             num_samples=samples.shape[0], pred_mean=mean, pred_variance=var,
             samples=samples if keep else None, variance_samples=noise,
+            epistemic_variance=samples.var(0),
         )  # fmt: skip
 
     def _merge(self, parts: list[dict[str, np.ndarray]], s: int, keep: bool) -> Prediction:

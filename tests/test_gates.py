@@ -25,8 +25,9 @@ REF = {
     "referral_needed@0.99": 0.03,
     "mean_mi": 0.006,
 }
-REG = {"rmse": 0.5, "gaussian_nll": 0.9, "mean_variance": 0.4, "picp@0.95": 0.94}
-REGRESSION_GATES = {"rmse_ratio", "gaussian_nll_increase", "variance_ratio"}
+REG = {"rmse": 0.5, "gaussian_nll": 0.9, "mean_variance": 0.4, "mean_epistemic_variance": 0.02,
+       "picp@0.95": 0.94}  # fmt: skip
+REGRESSION_GATES = {"rmse_ratio", "gaussian_nll_increase", "variance_ratio", "epistemic_ratio"}
 
 
 def by_name(results):
@@ -171,6 +172,9 @@ def test_regression_metrics_use_the_regression_gates():
         ("variance_ratio", {"mean_variance": 0.4 * 0.81}, True),
         ("variance_ratio", {"mean_variance": 0.4 * 0.79}, False),
         ("variance_ratio", {"mean_variance": 0.4 * 1.3}, False),
+        # an erased posterior under a fixed noise variance: total variance barely moves
+        ("variance_ratio", {"mean_variance": 0.38, "mean_epistemic_variance": 1e-7}, True),
+        ("epistemic_ratio", {"mean_variance": 0.38, "mean_epistemic_variance": 1e-7}, False),
     ],
 )
 def test_regression_gate_verdicts(gate, changes, passed):

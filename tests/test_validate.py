@@ -423,11 +423,12 @@ def test_regression_report(regression_model, tmp_path):
         tmp_path,
     )
     m = report.models[0].metrics
-    assert set(m) == {"rmse", "gaussian_nll", "mean_variance", "picp@0.68", "picp@0.95"}
+    assert set(m) == {"rmse", "gaussian_nll", "mean_variance", "mean_epistemic_variance",
+                      "picp@0.68", "picp@0.95"}  # fmt: skip
     assert 0.0 <= m["picp@0.68"] <= m["picp@0.95"] <= 1.0
     assert report.models[0].intervals["rmse"] is not None
     status = {g.name: g.status for g in report.gates["copy"]}
-    regression = {"rmse_ratio", "gaussian_nll_increase", "variance_ratio"}
+    regression = {"rmse_ratio", "gaussian_nll_increase", "variance_ratio", "epistemic_ratio"}
     assert report.passed and all(status[n] == "pass" for n in regression)
     assert all(s == "skipped" for n, s in status.items() if n not in regression)
     assert any("OOD data ignored" in n for n in report.notes)
