@@ -161,7 +161,13 @@ def _heteroscedastic(built: BuiltModel, ref: torch.Tensor, task: Task, on: bool)
 def _noise_variance(model, family: str, task: Task, hetero: bool, value: float | None) -> float:
     """The observation-noise variance a homoscedastic regression head adds (0 for none)."""
     if value is None and family == "laplace" and task == Task.REGRESSION:
-        value = float(torch.as_tensor(model.sigma_noise).detach().reshape(-1)[0]) ** 2
+        sigma = torch.as_tensor(model.sigma_noise).detach().reshape(-1)
+        if sigma.numel() != 1:
+            raise ConfigError(
+                f"the Laplace object has a per-output sigma_noise ({sigma.numel()} values); qbnn "
+                "graphs add one observation-noise variance: pass noise_variance explicitly"
+            )
+        value = float(sigma[0]) ** 2
     if value is None or value == 0:
         return 0.0
     if task != Task.REGRESSION or hetero:

@@ -79,7 +79,8 @@ def _snapshot(model: nn.Module, gen: torch.Generator) -> nn.Module:
 
 def _build_frozen(model: nn.Module, k: int, *, task: Task, seed: int | None) -> BuiltModel:
     gen = torch.Generator()
-    gen.manual_seed(seed if seed is not None else int(torch.seed() % 2**31))
+    # torch.Generator().seed(): fresh OS entropy without reseeding the user's global RNG
+    gen.manual_seed(seed if seed is not None else int(torch.Generator().seed() % 2**31))
     members = [_snapshot(model, gen) for _ in range(k)]
     return BuiltModel(
         module=EnsembleModel(members, task),

@@ -12,9 +12,11 @@ subset_of_weights  hessian_structure       graph
 =================  ======================  =========================================
 
 Modes: ``weight`` samples ``theta = mean + delta`` in the graph (``delta`` from the posterior's
-own square-root factors, see :mod:`qbnn.exporters.vector`); ``frozen:K`` stores K exact draws of
-``la.sample`` taken at export time. The self-check compares with laplace-torch's own
-``predictive_samples(x, pred_type="nn")``.
+own square-root factors, see :mod:`qbnn.exporters.vector`); ``frozen:K`` stores K exact draws
+taken at export time from the same factors with torch (their covariance equals laplace-torch's
+posterior covariance: tested). The self-check compares ``weight`` graphs with laplace-torch's own
+``predictive_samples(x, pred_type="nn")``, and ``frozen:K`` graphs draw by draw with the stored
+draws.
 """
 
 from __future__ import annotations

@@ -4,7 +4,9 @@
 ``z1 ~ N(0, I_P)``, ``z2 ~ N(0, I_K)``; ``deviations [K, P]`` are the last K SGD iterates minus
 the running mean (SWAG's ``D``), ``variance = E[theta^2] - E[theta]^2``. The graph samples it
 in place (mode ``weight``) or stores K' exact draws (``frozen:K'``). The self-check compares with
-:func:`swag_reference`, the sampling loop of the SWAG authors' code.
+:func:`swag_reference`, the sampling loop of the SWAG authors' code. BatchNorm statistics are the
+model's running statistics for every draw: the authors' ``bn_update`` (re-estimating them per
+draw on training data) has no in-graph equivalent.
 """
 
 from __future__ import annotations
@@ -75,6 +77,11 @@ class SwagPosterior:
             raise ConfigError(
                 f"SWAG deviations must be [K, {p}]; got {list(self.deviations.shape)}"
             )
+        if self.deviations is not None and self.deviations.shape[0] < 2:
+            raise ConfigError(
+                "SWAG's low-rank term needs K >= 2 deviations (it is scaled by 1/sqrt(K - 1)); "
+                f"got K = {self.deviations.shape[0]} (pass deviations=None for SWAG-diagonal)"
+            )
         if bool((self.variance < 0).any()) or not self.scale > 0:
             raise ConfigError("SWAG variance must be >= 0 and scale > 0")
 
@@ -98,6 +105,8 @@ class SwagPosterior:
         running mean after it (as in the authors' ``collect_model``); the last ``rank`` are kept.
         """
         names = tuple(param_names or _default_names(model))
+        if rank == 1 or rank < 0:
+            raise ConfigError(f"SWAG rank must be 0 (diagonal only) or >= 2; got {rank}")
         if len(snapshots) < 2:
             raise ConfigError(f"SWAG needs at least 2 snapshots; got {len(snapshots)}")
         mean = sq = None

@@ -68,13 +68,13 @@ class DenseTerm:
     @classmethod
     def from_covariance(cls, start: int, cov: torch.Tensor) -> DenseTerm:
         """From a covariance ``[p, p]`` (its Cholesky factor)."""
-        return cls(start, torch.linalg.cholesky(cov.double()).float())
+        return cls(start, _cholesky(cov, "covariance").float())
 
     @classmethod
     def from_precision(cls, start: int, prec: torch.Tensor) -> DenseTerm:
         """From a precision ``P [p, p]``: with ``P = L L^T``, ``scale = L^-T`` has
         ``scale scale^T = P^-1``."""
-        lower = torch.linalg.cholesky(prec.double())
+        lower = _cholesky(prec, "precision")
         eye = torch.eye(lower.shape[0], dtype=torch.float64)
         inv_lower = torch.linalg.solve_triangular(lower, eye, upper=False)
         return cls(start, inv_lower.t().float())
@@ -106,8 +106,13 @@ class KronTerm:
         With ``delta = 0`` the draw is ``A^-1/2 E B^-1/2``."""
         l1, q1 = torch.linalg.eigh(a.double())
         l2, q2 = torch.linalg.eigh(b.double())
-        m = torch.pow(torch.outer(l1, l2) + delta, -0.5)
-        return cls(start, q1.float(), q2.float(), m.float())
+        eig = torch.outer(l1, l2) + delta
+        if not bool((eig > 0).all()):
+            raise ConfigError(
+                f"Kronecker precision A kron B + {delta} I is not positive definite (smallest "
+                f"eigenvalue {float(eig.min()):.3g}); add a prior precision (delta > 0)"
+            )
+        return cls(start, q1.float(), q2.float(), torch.pow(eig, -0.5).float())
 
     def draw(self, eps_of) -> torch.Tensor:
         a, b = self.m.shape
@@ -134,6 +139,15 @@ class LowRankTerm:
 Term = DiagTerm | DenseTerm | KronTerm | LowRankTerm
 
 
+def _cholesky(mat: torch.Tensor, what: str) -> torch.Tensor:
+    if mat.dim() != 2 or mat.shape[0] != mat.shape[1]:
+        raise ConfigError(f"a {what} must be a square matrix; got shape {list(mat.shape)}")
+    lower, info = torch.linalg.cholesky_ex(mat.double())
+    if int(info) != 0:
+        raise ConfigError(f"the {what} [{mat.shape[0]}x{mat.shape[0]}] is not positive definite")
+    return lower
+
+
 @dataclass(frozen=True)
 class VectorGaussian:
     """``theta = mean + delta``; ``mean [P]``.
@@ -146,6 +160,13 @@ class VectorGaussian:
     terms: tuple[Term, ...]
 
     def __post_init__(self) -> None:
+        if self.mean.dim() != 1 or not self.terms:
+            raise ConfigError(
+                f"a posterior needs a mean [P] and at least one term; got mean shape "
+                f"{list(self.mean.shape)} and {len(self.terms)} terms"
+            )
+        for i, t in enumerate(self.terms):
+            _check_term(t, i)
         p = int(self.mean.numel())
         spans = [(t.start, t.start + t.size) for t in self.terms]
         full = all(s == (0, p) for s in spans)
@@ -198,6 +219,30 @@ class VectorGaussian:
                 f = torch.kron(t.q1.double(), t.q2.double()) * t.m.double().reshape(1, -1)
             out[sl, sl] += f @ f.t()
         return out
+
+
+def _check_term(t: Term, i: int) -> None:
+    """Shapes and finiteness of one term; a :class:`ConfigError` names the term."""
+    if isinstance(t, DiagTerm):
+        ok = t.scale.dim() == 1
+    elif isinstance(t, DenseTerm):
+        ok = t.scale.dim() == 2 and t.scale.shape[0] == t.scale.shape[1]
+    elif isinstance(t, KronTerm):
+        a, b = t.q1.shape[0], t.q2.shape[0]
+        ok = t.q1.shape == (a, a) and t.q2.shape == (b, b) and t.m.shape == (a, b)
+    elif isinstance(t, LowRankTerm):
+        ok = t.factor.dim() == 2
+    else:
+        raise ConfigError(
+            f"term {i} is a {type(t).__name__}; expected DiagTerm, DenseTerm, KronTerm or "
+            "LowRankTerm"
+        )
+    tensors = [getattr(t, n) for n in ("scale", "q1", "q2", "m", "factor") if hasattr(t, n)]
+    if not ok:
+        shapes = [list(x.shape) for x in tensors]
+        raise ConfigError(f"term {i} ({type(t).__name__}) has inconsistent shapes {shapes}")
+    if not all(bool(torch.isfinite(x).all()) for x in tensors):
+        raise ConfigError(f"term {i} ({type(t).__name__}) holds NaN or inf values")
 
 
 class _TermModule(nn.Module):

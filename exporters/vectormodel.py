@@ -81,6 +81,11 @@ def param_slots(model: nn.Module, names: Sequence[str]) -> list[ParamSlot]:
                 f"{type(owner).__name__} '{module}' uses padding='{owner.padding}'; "
                 "use integer padding"
             )
+        if getattr(owner, "padding_mode", "zeros") != "zeros":
+            raise UnsupportedLayerError(
+                f"{type(owner).__name__} '{module}' uses padding_mode='{owner.padding_mode}'; "
+                "sampled convolutions support padding_mode='zeros' only"
+            )
         shape = tuple(params[name].shape)
         slot = ParamSlot(name, module, attr, start, shape)
         out.append(slot)

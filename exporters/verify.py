@@ -84,6 +84,12 @@ def verify_export(
     out_name = "mean" if task == Task.REGRESSION else "probs"
     feed = {INPUT: example.numpy(), NUM_SAMPLES: np.array(samples, dtype=np.int64)}
     graph = sess.run([out_name], feed)[0].astype(np.float64)  # [S, B, C]
+    if not np.isfinite(graph).all():
+        bad = int((~np.isfinite(graph)).sum())
+        raise VerificationError(
+            f"self-check failed: the graph's '{out_name}' has {bad} non-finite values (NaN/inf) "
+            f"of {graph.size}; check the posterior's factors and the model's numerics"
+        )
     gen = torch.Generator().manual_seed(seed)
     ref = built.reference(example, samples, gen).double().numpy()
     if task == Task.CLASSIFICATION:

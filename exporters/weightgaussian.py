@@ -90,7 +90,8 @@ class WeightGaussian:
 
 
 def _generator(seed: int | None) -> torch.Generator:
-    return torch.Generator().manual_seed(seed if seed is not None else int(torch.seed() % 2**31))
+    fresh = int(torch.Generator().seed() % 2**31)  # OS entropy; the global RNG is left alone
+    return torch.Generator().manual_seed(seed if seed is not None else fresh)
 
 
 def _body(model: nn.Module, last_layer: str) -> nn.Module:

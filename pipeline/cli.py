@@ -74,7 +74,7 @@ def export_cmd(
     output: Annotated[Path, typer.Option("--output", "-o", help="output .onnx path")],
     weights: Annotated[Path | None, typer.Option("--weights", help="state-dict checkpoint")] = None,
     posterior: Annotated[
-        str, typer.Option(help="auto|meanfield|flipout|mcdropout|ensemble|laplace|swag")
+        str, typer.Option(help="auto|meanfield|flipout|mcdropout|ensemble|laplace|swag|gaussian")
     ] = "auto",
     sampling: Annotated[str | None, typer.Option(help="weight|lrt|flipout|frozen:K|...")] = None,
     samples: Annotated[int, typer.Option("--samples", help="default MC samples S")] = 16,

@@ -98,7 +98,7 @@ def test_laplace_export_matches_predictive_samples(tmp_path, iris, iris_laplace,
         assert not f.exact and f.max_z < 5
         assert abs(f.spread_graph - f.spread_torch) <= 0.1 * f.spread_torch
         assert f.spread_torch > 0.01  # the posterior is visibly stochastic on this data
-    else:  # the same K draws on both sides
+    else:  # the stored draws (from the factors checked in the covariance test) vs the graph
         assert f.exact and f.max_abs_mean_diff < 1e-4
 
 
@@ -385,3 +385,35 @@ def test_cli_exports_a_laplace_factory(tmp_path):
                                    str(out)])  # fmt: skip
     assert bad.exit_code != 0 and "--weights applies to a single module" in bad.output
     assert "Traceback" not in bad.output
+
+
+def test_bad_posterior_terms_are_config_errors(tmp_path):
+    net = nn.Sequential(nn.Linear(3, 2))
+    with pytest.raises(ConfigError, match="at least one term"):
+        VectorGaussian(torch.zeros(8), ())
+    with pytest.raises(ConfigError, match=r"term 0 \(DenseTerm\) has inconsistent shapes"):
+        VectorGaussian(torch.zeros(8), (DenseTerm(0, torch.ones(8, 3)),))
+    with pytest.raises(ConfigError, match=r"term 0 \(DiagTerm\) holds NaN or inf"):
+        VectorGaussian(torch.zeros(8), (DiagTerm(0, torch.full((8,), float("inf"))),))
+    with pytest.raises(ConfigError, match="is not positive definite"):
+        DenseTerm.from_covariance(0, -torch.eye(8))
+    with pytest.raises(ConfigError, match=r"not positive definite .* add a prior precision"):
+        KronTerm.from_precision(0, torch.zeros(2, 2), torch.eye(4))
+    with pytest.raises(ConfigError, match="needs K >= 2 deviations"):
+        SwagPosterior(net, torch.zeros(8), torch.ones(8), torch.zeros(1, 8))
+    with pytest.raises(ConfigError, match="rank must be 0 .* or >= 2; got 1"):
+        SwagPosterior.from_snapshots(net, [net.state_dict()] * 3, rank=1)
+    conv = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1, padding_mode="reflect"))
+    post = VectorGaussian(torch.zeros(20), (DiagTerm(0, torch.ones(20)),))
+    with pytest.raises(UnsupportedLayerError, match="padding_mode='reflect'"):
+        export(WeightGaussian(conv, post), torch.zeros(2, 1, 4, 4), tmp_path / "c.onnx")
+
+
+def test_a_non_finite_graph_fails_the_self_check(tmp_path):
+    net = nn.Sequential(nn.Linear(3, 2))
+    net[0].weight.data[0, 0] = float("nan")
+    post = VectorGaussian(torch.zeros(2), (DiagTerm(0, torch.ones(2)),))
+    with pytest.raises(VerificationError, match="non-finite values"):
+        export(WeightGaussian(net, post, param_names=("0.bias",)), torch.ones(4, 3),
+               tmp_path / "n.onnx", task="regression")  # fmt: skip
+    assert not (tmp_path / "n.onnx").exists()
