@@ -44,12 +44,26 @@ def _distinct_seeds(seed: int | None, n: int) -> list[int]:
     return [(out[0] + i) % _SEED_LIMIT for i in range(n)]  # pragma: no cover - astronomically rare
 
 
+def _export_order(name: str, position: int) -> tuple[int, int]:
+    """``(0, i)`` for the exporter's ``qbnn/random/<i>``, else ``(1, graph position)``."""
+    prefix, _, tail = name.rpartition("/")
+    if prefix == "qbnn/random" and tail.isdigit():
+        return (0, int(tail))
+    return (1, position)
+
+
 def reseed(model: onnx.ModelProto, seed: int | None) -> int:
     """Give every random node a distinct ``seed`` attribute, in place; returns the node count.
 
     ``seed=None`` draws the seeds from OS entropy (fresh noise per call of this function).
+    Nodes named ``qbnn/random/<i>`` by the exporter get their seeds in ``<i>`` order, so a
+    quantizer that reorders the graph keeps each node's noise stream: fp32 and int8 graphs run
+    with the same ``seed`` draw the same noise, and comparisons between them are paired.
     """
-    idx = [i for i, n in enumerate(model.graph.node) if n.op_type in RANDOM_OPS]
+    idx = sorted(
+        (i for i, n in enumerate(model.graph.node) if n.op_type in RANDOM_OPS),
+        key=lambda i: _export_order(model.graph.node[i].name, i),
+    )
     for i, value in zip(idx, _distinct_seeds(seed, len(idx)), strict=True):
         node = model.graph.node[i]
         kept = [a for a in node.attribute if a.name != "seed"]

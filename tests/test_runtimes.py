@@ -19,7 +19,7 @@ from qbnn.pipeline.cli import app
 from qbnn.runtimes import Predictor, PredictorOptions, available_providers, known_providers
 from qbnn.runtimes.errors import ConfigError, ModelLoadError, RuntimeInputError
 
-from tiny_models import CASES, example, plain_mlp
+from tiny_models import CASES, bayes_mlp, example, plain_mlp
 
 runner = CliRunner()
 
@@ -280,3 +280,28 @@ def test_session_config_entries_pass_through(models):
     np.testing.assert_allclose(a, b, atol=1e-5)
     with pytest.raises(ConfigError, match="threads must be >= 1"):
         SessionOptions(threads=0)
+
+
+def test_reseed_follows_the_exporters_node_names_not_graph_order(tmp_path):
+    """A quantizer may reorder nodes; each ``qbnn/random/<i>`` keeps its seed (paired noise)."""
+    import onnx
+
+    from qbnn.runtimes.seeding import random_nodes, reseed
+
+    path = export(bayes_mlp(), example((6,)), tmp_path / "w.onnx", sampling="weight", verify=False)
+    model = onnx.load(str(path))
+    shuffled = onnx.load(str(path))
+    nodes = list(shuffled.graph.node)
+    rand = [i for i, n in enumerate(nodes) if n.op_type.startswith("Random")]
+    assert len(rand) >= 2
+    nodes[rand[0]], nodes[rand[-1]] = nodes[rand[-1]], nodes[rand[0]]
+    del shuffled.graph.node[:]
+    shuffled.graph.node.extend(nodes)
+
+    def seeds(m):
+        reseed(m, 7)
+        return {n.name: [a.f for a in n.attribute if a.name == "seed"][0] for n in random_nodes(m)}
+
+    a, b = seeds(model), seeds(shuffled)
+    assert all(name.startswith("qbnn/random/") for name in a)
+    assert a == b and len(set(a.values())) == len(a)
