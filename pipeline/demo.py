@@ -63,6 +63,7 @@ def prepare_demo(
         if (inputs / name).is_file() and not retrain:
             continue
         log(f"training {name.removesuffix('.pt')} on {len(data.x_train)} digits ({epochs} epochs)")
+        torch.manual_seed(seed)  # the initial weights too, so the demo repeats run to run
         model = digits.train(factory(), data.x_train, data.y_train, epochs=epochs, seed=seed)
         torch.save(model.state_dict(), inputs / name)
     text = demo_config_text()
