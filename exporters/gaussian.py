@@ -16,7 +16,7 @@ from qbnn.runtimes.contract import Task
 from .btlayers import bayesian_layers, check_supported, gaussian_posterior, replace_modules
 from .layers import FixedLayer, FlipoutLayer, LRTLayer, SampleContext, WeightSampledLayer
 from .registry import BuiltModel, SamplingMode
-from .sampling import loop_sampler, member_sampler
+from .sampling import export_generator, loop_sampler, member_sampler
 from .wrapper import EnsembleModel, SampledModel
 
 __all__ = ["build_gaussian"]
@@ -78,9 +78,7 @@ def _snapshot(model: nn.Module, gen: torch.Generator) -> nn.Module:
 
 
 def _build_frozen(model: nn.Module, k: int, *, task: Task, seed: int | None) -> BuiltModel:
-    gen = torch.Generator()
-    # torch.Generator().seed(): fresh OS entropy without reseeding the user's global RNG
-    gen.manual_seed(seed if seed is not None else int(torch.Generator().seed() % 2**31))
+    gen = export_generator(seed)
     members = [_snapshot(model, gen) for _ in range(k)]
     return BuiltModel(
         module=EnsembleModel(members, task),

@@ -7,7 +7,15 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-__all__ = ["loop_sampler", "member_sampler"]
+__all__ = ["export_generator", "loop_sampler", "member_sampler"]
+
+
+def export_generator(seed: int | None) -> torch.Generator:
+    """The generator of export-time draws (``frozen:K``): ``seed``, or fresh OS entropy without
+    reseeding the caller's global torch RNG."""
+    return torch.Generator().manual_seed(
+        seed if seed is not None else int(torch.Generator().seed() % 2**31)
+    )
 
 
 def _first(out):

@@ -4,9 +4,9 @@
 ``z1 ~ N(0, I_P)``, ``z2 ~ N(0, I_K)``; ``deviations [K, P]`` are the last K SGD iterates minus
 the running mean (SWAG's ``D``), ``variance = E[theta^2] - E[theta]^2``. The graph samples it
 in place (mode ``weight``) or stores K' exact draws (``frozen:K'``). The self-check compares with
-:func:`swag_reference`, the sampling loop of the SWAG authors' code. BatchNorm statistics are the
-model's running statistics for every draw: the authors' ``bn_update`` (re-estimating them per
-draw on training data) has no in-graph equivalent.
+the SWAG authors' sampling loop (:func:`swag_draws`, one network per draw). BatchNorm
+statistics are the model's running statistics for every draw: the authors' ``bn_update``
+(re-estimating them per draw on training data) has no in-graph equivalent.
 """
 
 from __future__ import annotations
@@ -23,11 +23,9 @@ from qbnn.runtimes.errors import ConfigError, ExportError
 
 from .registry import BuiltModel, SamplingMode, register_exporter
 from .vector import DiagTerm, LowRankTerm, VectorGaussian
-from .vectormodel import param_slots, snapshot
-from .weightgaussian import WeightGaussian, build_weight_gaussian
-from .wrapper import _first
+from .weightgaussian import WeightGaussian, build_weight_gaussian, draw_reference
 
-__all__ = ["SwagPosterior", "build_swag", "swag_reference"]
+__all__ = ["SwagPosterior", "build_swag", "swag_draws"]
 
 
 def _default_names(model: nn.Module) -> tuple[str, ...]:
@@ -130,26 +128,23 @@ class SwagPosterior:
         return VectorGaussian(self.mean.float(), tuple(terms))
 
 
-def swag_reference(post: SwagPosterior):
-    """The SWAG authors' sampler, one network per draw: ``sample(x, S, gen) -> [S, B, C]``."""
-    slots = param_slots(post.model, post.param_names)
+def swag_draws(post: SwagPosterior):
+    """The SWAG authors' per-draw formula, independent of :meth:`SwagPosterior.gaussian`:
+    ``draws(S, gen) -> theta [S, P]``."""
     mean, std = post.mean.double(), post.variance.double().sqrt()
     k = post.rank
 
-    def sample(x: torch.Tensor, s: int, gen: torch.Generator) -> torch.Tensor:
-        outs = []
-        with torch.no_grad():
-            for _ in range(s):
-                rand = std * torch.randn(mean.shape, generator=gen, dtype=torch.float64)
-                if k >= 2:
-                    z2 = torch.randn(k, generator=gen, dtype=torch.float64)
-                    rand = rand + post.deviations.double().t() @ z2 / math.sqrt(k - 1)
-                theta = (mean + math.sqrt(post.scale) * rand).float()
-                net = snapshot(post.model, slots, theta)
-                outs.append(_first(net(x)).reshape(x.shape[0], -1))
-        return torch.stack(outs)
+    def draws(s: int, gen: torch.Generator) -> torch.Tensor:
+        out = []
+        for _ in range(s):
+            rand = std * torch.randn(mean.shape, generator=gen, dtype=torch.float64)
+            if k >= 2:
+                z2 = torch.randn(k, generator=gen, dtype=torch.float64)
+                rand = rand + post.deviations.double().t() @ z2 / math.sqrt(k - 1)
+            out.append((mean + math.sqrt(post.scale) * rand).float())
+        return torch.stack(out)
 
-    return sample
+    return draws
 
 
 @register_exporter(
@@ -166,8 +161,7 @@ def build_swag(post, mode: SamplingMode, *, task: Task, seed: int | None) -> Bui
     gauss = post.gaussian()
     note = f"SWAG over {gauss.num_params} parameters, rank {post.rank}, scale {post.scale}"
     weights = WeightGaussian(post.model, gauss, param_names=post.param_names)
-    built = build_weight_gaussian(
-        weights, mode, task=task, seed=seed, reference=swag_reference(post)
-    )
+    reference = draw_reference(weights, swag_draws(post))  # the authors' loop, net per draw
+    built = build_weight_gaussian(weights, mode, task=task, seed=seed, reference=reference)
     built.notes.insert(0, note)
     return built

@@ -186,13 +186,7 @@ class VectorGaussian:
 
     def _delta(self, eps_of) -> torch.Tensor:
         terms = sorted(self.terms, key=lambda t: t.start)
-        parts = [t.draw(eps_of) for t in terms]
-        if self._concat:
-            return torch.cat(parts, dim=1)
-        out = parts[0]
-        for p in parts[1:]:
-            out = out + p
-        return out
+        return _combine([t.draw(eps_of) for t in terms], self._concat)
 
     def sample(self, n: int, generator: torch.Generator) -> torch.Tensor:
         """``n`` exact draws ``[n, P]`` from ``generator`` (torch side, for frozen members)."""
@@ -245,6 +239,17 @@ def _check_term(t: Term, i: int) -> None:
         raise ConfigError(f"term {i} ({type(t).__name__}) holds NaN or inf values")
 
 
+def _combine(parts: list[torch.Tensor], concat: bool) -> torch.Tensor:
+    """Term draws ``[S, p_i]`` in start order -> ``delta [S, P]``: concatenated (tiling terms)
+    or summed (terms spanning the whole vector)."""
+    if concat:
+        return torch.cat(parts, dim=1)
+    out = parts[0]
+    for p in parts[1:]:
+        out = out + p
+    return out
+
+
 class _TermModule(nn.Module):
     """One term's tensors as buffers (ONNX initializers) plus its ``draw``."""
 
@@ -273,11 +278,5 @@ class VectorSampler(nn.Module):
         self.terms = nn.ModuleList(_TermModule(t) for t in order)
 
     def forward(self) -> torch.Tensor:
-        parts = [t.draw(self.ctx.noise) for t in self.terms]
-        if self.concat:
-            delta = torch.cat(parts, dim=1)
-        else:
-            delta = parts[0]
-            for p in parts[1:]:
-                delta = delta + p
+        delta = _combine([t.draw(self.ctx.noise) for t in self.terms], self.concat)
         return self.mean.unsqueeze(0) + delta

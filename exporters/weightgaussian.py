@@ -25,7 +25,7 @@ from qbnn.runtimes.contract import Task
 from qbnn.runtimes.errors import ConfigError, ExportError
 
 from .registry import BuiltModel, SamplingMode, register_exporter
-from .sampling import member_sampler
+from .sampling import export_generator, member_sampler
 from .vector import VectorGaussian, VectorSampler
 from .vectormodel import (
     FrozenTable,
@@ -89,11 +89,6 @@ class WeightGaussian:
             )
 
 
-def _generator(seed: int | None) -> torch.Generator:
-    fresh = int(torch.Generator().seed() % 2**31)  # OS entropy; the global RNG is left alone
-    return torch.Generator().manual_seed(seed if seed is not None else fresh)
-
-
 def _body(model: nn.Module, last_layer: str) -> nn.Module:
     body = copy.deepcopy(model).eval()
     parent, _, child = last_layer.rpartition(".")
@@ -126,8 +121,10 @@ def draw_reference(post: WeightGaussian, draws: Callable[[int, torch.Generator],
 
     def sample_net(x: torch.Tensor, s: int, gen: torch.Generator) -> torch.Tensor:
         with torch.no_grad():
-            nets = [snapshot(post.model, slots, t) for t in draws(s, gen)]
-            return torch.stack([_first(n(x)).reshape(x.shape[0], -1) for n in nets])
+            outs = []  # one network copy alive at a time
+            for theta in draws(s, gen):
+                outs.append(_first(snapshot(post.model, slots, theta)(x)).reshape(x.shape[0], -1))
+            return torch.stack(outs)
 
     return sample_net
 
@@ -147,7 +144,7 @@ def build_weight_gaussian(
     """
     gauss = post.posterior
     frozen = mode.name == "frozen"
-    draws = gauss.sample(mode.k or 1, _generator(seed)) if frozen else None
+    draws = gauss.sample(mode.k or 1, export_generator(seed)) if frozen else None
     ctx = ParamContext()
     if post.last_layer is not None:
         head = post.model.get_submodule(post.last_layer)
