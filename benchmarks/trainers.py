@@ -20,11 +20,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from qbnn.exporters import SwagPosterior, WeightSamples, export, export_model  # noqa: E402
-from qbnn.pipeline.qconfig import QuantConfig  # noqa: E402
-from qbnn.pipeline.quantize import quantize_model  # noqa: E402
+from qbnn.exporters import SwagPosterior, WeightSamples, export_model  # noqa: E402
 from qbnn.pipeline.validate import ValidateConfig, validate  # noqa: E402
-from qbnn.runtimes import Predictor  # noqa: E402
 
 import trainers as T  # noqa: E402
 
@@ -74,15 +71,8 @@ def _fid_row(name: str, data: str, res) -> str:
 
 def regression_row(tmp: Path, dia, family: str, hetero: bool) -> str:
     post, posterior, sampling = T.diabetes_posterior(family, dia, "hetero" if hetero else "mse")
-    kw = {"task": "regression", "posterior": posterior, "sampling": sampling, "seed": 0,
-          "heteroscedastic": hetero, "verify_samples": 200}  # fmt: skip
-    fp32, int8 = tmp / "fp32.onnx", tmp / "int8.onnx"
-    export(post, dia.x_test[:16], fp32, **kw)
-    if not hetero and posterior != "laplace":
-        out = Predictor(fp32, seed=0).predict(dia.x_train.numpy(), 16)
-        nv = float(((out.pred_mean - dia.y_train.numpy()) ** 2).mean())
-        export(post, dia.x_test[:16], fp32, noise_variance=nv, **kw)
-    q = quantize_model(fp32, int8, QuantConfig(), calib=dia.x_train.numpy())
+    fp32, q = T.diabetes_fp32_int8(post, posterior, sampling, hetero, dia, tmp)
+    int8 = q.path
     cfg = ValidateConfig(num_samples=64, bootstrap=100, mc_repeats=1, threads=2)
     rep = validate({"fp32": fp32, "int8": int8}, dia.npz_test(), config=cfg)
     m = {r.name: r.metrics for r in rep.models}

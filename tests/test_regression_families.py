@@ -18,8 +18,6 @@ import pytest
 import torch
 
 from qbnn.exporters import WeightGaussian, export, export_model
-from qbnn.pipeline.qconfig import QuantConfig
-from qbnn.pipeline.quantize import quantize_model
 from qbnn.pipeline.validate import ValidateConfig, validate
 from qbnn.runtimes import Predictor
 from qbnn.runtimes.errors import ConfigError
@@ -32,24 +30,6 @@ VCFG = {"num_samples": 32, "bootstrap": 50, "mc_repeats": 1, "threads": 1}
 @pytest.fixture(scope="module")
 def dia():
     return T.diabetes()
-
-
-def _residual_variance(path, dia) -> float:
-    """Observation noise of a homoscedastic model: its mean training residual, squared."""
-    out = Predictor(path, seed=0).predict(dia.x_train.numpy(), 16)
-    return float(((out.pred_mean - dia.y_train.numpy()) ** 2).mean())
-
-
-def _fp32_int8(tmp_path, dia, post, posterior, sampling, hetero):
-    kw = {"task": "regression", "posterior": posterior, "sampling": sampling, "seed": 0,
-          "heteroscedastic": hetero, "verify_samples": 200}  # fmt: skip
-    fp32 = tmp_path / "fp32.onnx"
-    export(post, dia.x_test[:16], fp32, **kw)
-    if not hetero and posterior != "laplace":  # Laplace carries its own sigma_noise
-        export(post, dia.x_test[:16], fp32, noise_variance=_residual_variance(fp32, dia), **kw)
-    int8 = tmp_path / "int8.onnx"
-    quantize_model(fp32, int8, QuantConfig(), calib=dia.x_train.numpy())
-    return fp32, int8
 
 
 FAMILIES = [
@@ -66,7 +46,8 @@ FAMILIES = [
 @pytest.mark.parametrize("family", FAMILIES)
 def test_homoscedastic_family_on_diabetes(tmp_path, dia, family):
     post, posterior, sampling = T.diabetes_posterior(family, dia, "mse")
-    fp32, int8 = _fp32_int8(tmp_path, dia, post, posterior, sampling, hetero=False)
+    fp32, q = T.diabetes_fp32_int8(post, posterior, sampling, False, dia, tmp_path)
+    int8 = q.path
     report = validate({"fp32": fp32, "int8": int8}, dia.npz_test(), config=ValidateConfig(**VCFG))
     m = {r.name: r.metrics for r in report.models}
     assert m["fp32"]["rmse"] < 0.9, m["fp32"]
@@ -80,7 +61,8 @@ def test_homoscedastic_family_on_diabetes(tmp_path, dia, family):
 @pytest.mark.parametrize("family", ["meanfield", "mcdropout", "ensemble", "swag", "sgld"])
 def test_heteroscedastic_family_on_diabetes(tmp_path, dia, family):
     post, posterior, sampling = T.diabetes_posterior(family, dia, "hetero")
-    fp32, int8 = _fp32_int8(tmp_path, dia, post, posterior, sampling, hetero=True)
+    fp32, q = T.diabetes_fp32_int8(post, posterior, sampling, True, dia, tmp_path)
+    int8 = q.path
     out = Predictor(fp32, seed=0).predict(dia.x_test.numpy(), 32, return_samples=True)
     aleatoric = out.variance_samples.mean(0)
     np.testing.assert_allclose(out.pred_variance, aleatoric + out.samples.var(0), rtol=1e-4)

@@ -260,3 +260,26 @@ def small_cnn(seed: int = 0) -> nn.Module:
         nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, stride=2), nn.ReLU(),
         nn.Flatten(), nn.Linear(72, 10),
     )  # fmt: skip
+
+
+def diabetes_fp32_int8(post, posterior: str, sampling: str | None, hetero: bool, dia: Split,
+                       folder) -> tuple:  # fmt: skip
+    """Export ``post`` for regression to ``folder/fp32.onnx`` (homoscedastic heads get the
+    training residual variance as observation noise; Laplace carries its own sigma_noise) and
+    INC-quantize it to ``folder/int8.onnx``; returns ``(fp32 path, QuantizeResult)``."""
+    from pathlib import Path
+
+    from qbnn.exporters import export
+    from qbnn.pipeline.qconfig import QuantConfig
+    from qbnn.pipeline.quantize import quantize_model
+
+    kw = {"task": "regression", "posterior": posterior, "sampling": sampling, "seed": 0,
+          "heteroscedastic": hetero, "verify_samples": 200}  # fmt: skip
+    fp32 = Path(folder) / "fp32.onnx"
+    export(post, dia.x_test[:16], fp32, **kw)
+    if not hetero and posterior != "laplace":
+        out = Predictor(fp32, seed=0).predict(dia.x_train.numpy(), 16)
+        residual = float(((out.pred_mean - dia.y_train.numpy()) ** 2).mean())
+        export(post, dia.x_test[:16], fp32, noise_variance=residual, **kw)
+    q = quantize_model(fp32, Path(folder) / "int8.onnx", QuantConfig(), calib=dia.x_train.numpy())
+    return fp32, q
