@@ -1,15 +1,18 @@
-"""Torch-free MC inference on compiled models through ONNX Runtime execution providers."""
+"""Torch-free MC inference on compiled models: ONNX Runtime EPs and native OpenVINO."""
 
 from .contract import Task
 from .errors import QbnnError
+from .options import GraphOptLevel, Precision, SessionOptions
 from .predictor import PlainOutput, Prediction, Predictor, PredictorOptions
 from .providers import available_providers, known_providers, resolve_provider
-from .session import GraphOptLevel, ModelInfo, SessionOptions, model_info, open_session
+from .session import ModelInfo, OpenModel, model_info, open_model, open_session
 
 __all__ = [
     "GraphOptLevel",
     "ModelInfo",
+    "OpenModel",
     "PlainOutput",
+    "Precision",
     "Prediction",
     "Predictor",
     "PredictorOptions",
@@ -19,6 +22,7 @@ __all__ = [
     "available_providers",
     "known_providers",
     "model_info",
+    "open_model",
     "open_session",
     "resolve_provider",
 ]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from enum import StrEnum
 from pathlib import Path
 
@@ -11,7 +11,8 @@ import numpy as np
 
 from .contract import NUM_SAMPLES, Task
 from .errors import ConfigError, RuntimeInputError
-from .session import ModelInfo, SessionOptions, open_session
+from .options import Precision, SessionOptions
+from .session import ModelInfo, open_model
 
 __all__ = ["PlainOutput", "Prediction", "Predictor", "PredictorOptions"]
 
@@ -90,8 +91,13 @@ def _entropy(p: np.ndarray) -> np.ndarray:
 class Predictor:
     """MC inference on a qbnn ONNX model (or a plain model, treated as S = 1).
 
-    Thread-safe: ``predict`` only calls ``session.run``, which ONNX Runtime allows from
-    several threads at once. See :func:`qbnn.runtimes.session.open_session` for seeding.
+    ``provider``: a registry name or ``auto``; ``precision``: ``fp32`` (default) or ``bf16``
+    (OpenVINO only; overrides ``options.session.precision``). After opening, ``provider`` is
+    the name of the provider that runs the model and ``precision`` what it computes in
+    (``fp32``, ``int8``, ``bf16``, ``int8+bf16``).
+
+    Thread-safe: ``predict`` only calls ``session.run``, which every backend allows from
+    several threads at once. See :func:`qbnn.runtimes.session.open_model` for seeding.
     """
 
     def __init__(
@@ -101,19 +107,29 @@ class Predictor:
         provider: str = "auto",
         threads: int | None = None,
         seed: int | None = None,
+        precision: Precision | str | None = None,
         options: PredictorOptions | None = None,
     ) -> None:
         opts = options or PredictorOptions()
-        sess_opts = SessionOptions(
-            provider=provider, threads=threads,
-            graph_optimization_level=opts.session.graph_optimization_level,
-            provider_options=opts.session.provider_options,
-            config_entries=opts.session.config_entries,
-        )  # fmt: skip
+        sess_opts = replace(
+            opts.session,
+            provider=provider,
+            threads=threads,
+            precision=opts.session.precision if precision is None else precision,
+        )
         self.path = Path(path)
         self.options = opts
-        self.session, self.info, spec = open_session(path, sess_opts, seed)
-        self.provider = spec.name
+        opened = open_model(path, sess_opts, seed)
+        self.session, self.info = opened.session, opened.info
+        self.provider: str = opened.provider.name
+        self.compute_precision: Precision = opened.compute
+        self.precision: str = opened.precision
+        #: why ``auto`` skipped providers it tried first (one line each)
+        self.fallbacks: tuple[str, ...] = opened.fallbacks
+
+    def describe(self) -> str:
+        """``"<provider> (<precision>)"``, e.g. ``"openvino (int8)"``."""
+        return f"{self.provider} ({self.precision})"
 
     @property
     def model_info(self) -> ModelInfo:

@@ -1,58 +1,35 @@
-"""ONNX Runtime sessions for compiled models: provider, threads, optimization level, seeds."""
+"""Sessions for compiled models on any registered provider: seeds, ``auto``, precision."""
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
-from enum import StrEnum
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import onnx
 
+from . import ortsession, ovsession  # noqa: F401  (register the cpu, dnnl, openvino providers)
+from .autorule import auto_order
 from .contract import INPUT, NUM_SAMPLES, MetaKey, Task
-from .errors import ConfigError, ModelLoadError, first_line
+from .errors import ConfigError, ModelLoadError
 from .loading import load_onnx
-from .providers import ProviderSpec, resolve_provider
+from .options import GraphOptLevel, Precision, SessionOptions, effective_precision
+from .providers import ProviderSpec, available_providers, resolve_provider
 from .seeding import random_nodes, reseed
 
-__all__ = ["GraphOptLevel", "ModelInfo", "SessionOptions", "model_info", "open_session"]
+__all__ = [
+    "GraphOptLevel",
+    "ModelInfo",
+    "OpenModel",
+    "Precision",
+    "SessionOptions",
+    "model_info",
+    "open_model",
+    "open_session",
+]
 
 log = logging.getLogger("qbnn.runtime")
-
-
-class GraphOptLevel(StrEnum):
-    """ONNX Runtime graph optimization levels."""
-
-    DISABLE = "disable"
-    BASIC = "basic"
-    EXTENDED = "extended"
-    ALL = "all"
-
-
-@dataclass(frozen=True, kw_only=True)
-class SessionOptions:
-    """How to open a session. ``threads=None`` lets ONNX Runtime decide (all cores)."""
-
-    provider: str = "auto"
-    threads: int | None = None
-    graph_optimization_level: GraphOptLevel = GraphOptLevel.ALL
-    provider_options: dict[str, str] = field(default_factory=dict)
-    #: ONNX Runtime session config entries, e.g. ``{"session.intra_op.allow_spinning": "0"}``
-    #: (benchmarks that interleave ORT with other frameworks turn spinning off)
-    config_entries: dict[str, str] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.threads is not None and self.threads < 1:
-            raise ConfigError(f"threads must be >= 1 or None, got {self.threads}")
-        try:
-            object.__setattr__(
-                self, "graph_optimization_level", GraphOptLevel(self.graph_optimization_level)
-            )
-        except ValueError:
-            raise ConfigError(
-                f"unknown graph optimization level '{self.graph_optimization_level}'; "
-                f"valid: {', '.join(g.value for g in GraphOptLevel)}"
-            ) from None
 
 
 @dataclass(frozen=True)
@@ -111,65 +88,81 @@ def model_info(model: onnx.ModelProto) -> ModelInfo:
         input_name=inp.name if not is_qbnn else INPUT,
         feature_shape=dims[1:],
         outputs=tuple(o.name for o in model.graph.output),
-        takes_num_samples=NUM_SAMPLES in inits,
+        takes_num_samples=NUM_SAMPLES in inits or NUM_SAMPLES in {i.name for i in inputs},
         stochastic=bool(random_nodes(model)),
         meta=meta,
     )
 
 
-def _require_num_samples(model: onnx.ModelProto) -> None:
-    """Drop the ``num_samples`` initializer so the value must be fed.
+@dataclass(frozen=True)
+class OpenModel:
+    """An open session with what ran it. ``session``: see
+    :class:`qbnn.runtimes.providers.BackendSession`; ``compute``: its float precision;
+    ``fallbacks``: one line per provider ``auto`` tried first and could not load the model."""
 
-    Measured: the OpenVINO EP (1.24) treats an overridable initializer as a constant and
-    ignores the fed ``num_samples``; the Predictor always feeds it, so nothing is lost.
-    """
-    kept = [t for t in model.graph.initializer if t.name != NUM_SAMPLES]
-    if len(kept) != len(model.graph.initializer):
-        del model.graph.initializer[:]
-        model.graph.initializer.extend(kept)
+    session: Any
+    info: ModelInfo
+    provider: ProviderSpec
+    compute: Precision
+    fallbacks: tuple[str, ...] = ()
+
+    @property
+    def precision(self) -> str:
+        """Effective precision: ``fp32``, ``int8``, ``bf16`` or ``int8+bf16``."""
+        return effective_precision(self.info.precision, self.compute)
 
 
-def open_session(path: str | Path, options: SessionOptions, seed: int | None):
-    """Load, (re)seed and open ``path``. Returns ``(session, info, provider_spec)``.
+def _candidates(model: onnx.ModelProto, info: ModelInfo, options: SessionOptions) -> list[str]:
+    if options.provider.strip().lower() != "auto":
+        return [resolve_provider(options.provider, options.precision).name]
+    here = [
+        p for p in available_providers()
+        if options.precision in resolve_provider(p).precisions
+    ]  # fmt: skip
+    if not here:
+        resolve_provider("auto", options.precision)  # raises the one-line error
+    return auto_order(model, info, here)
+
+
+def open_model(path: str | Path, options: SessionOptions, seed: int | None) -> OpenModel:
+    """Load, (re)seed and open ``path`` on ``options.provider``.
+
+    ``auto`` tries the providers in the order of :func:`qbnn.runtimes.autorule.auto_order`
+    and falls back to the next one when a provider cannot load the model (e.g. an int8
+    QOperator graph on OpenVINO); a named provider that cannot load it raises
+    :class:`ModelLoadError`.
 
     Seeding: ``seed`` given -> every random node gets a seed derived from it (identical draws
-    across sessions and processes); ``seed=None`` -> seeds baked in at export (``qbnn.seed``)
-    are kept, otherwise fresh OS entropy, so each session draws new noise (plain ONNX Runtime
-    would replay the first session's draws in a second session of the same process).
+    across sessions and processes for the same sequence of calls); ``seed=None`` -> seeds baked
+    in at export (``qbnn.seed``) are kept, otherwise fresh OS entropy, so each session draws new
+    noise (plain ONNX Runtime would replay the first session's draws in a second session of the
+    same process). Every call of a session draws new noise on every provider.
     """
-    import onnxruntime as ort
-
     model = load_onnx(path)
     info = model_info(model)
     baked = info.meta.get(MetaKey.SEED, "") != ""
     if seed is not None or not baked:
         reseed(model, seed)
-    spec: ProviderSpec = resolve_provider(options.provider)
-    if spec.name != "cpu":
-        _require_num_samples(model)
-    so = ort.SessionOptions()
-    so.log_severity_level = 3  # the num_samples initializer notice is by design
-    for key, value in options.config_entries.items():
-        so.add_session_config_entry(key, str(value))
-    if options.threads is not None:
-        so.intra_op_num_threads = options.threads
-        so.inter_op_num_threads = 1
-    so.graph_optimization_level = {
-        GraphOptLevel.DISABLE: ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-        GraphOptLevel.BASIC: ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-        GraphOptLevel.EXTENDED: ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-        GraphOptLevel.ALL: ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-    }[options.graph_optimization_level]
-    provider_opts = {**spec.default_options, **options.provider_options}
-    if options.threads is not None and spec.name == "openvino":
-        provider_opts.setdefault("num_of_threads", str(options.threads))
-    providers = [(spec.ep, provider_opts)]
-    if spec.ep != "CPUExecutionProvider":
-        providers.append(("CPUExecutionProvider", {}))
-    try:
-        sess = ort.InferenceSession(model.SerializeToString(), so, providers=providers)
-    except Exception as exc:  # ONNX Runtime refused the graph: say which file and why
-        first = first_line(exc)
-        raise ModelLoadError(f"ONNX Runtime cannot load {path} on {spec.name}: {first}") from exc
-    log.info("opened %s on %s (%s)", path, spec.name, spec.ep)
-    return sess, info, spec
+    order = _candidates(model, info, options)
+    fallbacks: list[str] = []
+    for i, name in enumerate(order):
+        spec = resolve_provider(name, options.precision)
+        candidate = (
+            model if i == len(order) - 1 else onnx.ModelProto.FromString(model.SerializeToString())
+        )  # factories may edit the proto
+        try:
+            opened = spec.factory(candidate, options, str(path))
+        except ModelLoadError as exc:
+            if i == len(order) - 1:
+                raise
+            fallbacks.append(str(exc))
+            log.warning("auto: %s; trying %s", exc, order[i + 1])
+            continue
+        return OpenModel(opened.session, info, spec, opened.precision, tuple(fallbacks))
+    raise ConfigError(f"no provider to open {path} with")  # pragma: no cover - order non-empty
+
+
+def open_session(path: str | Path, options: SessionOptions, seed: int | None):
+    """:func:`open_model` as ``(session, info, provider_spec)``."""
+    m = open_model(path, options, seed)
+    return m.session, m.info, m.provider

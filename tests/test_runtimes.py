@@ -1,4 +1,5 @@
-"""Predictor: contract fields, chunking, seeding semantics, plain models, threads, errors."""
+"""Predictor: contract fields, chunking, seeding semantics, plain models, threads, errors;
+the provider registry, ``auto`` and the native OpenVINO session's calling convention."""
 
 from __future__ import annotations
 
@@ -16,12 +17,31 @@ from typer.testing import CliRunner
 
 from qbnn.exporters import export
 from qbnn.pipeline.cli import app
-from qbnn.runtimes import Predictor, PredictorOptions, available_providers, known_providers
+from qbnn.runtimes import (
+    Predictor,
+    PredictorOptions,
+    SessionOptions,
+    available_providers,
+    known_providers,
+    model_info,
+    open_model,
+)
+from qbnn.runtimes.autorule import (
+    CpuClass,
+    GraphFeatures,
+    GraphKind,
+    auto_order,
+    cpu_class,
+    features,
+)
 from qbnn.runtimes.errors import ConfigError, ModelLoadError, RuntimeInputError
+from qbnn.runtimes.providers import register_provider
 
 from tiny_models import CASES, bayes_mlp, example, plain_mlp
 
 runner = CliRunner()
+PROVIDERS = available_providers()
+needs_openvino = pytest.mark.skipif("openvino" not in PROVIDERS, reason="openvino not installed")
 
 
 @pytest.fixture(scope="module")
@@ -92,14 +112,17 @@ _PROC = textwrap.dedent("""
     import sys, numpy as np
     from qbnn.runtimes import Predictor
     x = np.linspace(-1, 1, 10 * 64, dtype=np.float32).reshape(10, 1, 8, 8)
-    print(Predictor(sys.argv[1], seed=9).predict(x, 8).mean_probs.tobytes().hex()[:64])
+    p = Predictor(sys.argv[1], provider=sys.argv[2], seed=9)
+    print(b"".join(p.predict(x, 8).mean_probs.tobytes() for _ in range(2)).hex()[:128])
 """)
 
 
-def test_seed_identical_across_processes(models):
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_seed_identical_across_processes(models, provider):
+    """Two processes, two calls each: identical sequences."""
     outs = {
         subprocess.run(
-            [sys.executable, "-c", _PROC, str(models["bnn"])],
+            [sys.executable, "-c", _PROC, str(models["bnn"]), provider],
             capture_output=True,
             text=True,
             check=True,
@@ -129,8 +152,9 @@ def test_plain_model_output_as_probabilities(models):
         np.testing.assert_allclose(r.mean_probs, plain_mlp().eval()(torch.from_numpy(x)), atol=1e-5)
 
 
-def test_concurrent_predicts_match_serial(models):
-    p = Predictor(models["frozen"])
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_concurrent_predicts_match_serial(models, provider):
+    p = Predictor(models["frozen"], provider=provider)
     xs = [x_img(8, seed=i) for i in range(8)]
     serial = [p.predict(x, 5).mean_probs for x in xs]
     with ThreadPoolExecutor(4) as pool:
@@ -140,13 +164,23 @@ def test_concurrent_predicts_match_serial(models):
 
 
 def test_available_providers_include_cpu():
-    assert "cpu" in available_providers()
-    assert set(available_providers()) <= set(known_providers())
-    assert Predictor.__init__  # registry names are what auto chooses from
+    assert "cpu" in PROVIDERS
+    assert set(PROVIDERS) <= set(known_providers())
+    for spec in known_providers().values():
+        assert callable(spec.factory) and spec.is_available() in (True, False)
 
 
-def test_auto_picks_best_available(models):
-    assert Predictor(models["bnn"], provider="auto").provider == available_providers()[0]
+def test_a_provider_name_registers_once():
+    with pytest.raises(ValueError, match="'cpu' registered twice"):
+        register_provider("cpu", ep="x", package="x", rank=9, available=lambda: False)(print)
+
+
+@pytest.mark.parametrize("name", ["bnn", "frozen", "plain"])
+def test_auto_follows_the_rule(models, name):
+    model = onnx.load(str(models[name]))
+    expected = auto_order(model, model_info(model), PROVIDERS)[0]
+    pred = Predictor(models[name], provider="auto")
+    assert pred.provider == expected and not pred.fallbacks
 
 
 # ------------------------------------------------------------------ errors
@@ -193,10 +227,13 @@ def test_missing_and_non_onnx_files(tmp_path):
         Predictor(bad)
 
 
-def test_unknown_and_missing_providers(models):
-    with pytest.raises(ConfigError, match="unknown provider 'gpu'; known providers: auto, dnnl"):
+def test_unknown_retired_and_missing_providers(models):
+    known = ", ".join(["auto", *known_providers()])
+    with pytest.raises(ConfigError, match=f"unknown provider 'gpu'; known providers: {known};"):
         Predictor(models["bnn"], provider="gpu")
-    with pytest.raises(ConfigError, match="DnnlExecutionProvider.*not in the installed"):
+    with pytest.raises(ConfigError, match="'ort-openvino'.*retired.*use 'openvino'.*Known prov"):
+        Predictor(models["bnn"], provider="ort-openvino")
+    with pytest.raises(ConfigError, match=r"'dnnl' \(DnnlExecutionProvider\) is not available"):
         Predictor(models["bnn"], provider="dnnl")
 
 
@@ -305,3 +342,138 @@ def test_reseed_follows_the_exporters_node_names_not_graph_order(tmp_path):
     a, b = seeds(model), seeds(shuffled)
     assert all(name.startswith("qbnn/random/") for name in a)
     assert a == b and len(set(a.values())) == len(a)
+
+
+# ------------------------------------------------------------------ native OpenVINO session
+
+
+@needs_openvino
+def test_openvino_session_follows_onnx_runtimes_calling_convention(models):
+    opened = open_model(models["bnn"], SessionOptions(provider="openvino", threads=1), seed=0)
+    sess = opened.session
+    assert sess.compiled.get_property("INFERENCE_NUM_THREADS") == 1
+    assert [o.name for o in sess.get_outputs()] == list(opened.info.outputs)
+    feed = {"input": x_img(3), "num_samples": np.array(4, np.int64)}
+    first = sess.run(None, feed)
+    kept = [a.copy() for a in first]
+    sess.run(None, feed)  # a later call must not overwrite returned arrays
+    for a, b in zip(first, kept, strict=True):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(RuntimeInputError, match=r"unknown outputs \['nope'\]; the model has"):
+        sess.run(["nope"], feed)
+    with pytest.raises(RuntimeInputError, match=r"feed has inputs \['x'\]; the model takes"):
+        sess.run(None, {"x": x_img(3)})
+
+
+@needs_openvino
+def test_openvino_conversion_failure_is_one_line(tmp_path):
+    node = helper.make_node("Nope", ["x"], ["y"], name="n", domain="qbnn.test")
+    g = helper.make_graph(
+        [node], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])],
+    )  # fmt: skip
+    path = tmp_path / "nope.onnx"
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("qbnn.test", 1)]
+    onnx.save_model(helper.make_model(g, opset_imports=opsets), str(path))
+    with pytest.raises(ModelLoadError, match=r"OpenVINO cannot convert .*nope.onnx: .*Nope") as e:
+        Predictor(path, provider="openvino")
+    assert "\n" not in str(e.value)
+
+
+@needs_openvino
+def test_openvino_never_gets_a_time_seeded_random_node():
+    """OpenVINO seeds op_seed 0 from time(NULL) (per second): qbnn replaces seed 0.0 and gives
+    unseeded nodes a seed from OS entropy."""
+    from qbnn.runtimes.ovsession import _openvino_seeds
+
+    nodes = [
+        helper.make_node("RandomUniformLike", ["x"], ["a"], name="a", seed=0.0),
+        helper.make_node("RandomUniformLike", ["x"], ["b"], name="b"),
+        helper.make_node("RandomUniformLike", ["x"], ["c"], name="c", seed=7.0),
+    ]
+    g = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, [2]) for n in "abc"],
+    )  # fmt: skip
+    model = helper.make_model(g)
+    _openvino_seeds(model)
+    seeds = [[a.f for a in n.attribute if a.name == "seed"] for n in model.graph.node]
+    assert seeds[0] == [2.0**24] and len(seeds[1]) == 1 and seeds[1][0] > 0 and seeds[2] == [7.0]
+
+
+# ------------------------------------------------------------------ the auto rule
+
+
+def _graph(*nodes, body=None) -> onnx.ModelProto:
+    """Five-node-style graphs for the rule: ``nodes`` are (op, inputs, outputs) triples."""
+    made = [helper.make_node(op, i, o, name=f"n{k}") for k, (op, i, o) in enumerate(nodes)]
+    if body is not None:
+        made.append(helper.make_node("Loop", ["", "", "x"], ["z"], name="loop", body=body))
+    g = helper.make_graph(
+        made, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+    )  # fmt: skip
+    return helper.make_model(g)
+
+
+CONV = ("Conv", ["h", "w"], ["y"])
+NOISE = [("RandomUniformLike", ["x"], ["u"]), ("Mul", ["x", "u"], ["h"])]
+
+
+@pytest.mark.parametrize(
+    ("nodes", "kind", "int8"),
+    [
+        ([("Relu", ["x"], ["h"]), CONV], GraphKind.STATIC_CONV, False),
+        ([*NOISE, CONV], GraphKind.NOISY_CONV, False),
+        ([("Relu", ["x"], ["h"]), ("Conv", ["h", "w"], ["c"]), ("RandomUniformLike", ["c"], ["u"]),
+          ("Add", ["c", "u"], ["y"])], GraphKind.STATIC_CONV, False),  # noise after the convs
+        ([*NOISE, ("MatMul", ["h", "w"], ["y"])], GraphKind.DENSE, False),
+        ([("QuantizeLinear", ["x", "s"], ["q"]), ("DequantizeLinear", ["q", "s"], ["h"]), CONV],
+         GraphKind.STATIC_CONV, True),
+        ([("QLinearConv", ["x", "s", "z", "w", "s", "z", "s", "z"], ["y"])],
+         GraphKind.QOPERATOR, True),
+        ([("DequantizeLinear", ["wq", "s"], ["w"]), ("Relu", ["x"], ["h"]), CONV],
+         GraphKind.STATIC_CONV, False),  # weight-only int8 storage is not an int8 graph
+    ],
+)  # fmt: skip
+def test_rule_reads_the_graph_kind(nodes, kind, int8):
+    assert features(_graph(*nodes)) == GraphFeatures(kind, int8)
+
+
+def test_rule_counts_convolutions_in_loop_bodies_as_noisy_when_noise_is_inside():
+    body = helper.make_graph(
+        [helper.make_node("RandomUniformLike", ["v"], ["u"], name="r"),
+         helper.make_node("Conv", ["u", "w"], ["c"], name="c")],
+        "body", [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in "iv"],
+        [helper.make_tensor_value_info("c", TensorProto.FLOAT, None)],
+    )  # fmt: skip
+    assert features(_graph(("Relu", ["x"], ["y"]), body=body)).kind == GraphKind.NOISY_CONV
+
+
+@pytest.mark.parametrize(
+    ("flags", "cls"),
+    [("fpu avx2 avx512_vnni", CpuClass.VNNI), ("avx2 amx_int8", CpuClass.VNNI),
+     ("fpu avx avx2 fma", CpuClass.PLAIN), (None, CpuClass.PLAIN)],
+)  # fmt: skip
+def test_cpu_class_from_flags(tmp_path, flags, cls):
+    path = tmp_path / "cpuinfo"
+    if flags is not None:
+        path.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
+    assert cpu_class(str(path)) == cls
+
+
+@pytest.mark.parametrize(
+    ("cls", "int8", "first"),
+    [(CpuClass.VNNI, True, "openvino"), (CpuClass.VNNI, False, "cpu"),
+     (CpuClass.PLAIN, True, "cpu"), (CpuClass.PLAIN, False, "cpu")],
+)  # fmt: skip
+def test_rule_prefers_openvino_only_for_int8_static_convs_on_vnni(monkeypatch, cls, int8, first):
+    import qbnn.runtimes.autorule as rule
+
+    monkeypatch.setattr(rule, "cpu_class", lambda: cls)
+    q = [("QuantizeLinear", ["x", "s"], ["q"]), ("DequantizeLinear", ["q", "s"], ["h"])]
+    model = _graph(*(q if int8 else [("Relu", ["x"], ["h"])]), CONV)
+    assert auto_order(model, None, ["cpu", "openvino"])[0] == first
+    assert auto_order(model, None, ["cpu"]) == ["cpu"]
+    assert auto_order(_graph(*NOISE, CONV), None, ["openvino", "cpu"]) == ["cpu", "openvino"]

@@ -1,0 +1,136 @@
+"""``auto``: the provider that runs a model fastest, from a measured rule.
+
+The rule looks at two things: what kind of graph it is (:class:`GraphKind`, read from the ONNX
+structure, not from metadata) and whether the CPU has int8 dot-product instructions
+(``avx512_vnni`` / ``avx_vnni`` / ``amx_int8``). Measurements behind it (2 threads, S = 8):
+
+* ``benchmarks/results/provider_rule.md`` (AVX2 CPU, no VNNI; tiny MLP, digits MLP and
+  Bayesian ResNet-20 in ``frozen:8`` / ``lrt`` / ``weight``, fp32 / QDQ / QOperator, batch 32
+  and 1): ONNX Runtime's CPU EP is faster than or level with OpenVINO in 28 of 30 cells. Dense
+  graphs: OpenVINO pays ~0.5 ms per call and runs 1.3-4x slower; ResNet-20 ``frozen:8`` at
+  batch 32: CPU EP 325 ms fp32 / 246 ms QDQ vs OpenVINO 437 / 309 ms; ``weight``: CPU EP 2.5-3x
+  faster; ``lrt``: 1.2-1.3x.
+* DESIGN.md section 8 (AVX512-VNNI Zen 5, ResNet-20 batch 32, ratios to Bayesian-Torch eager):
+  ``frozen:8`` int8 QDQ on OpenVINO 3.51x vs 2.25x (QDQ) / 2.24x (QOperator) on the CPU EP,
+  i.e. OpenVINO 1.56x faster; ``weight`` mode: CPU EP 0.34x vs OpenVINO 0.20x.
+
+Hence: OpenVINO first only for convolutional graphs whose convolutions see no noise (frozen
+draws, ensembles, deterministic bodies with a last-layer posterior), in int8 QDQ, on a VNNI
+CPU; everything else runs fastest on ONNX Runtime's CPU EP. ``bf16`` sessions exist only on
+OpenVINO, so ``auto`` with precision bf16 picks it whatever the rule says. When the first
+choice cannot load a model (e.g. OpenVINO and a QOperator graph) ``open_model`` falls back to
+the next. Re-run ``benchmarks/provider_rule.py`` on a new CPU class and edit :data:`RULE`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from functools import cache
+from pathlib import Path
+
+import onnx
+
+from .seeding import RANDOM_OPS
+
+__all__ = ["RULE", "CpuClass", "GraphKind", "GraphFeatures", "auto_order", "cpu_class", "features"]
+
+_CONV = frozenset({"Conv", "QLinearConv", "ConvInteger"})
+_HEAVY = _CONV | {"MatMul", "Gemm", "QLinearMatMul", "MatMulInteger", "QGemm"}
+_QOPERATOR = frozenset({"QGemm", "ConvInteger", "MatMulInteger", "MatMulIntegerToFloat"})
+_VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
+
+
+class GraphKind(StrEnum):
+    """What decides the fastest provider."""
+
+    QOPERATOR = "qoperator"  #: int8 QOperator ops (QLinearConv, QGemm, ...): OpenVINO fails
+    DENSE = "dense"  #: no convolution (MLPs): per-call overhead dominates
+    NOISY_CONV = "noisy-conv"  #: noise reaches a convolution (weight, flipout, lrt, dropout)
+    STATIC_CONV = "static-conv"  #: convolutions on constant weights and noise-free inputs
+
+
+class CpuClass(StrEnum):
+    VNNI = "vnni"  #: int8 dot-product instructions (AVX512-VNNI, AVX-VNNI or AMX)
+    PLAIN = "plain"  #: none of them (AVX2), or unknown
+
+
+@dataclass(frozen=True)
+class GraphFeatures:
+    """``kind``; ``int8``: the graph quantizes activations (QDQ ``QuantizeLinear`` or QOperator
+    ops; weight-only int8 storage does not count)."""
+
+    kind: GraphKind
+    int8: bool
+
+
+#: (graph kind, int8 QDQ, CPU class) -> providers, fastest first. Missing keys -> cpu first.
+RULE: dict[tuple[GraphKind, bool, CpuClass], tuple[str, ...]] = {
+    (GraphKind.STATIC_CONV, True, CpuClass.VNNI): ("openvino", "cpu"),
+}
+_DEFAULT = ("cpu", "openvino")
+
+
+def _all_nodes(graph: onnx.GraphProto):
+    for node in graph.node:
+        yield node
+        for attr in node.attribute:
+            for sub in [attr.g] if attr.HasField("g") else list(attr.graphs):
+                yield from _all_nodes(sub)
+
+
+def _noisy_conv(graph: onnx.GraphProto) -> bool:
+    """Whether a tensor derived from a random op feeds a convolution (graph order is
+    topological in ONNX). A convolution inside a Loop/Scan/If body counts as noisy when the
+    body or the node's inputs carry noise."""
+    noisy: set[str] = set()
+    for node in graph.node:
+        subs = [a.g for a in node.attribute if a.HasField("g")]
+        subs += [g for a in node.attribute for g in a.graphs]
+        body = [n for g in subs for n in _all_nodes(g)]
+        hot = node.op_type in RANDOM_OPS or any(i in noisy for i in node.input if i)
+        hot = hot or any(n.op_type in RANDOM_OPS for n in body)
+        if hot and (node.op_type in _CONV or any(n.op_type in _CONV for n in body)):
+            return True
+        if hot:
+            noisy.update(o for o in node.output if o)
+    return False
+
+
+def features(model: onnx.ModelProto) -> GraphFeatures:
+    """Classify ``model`` for :data:`RULE`."""
+    ops = {n.op_type for n in _all_nodes(model.graph)}
+    qop = any(o.startswith("QLinear") for o in ops) or bool(ops & _QOPERATOR)
+    int8 = qop or "QuantizeLinear" in ops
+    if qop:
+        kind = GraphKind.QOPERATOR
+    elif not ops & _CONV:
+        kind = GraphKind.DENSE
+    else:
+        kind = GraphKind.NOISY_CONV if _noisy_conv(model.graph) else GraphKind.STATIC_CONV
+    return GraphFeatures(kind, int8)
+
+
+@cache
+def cpu_class(cpuinfo: str = "/proc/cpuinfo") -> CpuClass:
+    """VNNI when the CPU flags list int8 dot-product instructions, else PLAIN (also when the
+    flags cannot be read, e.g. off Linux)."""
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        return CpuClass.PLAIN
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            flags = set(line.split(":", 1)[1].split())
+            return CpuClass.VNNI if flags & _VNNI_FLAGS else CpuClass.PLAIN
+    return CpuClass.PLAIN
+
+
+def auto_order(model: onnx.ModelProto, info, available: list[str]) -> list[str]:
+    """``available`` provider names ordered by the rule (fastest first); providers the rule
+    does not rank keep their registry order after the ranked ones. ``info`` (the model's
+    :class:`~qbnn.runtimes.session.ModelInfo`) is accepted for rules that need metadata."""
+    f = features(model)
+    prefer = RULE.get((f.kind, f.int8, cpu_class()), _DEFAULT)
+    ranked = [p for p in prefer if p in available]
+    return ranked + [p for p in available if p not in ranked]
