@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import subprocess
@@ -138,7 +139,26 @@ def _commit() -> str:
         return "unknown"
 
 
-def write(rows: list[dict], providers: list[str], minutes: float) -> None:
+def _summary(rows: list[dict]) -> list[str]:
+    """Per graph kind: in how many cells ONNX Runtime's CPU EP is faster or within 5 %."""
+    cells: dict = {}
+    for r in rows:
+        cells.setdefault((r["model"], r["batch"], r["mode"], r["graph"]), {})[r["provider"]] = r
+    both = [c for c in cells.values() if {"cpu", "openvino"} <= set(c)]
+    level = [c for c in both if c["cpu"]["median_ms"] <= 1.05 * c["openvino"]["median_ms"]]
+    lines = [f"- CPU EP faster or within 5 %: {len(level)} of {len(both)} cells."]
+    for c in both:
+        if c not in level:
+            r = c["cpu"]
+            ratio = r["median_ms"] / c["openvino"]["median_ms"]
+            lines.append(
+                f"- OpenVINO faster: {r['model']} batch {r['batch']} {r['mode']} {r['graph']} "
+                f"(CPU EP / OpenVINO = {ratio:.2f})"
+            )
+    return lines
+
+
+def write(rows: list[dict], providers: list[str], minutes: float, load: tuple) -> None:
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "provider_rule.json").write_text(json.dumps(rows, indent=1))
     caps = ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
@@ -148,7 +168,12 @@ def write(rows: list[dict], providers: list[str], minutes: float) -> None:
         f"onnxruntime {ort.__version__}, openvino {ov.get_version().split('-')[0]}, torch "
         f"{torch.__version__}, python {platform.python_version()}, qbnn commit {_commit()}; "
         f"providers {providers}; 2 threads; CPU flags: {_cpu_flags()}; OpenVINO CPU "
-        f"capabilities: {caps}. Median ms of one session.run (S samples of the whole batch).",
+        f"capabilities: {caps}. Median ms of one session.run (S samples of the whole batch). "
+        f"Load average (1 min) at start / end: {load[0]:.2f} / {os.getloadavg()[0]:.2f}.",
+        "",
+        "## Summary",
+        "",
+        *_summary(rows),
         "",
     ]
     for name, batch, s in dict.fromkeys((r["model"], r["batch"], r["samples"]) for r in rows):
@@ -181,7 +206,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(2)
     providers = [p for p in available_providers() if p in ("cpu", "openvino")]
-    t_start = time.perf_counter()
+    t_start, load = time.perf_counter(), os.getloadavg()
     rows = []
     for name in MODELS:
         for batch, s in CELLS:
@@ -191,7 +216,7 @@ def main() -> None:
                 rows.append({"model": model, "mode": mode, "graph": kind, "provider": prov,
                              "batch": batch, "samples": s, "median_ms": med * 1e3})  # fmt: skip
                 print(f"  {mode:9s} {kind:9s} {prov:9s} {med * 1e3:9.2f} ms", flush=True)
-    write(rows, providers, (time.perf_counter() - t_start) / 60)
+    write(rows, providers, (time.perf_counter() - t_start) / 60, load)
 
 
 if __name__ == "__main__":
