@@ -202,9 +202,29 @@ def _trace(
                 verbose=False,
             )
     except Exception as exc:
+        loop = _loop_trace_error(exc)
+        if loop is not None:
+            raise ExportError(
+                "the network's forward could not be traced inside the sample loop (one network "
+                f"pass per MC sample, traced like torch.compile): {loop}. Python/numpy "
+                "randomness and data-dependent Python control flow cannot become graph ops; "
+                "make forward tensor-only, or use another sampling mode (lrt, frozen:K)"
+            ) from exc
         msg = first_line(exc)
         raise ExportError(f"torch.onnx.export failed: {msg}") from exc
     return prog.model_proto
+
+
+def _loop_trace_error(exc: BaseException) -> str | None:
+    """The reason torch could not capture the sample loop's body, or None for other errors."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if type(cause).__name__ == "UncapturedHigherOrderOpError":
+            lines = [ln.strip() for ln in str(cause).splitlines() if ln.strip()]
+            reason = lines[1] if len(lines) > 1 else lines[0] if lines else "unknown reason"
+            return reason.rstrip(".")
+        cause = cause.__cause__ or cause.__context__
+    return None
 
 
 def _source(family: str) -> str:

@@ -19,6 +19,7 @@ from qbnn.runtimes.errors import ExportError, UnsupportedLayerError
 
 from .btlayers import bayesian_layers
 from .registry import BuiltModel, SamplingMode, register_exporter
+from .sampleloop import UNROLL_MAX, SampleLoopModel, StackedDraws, stack_state_dicts
 from .sampling import member_sampler
 from .wrapper import EnsembleModel
 
@@ -99,9 +100,10 @@ def build_ensemble(
         )
     members = [copy.deepcopy(m).eval() for m in model]
     _check_members(members)
-    return BuiltModel(
-        module=EnsembleModel(members, task),
-        reference=member_sampler(members),
-        exact=True,
-        notes=[f"{len(members)} members"],
-    )
+    notes = [f"{len(members)} members"]
+    module: nn.Module = EnsembleModel(members, task)
+    if len(members) > UNROLL_MAX:
+        stacks = stack_state_dicts([m.state_dict() for m in members])
+        module = SampleLoopModel(members[0], StackedDraws(stacks), task)
+        notes.append(f"K > {UNROLL_MAX}: members stored stacked and run in the sample loop")
+    return BuiltModel(module, member_sampler(members), exact=True, notes=notes)

@@ -14,8 +14,9 @@ from torch import nn
 from qbnn.runtimes.contract import Task
 
 from .btlayers import bayesian_layers, check_supported, gaussian_posterior, replace_modules
-from .layers import FixedLayer, FlipoutLayer, LRTLayer, SampleContext, WeightSampledLayer
+from .layers import FixedLayer, FlipoutLayer, LRTLayer, SampleContext
 from .registry import BuiltModel, SamplingMode
+from .sampleloop import UNROLL_MAX, GaussianSource, SampleLoopModel, StackedDraws
 from .sampling import export_generator, loop_sampler, member_sampler
 from .wrapper import EnsembleModel, SampledModel
 
@@ -35,6 +36,8 @@ def build_gaussian(
     check_supported(model, supported, family)
     if mode.name == "frozen":
         return _build_frozen(model, mode.k or 1, task=task, seed=seed)
+    if mode.name == "weight":
+        return _build_weight(model, task=task)
     ctx = SampleContext()
     net = copy.deepcopy(model).eval()
     has_conv = False
@@ -47,9 +50,7 @@ def build_gaussian(
         has_conv = has_conv or post.conv is not None
         if mode.name == "lrt":
             return LRTLayer(post)
-        if mode.name == "flipout":
-            return FlipoutLayer(post, ctx)
-        return WeightSampledLayer(post, ctx)
+        return FlipoutLayer(post, ctx)
 
     replace_modules(net, swap)
     approx = None
@@ -62,27 +63,60 @@ def build_gaussian(
     )
 
 
-def _snapshot(model: nn.Module, gen: torch.Generator) -> nn.Module:
+def _placeholders(model: nn.Module) -> tuple[nn.Module, dict[str, object]]:
+    """A copy of ``model`` whose Bayesian layers are :class:`FixedLayer` placeholders (holding
+    the posterior mean) and the posteriors by layer name."""
     net = copy.deepcopy(model).eval()
-    layers = dict(bayesian_layers(model))
+    posts = {name: gaussian_posterior(mod) for name, mod in bayesian_layers(model)}
 
     def swap(name: str, mod: nn.Module) -> nn.Module | None:
-        if name not in layers:
+        post = posts.get(name)
+        if post is None:
             return None
-        post = gaussian_posterior(layers[name])
-        w, b = post.sample(gen)
-        return FixedLayer(w, b, post.conv, post.returns_kl)
+        return FixedLayer(post.mu_w, post.mu_b, post.conv, post.returns_kl)
 
     replace_modules(net, swap)
-    return net
+    return net, posts
+
+
+def _build_weight(model: nn.Module, *, task: Task) -> BuiltModel:
+    """``weight`` mode: per MC sample one weight draw of every Bayesian layer, then the
+    ordinary network inside the sample loop (:mod:`qbnn.exporters.sampleloop`)."""
+    net, posts = _placeholders(model)
+    posterior = {}
+    for name, post in posts.items():
+        posterior[f"{name}.weight"] = (post.mu_w, post.sigma_w)
+        if post.mu_b is not None:
+            posterior[f"{name}.bias"] = (post.mu_b, post.sigma_b)
+    return BuiltModel(
+        module=SampleLoopModel(net, GaussianSource(posterior), task),
+        reference=loop_sampler(copy.deepcopy(model).eval()),
+    )
 
 
 def _build_frozen(model: nn.Module, k: int, *, task: Task, seed: int | None) -> BuiltModel:
+    """``frozen:K``: K exact draws taken now. Up to :data:`UNROLL_MAX` draws the graph holds K
+    copies of the network with constant weights (fast kernels, static int8); above it the draws
+    are stored stacked ``[K, *shape]`` per parameter and run in the sample loop (graph size and
+    export time independent of K)."""
     gen = export_generator(seed)
-    members = [_snapshot(model, gen) for _ in range(k)]
-    return BuiltModel(
-        module=EnsembleModel(members, task),
-        reference=member_sampler(members),
-        exact=True,
-        notes=[f"{k} posterior draws frozen at export time"],
-    )
+    net, posts = _placeholders(model)
+    draws: dict[str, list[torch.Tensor]] = {}
+    for _ in range(k):
+        for name, post in posts.items():
+            w, b = post.sample(gen)
+            draws.setdefault(f"{name}.weight", []).append(w)
+            if b is not None:
+                draws.setdefault(f"{name}.bias", []).append(b)
+    source = StackedDraws({name: torch.stack(ws) for name, ws in draws.items()})
+    members = []
+    for state in source.member_states():
+        member = copy.deepcopy(net)
+        member.load_state_dict(state, strict=False)
+        members.append(member)
+    notes = [f"{k} posterior draws frozen at export time"]
+    if k <= UNROLL_MAX:
+        return BuiltModel(EnsembleModel(members, task), member_sampler(members), True, notes=notes)
+    notes.append(f"K > {UNROLL_MAX}: draws stored stacked and run in the sample loop")
+    module = SampleLoopModel(net, source, task)
+    return BuiltModel(module, member_sampler(members), exact=True, notes=notes)

@@ -3,7 +3,12 @@
 * the sample-template input becomes ``ConstantOfShape(Reshape(num_samples, [1]))`` so S is an
   int64 scalar input ``num_samples`` with an overridable initializer holding the default;
 * every node gets a unique name (INC requires it) and random nodes get readable names;
-* optional seeds on the random nodes; ``qbnn.*`` metadata.
+* the exporter's tracing metadata (stack traces, FX node names, per node and per value) is
+  dropped: it made up most of a small model's file and is not part of the contract;
+* optional seeds on the random nodes; ``qbnn.*`` metadata;
+* ``Scan`` bodies (the sample loop) become self-contained: outer-scope constants are copied into
+  the body and outer-scope computed values (the input batch) are carried as loop states, because
+  OpenVINO's ONNX frontend cannot convert a body that reads outer-scope values.
 """
 
 from __future__ import annotations
@@ -16,7 +21,13 @@ from qbnn.runtimes.contract import NUM_SAMPLES
 from qbnn.runtimes.loading import set_metadata
 from qbnn.runtimes.seeding import RANDOM_OPS, reseed
 
-__all__ = ["attach_num_samples", "finalize", "name_nodes"]
+__all__ = [
+    "attach_num_samples",
+    "finalize",
+    "name_nodes",
+    "self_contained_scans",
+    "strip_tracing_metadata",
+]
 
 
 def attach_num_samples(model: onnx.ModelProto, template_name: str, default: int) -> None:
@@ -49,11 +60,101 @@ def attach_num_samples(model: onnx.ModelProto, template_name: str, default: int)
         g.node.insert(i, node)
 
 
+def _attr(node: onnx.NodeProto, name: str) -> onnx.AttributeProto | None:
+    return next((a for a in node.attribute if a.name == name), None)
+
+
+def _outer_refs(body: onnx.GraphProto) -> list[str]:
+    """Names a subgraph reads but neither declares nor computes, in first-use order."""
+    known = {i.name for i in body.input} | {t.name for t in body.initializer}
+    refs: list[str] = []
+    for node in body.node:
+        for name in node.input:
+            if name and name not in known and name not in refs:
+                refs.append(name)
+        known.update(node.output)
+    return refs + [o.name for o in body.output if o.name not in known and o.name not in refs]
+
+
+def self_contained_scans(model: onnx.ModelProto) -> None:
+    """Make every top-level ``Scan`` body read only its own inputs and initializers (in place).
+
+    An outer initializer the body reads is copied into the body (and dropped from the outer
+    graph when nothing else uses it); any other outer value becomes an extra loop state that the
+    body passes through unchanged.
+    """
+    g = model.graph
+    inits = {t.name: t for t in g.initializer}
+    infos = {v.name: v for v in [*g.input, *g.value_info]}
+    for node in g.node:
+        if node.op_type != "Scan":
+            continue
+        body = _attr(node, "body").g
+        states = len(node.input) - _attr(node, "num_scan_inputs").i
+        carried, renamed = [], {}
+        for name in _outer_refs(body):
+            if name in inits:
+                renamed[name] = f"{name}/in_loop"
+                body.initializer.append(copy_tensor(inits[name], renamed[name]))
+            else:
+                carried.append(name)
+                renamed[name] = f"{name}/carried"
+        for n in body.node:
+            n.input[:] = [renamed.get(i, i) for i in n.input]
+        for k, name in enumerate(carried):
+            inner = renamed[name]
+            info = onnx.ValueInfoProto()
+            info.CopyFrom(infos.get(name, helper.make_tensor_value_info(name, 1, None)))
+            info.name = inner
+            node.input.insert(states + k, name)
+            node.output.insert(states + k, f"{name}/carried_final")
+            body.input.insert(states + k, info)
+            body.node.append(helper.make_node("Identity", [inner], [f"{inner}/out"]))
+            body.output.insert(states + k, helper.make_tensor_value_info(f"{inner}/out", 1, None))
+    used = {i for n in g.node for i in n.input} | {o.name for o in g.output}
+    kept = [t for t in g.initializer if t.name in used]
+    del g.initializer[:]
+    g.initializer.extend(kept)
+
+
+def copy_tensor(t: onnx.TensorProto, name: str) -> onnx.TensorProto:
+    """A copy of ``t`` named ``name``."""
+    out = onnx.TensorProto()
+    out.CopyFrom(t)
+    out.name = name
+    return out
+
+
+def _all_nodes(graph: onnx.GraphProto):
+    """Nodes of ``graph`` and of its subgraphs, depth first."""
+    for node in graph.node:
+        yield node
+        for a in node.attribute:
+            if a.type == onnx.AttributeProto.GRAPH:
+                yield from _all_nodes(a.g)
+
+
+def strip_tracing_metadata(model: onnx.ModelProto) -> None:
+    """Drop per-node and per-value ``metadata_props`` and doc strings (torch.onnx's stack
+    traces, FX names and scopes), subgraphs included; model-level metadata is kept."""
+    graphs = [model.graph] + [
+        a.g for n in _all_nodes(model.graph) for a in n.attribute if a.type == a.GRAPH
+    ]
+    for graph in graphs:
+        for node in graph.node:
+            del node.metadata_props[:]
+            node.doc_string = ""
+        for value in [*graph.input, *graph.output, *graph.value_info]:
+            del value.metadata_props[:]
+            value.doc_string = ""
+
+
 def name_nodes(model: onnx.ModelProto) -> None:
-    """Give every node a unique, non-empty name; random nodes become ``qbnn/random/<i>``."""
+    """Give every node (subgraphs included) a unique, non-empty name; random nodes become
+    ``qbnn/random/<i>``."""
     seen: set[str] = set()
     r = 0
-    for i, node in enumerate(model.graph.node):
+    for i, node in enumerate(_all_nodes(model.graph)):
         if node.op_type in RANDOM_OPS:
             node.name = f"qbnn/random/{r}"
             r += 1
@@ -73,6 +174,8 @@ def finalize(
 ) -> None:
     """All post-export edits, in place."""
     attach_num_samples(model, template_name, default_samples)
+    strip_tracing_metadata(model)
+    self_contained_scans(model)
     name_nodes(model)
     if seed is not None:
         reseed(model, seed)

@@ -22,7 +22,6 @@ __all__ = [
     "GaussianLayer",
     "LRTLayer",
     "SampleContext",
-    "WeightSampledLayer",
 ]
 
 
@@ -103,17 +102,6 @@ class _GaussianSampled(_ExportLayer):
         self.ctx = ctx
         for name in ("mu_w", "sigma_w", "mu_b", "sigma_b"):
             self._opt(name, getattr(post, name))
-
-
-class WeightSampledLayer(_GaussianSampled):
-    """``weight`` mode: per MC sample ``W_s = mu + sigma * eps_s``, shared by the batch."""
-
-    def compute(self, x: torch.Tensor) -> torch.Tensor:
-        w = self.mu_w + self.sigma_w * self.ctx.noise(self.mu_w.shape)
-        b = None
-        if self.mu_b is not None:
-            b = self.mu_b + self.sigma_b * self.ctx.noise(self.mu_b.shape)
-        return apply_per_sample(x, w, b, self.conv, self.ctx.num_samples)
 
 
 class LRTLayer(_ExportLayer):

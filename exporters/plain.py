@@ -8,6 +8,7 @@ import onnx
 import torch
 from torch import nn
 
+from qbnn.exporters.graph import strip_tracing_metadata
 from qbnn.runtimes.atomic import atomic_path
 from qbnn.runtimes.contract import INPUT, MetaKey
 from qbnn.runtimes.errors import ExportError, first_line
@@ -46,6 +47,7 @@ def export_plain(
         msg = first_line(exc)
         raise ExportError(f"torch.onnx.export of the baseline failed: {msg}") from exc
     proto = prog.model_proto
+    strip_tracing_metadata(proto)
     for i, node in enumerate(proto.graph.node):
         node.name = node.name or f"{node.op_type}_{i}"
     if task == "regression":

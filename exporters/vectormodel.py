@@ -2,9 +2,9 @@
 
 Two shapes of posterior over a parameter vector (see :mod:`qbnn.exporters.vector`):
 
-- whole-network (diagonal/full/Kronecker Laplace over all weights, SWAG): every Linear/Conv
-  parameter in the posterior is read from its slice of ``theta``, per MC sample, with the same
-  per-sample kernels as mean-field ``weight`` mode;
+- whole-network (diagonal/full/Kronecker Laplace over all weights, SWAG): every parameter in
+  the posterior is read from its slice of ``theta``, per MC sample, and the network runs once per
+  sample in the sample loop (:mod:`qbnn.exporters.sampleloop`), as mean-field ``weight`` mode;
 - last-layer (laplace-torch's ``*LLLaplace``): the deterministic body runs **once** per input
   and only the final Linear layer is evaluated S times, so S samples cost little more than one
   forward pass.
@@ -22,18 +22,16 @@ from torch import nn
 from qbnn.runtimes.contract import Task
 from qbnn.runtimes.errors import UnsupportedLayerError
 
-from .btlayers import replace_modules
-from .layers import SampleContext, _ExportLayer
-from .ops import ConvSpec, apply_per_sample
-from .wrapper import SampledModel, _first, uncertainty_head
+from .layers import SampleContext
+from .sampleloop import ParamSource
+from .wrapper import _first, uncertainty_head
 
 __all__ = [
+    "VectorSource",
     "FrozenTable",
     "LastLayerModel",
     "ParamSlot",
-    "VectorSampledModel",
     "param_slots",
-    "sampled_network",
     "snapshot",
 ]
 
@@ -93,105 +91,12 @@ def param_slots(model: nn.Module, names: Sequence[str]) -> list[ParamSlot]:
     return out
 
 
-def _conv_spec(mod: nn.Module) -> ConvSpec | None:
-    if isinstance(mod, nn.Linear):
-        return None
-    n = 1 if isinstance(mod, nn.Conv1d) else 2
-    return ConvSpec(n, tuple(mod.stride), tuple(mod.padding), tuple(mod.dilation), mod.groups)
-
-
 class ParamContext(SampleContext):
     """A sample context that also carries this forward pass's ``theta [S, P]``."""
 
     def __init__(self) -> None:
         super().__init__()
         self.theta: torch.Tensor | None = None
-
-
-class ParamSampledLayer(_ExportLayer):
-    """A Linear/Conv layer whose weight (and bias) are slices of ``ctx.theta`` per sample;
-    parameters outside the posterior stay fixed."""
-
-    def __init__(self, mod: nn.Module, slots: dict[str, ParamSlot], ctx: ParamContext) -> None:
-        super().__init__(_conv_spec(mod), returns_kl=False)
-        self.ctx = ctx
-        self.slots = slots
-        self._opt("fixed_weight", None if "weight" in slots else mod.weight)
-        self._opt("fixed_bias", None if "bias" in slots or mod.bias is None else mod.bias)
-        self.has_bias = mod.bias is not None
-
-    def _param(self, attr: str, fixed: torch.Tensor | None) -> torch.Tensor | None:
-        s = self.ctx.num_samples
-        slot = self.slots.get(attr)
-        if slot is None:
-            return None if fixed is None else fixed.unsqueeze(0).expand(s, *fixed.shape)
-        return self.ctx.theta[:, slot.start : slot.stop].reshape(s, *slot.shape)
-
-    def compute(self, x: torch.Tensor) -> torch.Tensor:
-        w = self._param("weight", self.fixed_weight)
-        b = self._param("bias", self.fixed_bias) if self.has_bias else None
-        return apply_per_sample(x, w, b, self.conv, self.ctx.num_samples)
-
-
-class ParamSampledBatchNorm(nn.Module):
-    """Eval-mode BatchNorm with a sampled affine transform: ``x_hat * gamma_s + beta_s``, the
-    running statistics fixed (as in every MC sample of the torch model)."""
-
-    def __init__(self, mod: nn.Module, slots: dict[str, ParamSlot], ctx: ParamContext) -> None:
-        super().__init__()
-        if mod.running_mean is None:
-            raise UnsupportedLayerError(
-                f"{type(mod).__name__} without running statistics cannot be exported"
-            )
-        self.ctx, self.slots = ctx, slots
-        self.eps = float(mod.eps)
-        self.register_buffer("mean", mod.running_mean.detach().clone())
-        self.register_buffer("inv_std", torch.rsqrt(mod.running_var.detach() + mod.eps))
-        self.register_buffer("fixed_weight", None if "weight" in slots else _affine(mod, "weight"))
-        self.register_buffer("fixed_bias", None if "bias" in slots else _affine(mod, "bias"))
-
-    def _param(self, attr: str, fixed: torch.Tensor) -> torch.Tensor:
-        slot = self.slots.get(attr)
-        if slot is None:
-            return fixed.unsqueeze(0)  # [1, C]
-        return self.ctx.theta[:, slot.start : slot.stop]  # [S, C]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        s = self.ctx.num_samples
-        c = self.mean.shape[0]
-        view = (1, c) + (1,) * (x.dim() - 2)
-        xhat = (x - self.mean.reshape(view)) * self.inv_std.reshape(view)  # [S*B, C, ...]
-        xs = xhat.reshape(s, -1, *xhat.shape[1:])  # [S, B, C, ...]
-        tail = (1,) * (x.dim() - 2)
-        g = self._param("weight", self.fixed_weight).reshape(-1, 1, c, *tail)
-        b = self._param("bias", self.fixed_bias).reshape(-1, 1, c, *tail)
-        return (xs * g + b).reshape(x.shape)
-
-
-def _affine(mod: nn.Module, attr: str) -> torch.Tensor:
-    p = getattr(mod, attr)
-    if p is not None:
-        return p.detach().clone()
-    n = mod.running_mean.shape[0]
-    return torch.ones(n) if attr == "weight" else torch.zeros(n)
-
-
-def sampled_network(model: nn.Module, slots: list[ParamSlot], ctx: ParamContext) -> nn.Module:
-    """A copy of ``model`` whose posterior layers read their parameters from ``ctx.theta``."""
-    by_module: dict[str, dict[str, ParamSlot]] = {}
-    for slot in slots:
-        by_module.setdefault(slot.module, {})[slot.attr] = slot
-    net = copy.deepcopy(model).eval()
-
-    def swap(name: str, mod: nn.Module) -> nn.Module | None:
-        if name not in by_module:
-            return None
-        if isinstance(mod, _NORMS):
-            return ParamSampledBatchNorm(mod, by_module[name], ctx)
-        return ParamSampledLayer(mod, by_module[name], ctx)
-
-    replace_modules(net, swap)
-    return net
 
 
 def snapshot(model: nn.Module, slots: list[ParamSlot], theta: torch.Tensor) -> nn.Module:
@@ -204,18 +109,24 @@ def snapshot(model: nn.Module, slots: list[ParamSlot], theta: torch.Tensor) -> n
     return net
 
 
-class VectorSampledModel(SampledModel):
-    """Whole-network posterior: draw ``theta [S, P]`` once, then run the sampled network on the
-    sample-tiled batch ``[S * B, *F]``."""
+class VectorSource(ParamSource):
+    """Per-sample parameters of a whole-network posterior for the sample loop: ``sampler()``
+    gives ``theta [S, P]``; sample ``s``'s slice ``theta[s, slot]`` becomes parameter
+    ``slot.name`` of the network."""
 
-    def __init__(self, net: nn.Module, sampler: nn.Module, ctx: ParamContext, task: Task) -> None:
-        super().__init__(net, ctx, task)
+    def __init__(self, sampler: nn.Module, ctx: SampleContext, slots: list[ParamSlot]) -> None:
+        super().__init__()
         self.sampler = sampler
+        self.ctx = ctx
+        self.slots = slots
 
-    def forward(self, x: torch.Tensor, template: torch.Tensor):
+    def forward(self, template: torch.Tensor) -> list[torch.Tensor]:
         self.ctx.template = template
-        self.ctx.theta = self.sampler()
-        return super().forward(x, template)
+        return [self.sampler()]
+
+    def unpack(self, per_sample: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
+        (theta,) = per_sample
+        return {s.name: theta[s.start : s.stop].reshape(s.shape) for s in self.slots}
 
 
 class FrozenTable(nn.Module):

@@ -25,15 +25,15 @@ from qbnn.runtimes.contract import Task
 from qbnn.runtimes.errors import ConfigError, ExportError
 
 from .registry import BuiltModel, SamplingMode, register_exporter
+from .sampleloop import UNROLL_MAX, SampleLoopModel, StackedDraws
 from .sampling import export_generator, member_sampler
 from .vector import VectorGaussian, VectorSampler
 from .vectormodel import (
     FrozenTable,
     LastLayerModel,
     ParamContext,
-    VectorSampledModel,
+    VectorSource,
     param_slots,
-    sampled_network,
     snapshot,
 )
 from .wrapper import EnsembleModel, _first
@@ -165,14 +165,15 @@ def build_weight_gaussian(
         slots = param_slots(post.model, post.param_names)
         if frozen:
             members = [snapshot(post.model, slots, d) for d in draws]
-            return BuiltModel(
-                EnsembleModel(members, task),
-                member_sampler(members),
-                exact=True,
-                notes=[f"{mode.k} frozen draws"],
-            )
-        net = sampled_network(post.model, slots, ctx)
-        module = VectorSampledModel(net, VectorSampler(gauss, ctx), ctx, task)
+            module = EnsembleModel(members, task)
+            if len(members) > UNROLL_MAX:
+                stacks = {t.name: draws[:, t.start : t.stop].reshape(-1, *t.shape) for t in slots}
+                net = copy.deepcopy(post.model).eval()
+                module = SampleLoopModel(net, StackedDraws(stacks), task)
+            notes = [f"{mode.k} frozen draws"]
+            return BuiltModel(module, member_sampler(members), exact=True, notes=notes)
+        net = copy.deepcopy(post.model).eval()
+        module = SampleLoopModel(net, VectorSource(VectorSampler(gauss, ctx), ctx, slots), task)
     ref = reference or draw_reference(post, gauss.sample)
     return BuiltModel(module, ref)
 

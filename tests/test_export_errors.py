@@ -114,7 +114,15 @@ def test_ensemble_members_must_match(tmp_path):
 def test_failed_self_check_leaves_no_file(tmp_path):
     np.random.seed(0)
     with pytest.raises(VerificationError, match="'probs'.*(spread|MC mean)"):
-        export(PythonNoise(), example((6,)), tmp_path / "m.onnx", verify_samples=64)
+        export(PythonNoise(), example((6,)), tmp_path / "m.onnx", sampling="lrt")
+    assert _no_leftovers(tmp_path)
+
+
+def test_python_noise_cannot_enter_the_sample_loop(tmp_path):
+    """weight mode traces forward once per MC sample inside a Scan (torch.compile-style): numpy
+    noise there is refused with the reason and the alternatives, and no file is written."""
+    with pytest.raises(ExportError, match=r"sample loop.*numpy.*\(lrt, frozen:K\)"):
+        export(PythonNoise(), example((6,)), tmp_path / "m.onnx", sampling="weight")
     assert _no_leftovers(tmp_path)
 
 
