@@ -1,10 +1,17 @@
 """qbnn vs its peers, measured side by side in one interleaved run on this machine.
 
 Contenders per (model, batch, S) cell, all with 2 threads and the same inputs:
-  bt_fp32   Bayesian-Torch fp32 eager: S forward passes in a loop, as its users run MC
-  bt_int8   Bayesian-Torch's own int8 QBNN (prepare / calibrate / convert, x86 engine)
-  det_fp32  the deterministic network in PyTorch, one pass (the floor; S does not apply)
-  qbnn      fp32 and INC int8 ONNX graphs per sampling mode, one session.run for all S
+  bt_fp32    Bayesian-Torch fp32 eager: S forward passes in a loop, as its users run MC
+  bt_int8    Bayesian-Torch's own int8 QBNN (prepare / calibrate / convert, x86 engine)
+  det_fp32   the deterministic network in PyTorch, one pass (the floor; S does not apply)
+  det_int8xS the deterministic network as INC int8 ONNX on S x batch rows, same provider: the
+             MC-overhead floor of ``frozen:S`` (S passes with no posterior cost at all)
+  qbnn       per sampling mode, one session.run for all S: fp32; INC int8 QOperator (CPU EP);
+             INC int8 QDQ (OpenVINO, which cannot run QOperator); OpenVINO bf16 (its CPU
+             plugin's default precision, asked for explicitly). ``weight`` graphs run the
+             network per sample in a Scan; their int8 form adds per-sample int8 weights in
+             QLinearConv, which OpenVINO cannot convert (run-time weight shapes), so they run
+             on the CPU EP only.
 Models have random weights (fine for speed). ONNX Runtime thread spinning is off so that idle
 ORT workers do not steal the CPU from the torch contenders. Rounds rotate the contender order
 so machine drift hits all alike; repeats adapt to ~1.5 s per contender (3..15), and a
@@ -16,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 from pathlib import Path
@@ -31,11 +39,10 @@ from qbnn.runtimes import Predictor, PredictorOptions, SessionOptions, available
 RESULTS = Path(__file__).parent / "results"
 NOTES: list[str] = []
 NO_SPIN = {"session.intra_op.allow_spinning": "0", "session.inter_op.allow_spinning": "0"}
-CELLS = [("resnet20", 1, 1), ("resnet20", 32, 1), ("resnet20", 32, 8), ("resnet20", 32, 32),
-         ("resnet50", 8, 1), ("digits_mlp", 32, 8)]  # fmt: skip
+CELLS = [("resnet20", 32, 8), ("resnet20", 32, 1), ("digits_mlp", 32, 8), ("resnet50", 8, 4)]
 MODES = {
     "resnet20": ("weight", "lrt", "frozen:8"),
-    "resnet50": ("lrt",),
+    "resnet50": ("weight",),
     "digits_mlp": ("weight", "lrt", "frozen:8"),
 }
 
@@ -51,15 +58,27 @@ def _torch_runner(model, x: np.ndarray, s: int, loop: bool):
     return run
 
 
-def _ort_runner(path: Path, x: np.ndarray, s: int, provider: str):
+def _ort_runner(path: Path, x: np.ndarray, s: int, provider: str, precision: str = "fp32"):
     # No spinning: idle ORT worker threads would otherwise steal the CPU from the torch
     # contenders interleaved with them.
     opts = PredictorOptions(session=SessionOptions(config_entries=NO_SPIN))
-    pred = Predictor(path, provider=provider, threads=2, seed=0, options=opts)
+    pred = Predictor(path, provider=provider, threads=2, seed=0, precision=precision, options=opts)
     feed = {"input": x, "num_samples": np.array(s, dtype=np.int64)}
     if not pred.info.takes_num_samples:
-        feed.pop("num_samples")
+        feed = {pred.info.input_name: x}
     return lambda: pred.session.run(None, feed)
+
+
+def _variants(mode: str, providers) -> list[tuple[str, str | None, str, str]]:
+    """``(label, int8 format or None for fp32, provider, session precision)`` per contender."""
+    out = [("fp32", None, "cpu", "fp32"), ("int8", "qoperator", "cpu", "fp32")]
+    if "openvino" in providers:
+        out.append(("fp32", None, "openvino", "fp32"))
+        if mode != "weight":
+            out += [("bf16", None, "openvino", "bf16"), ("int8-qdq", "qdq", "openvino", "fp32")]
+    if mode.startswith("frozen"):
+        out.append(("int8-qdq", "qdq", "cpu", "fp32"))
+    return out
 
 
 def contenders(name: str, batch: int, s: int, cache: Path, providers) -> dict:
@@ -67,21 +86,27 @@ def contenders(name: str, batch: int, s: int, cache: Path, providers) -> dict:
     out = {"det_fp32": _torch_runner(zoo.deterministic(name), x, s, loop=False)}
     bnn = zoo.bayesian(name)
     out["bt_fp32"] = _torch_runner(bnn, x, s, loop=True)
-    try:
+    if name != "resnet50":  # Bayesian-Torch int8 fails on it (aten::add.out on QuantizedCPU)
         calib = torch.from_numpy(zoo.inputs(name, 32, seed=1))
-        out["bt_int8"] = _torch_runner(bt_qbnn.bt_int8(bnn, calib, engine="x86"), x, s, True)
-    except RuntimeError as exc:
-        msg = str(exc).split(" is only available for these backends")[0]
-        NOTES.append(f"{name}: Bayesian-Torch int8 unavailable: {msg}")
-        print(f"  bt_int8 unavailable: {msg}")
+        try:
+            out["bt_int8"] = _torch_runner(bt_qbnn.bt_int8(bnn, calib, engine="x86"), x, s, True)
+        except RuntimeError as exc:
+            msg = str(exc).split(" is only available for these backends")[0]
+            NOTES.append(f"{name}: Bayesian-Torch int8 unavailable: {msg}")
+    if s > 1 and name != "resnet50":
+        det8 = zoo.quantized(zoo.plain(name, cache), name)
+        xs = np.concatenate([x] * s)
+        out[f"det_int8x{s}[cpu]"] = _ort_runner(det8, xs, 1, "cpu")
+        if "openvino" in providers:
+            det8q = zoo.quantized(zoo.plain(name, cache), name, fmt="qdq")
+            out[f"det_int8x{s}[openvino]"] = _ort_runner(det8q, xs, 1, "openvino")
     for mode in MODES[name]:
         if mode.startswith("frozen") and s != int(mode.split(":")[1]):
             continue  # frozen:K always evaluates its K members: only meaningful at S = K
         fp32 = zoo.exported(name, mode, cache)
-        int8 = zoo.quantized(fp32, name)
-        for prov in providers:
-            out[f"qbnn_{mode}_fp32[{prov}]"] = _ort_runner(fp32, x, s, prov)
-            out[f"qbnn_{mode}_int8[{prov}]"] = _ort_runner(int8, x, s, prov)
+        for label, fmt, prov, prec in _variants(mode, providers):
+            path = fp32 if fmt is None else zoo.quantized(fp32, name, fmt=fmt)
+            out[f"qbnn_{mode}_{label}[{prov}]"] = _ort_runner(path, x, s, prov, prec)
     return out
 
 
@@ -139,14 +164,49 @@ def main() -> None:
     write(rows, providers, time.perf_counter() - t_start)
 
 
+def _overhead(rows: list[dict]) -> list[str]:
+    """``frozen:S`` int8 at S samples vs the deterministic int8 network on S x batch rows."""
+    ms = {(r["model"], r["batch"], r["samples"], r["contender"]): r["median_ms"] for r in rows}
+    out = []
+    for (model, batch, s, name), t in ms.items():
+        if not name.startswith("det_int8x"):
+            continue
+        prov = name.split("[")[1]
+        label = "int8" if prov == "cpu]" else "int8-qdq"
+        q = ms.get((model, batch, s, f"qbnn_frozen:{s}_{label}[{prov}"))
+        if q is not None:
+            out.append(
+                f"- {model} batch {batch}, S {s}, [{prov}: frozen:{s} {label} {q:.1f} ms vs "
+                f"deterministic int8 on {s * batch} rows {t:.1f} ms = {q / t:.2f}x"
+            )
+    return out or ["- (no frozen / deterministic int8 pair measured)"]
+
+
+def _cpu_flags() -> str:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "unknown"
+    flags = next(
+        (ln.split(":", 1)[1].split() for ln in text.splitlines() if ln.startswith("flags")), []
+    )
+    keep = [f for f in flags if f.startswith(("avx", "amx")) or "vnni" in f]
+    return "flags " + " ".join(sorted(keep))
+
+
 def write(rows: list[dict], providers, seconds: float) -> None:
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "peers.json").write_text(json.dumps(rows, indent=1))
+    import openvino
+
+    flags = _cpu_flags()
     lines = [
         f"# qbnn vs peers ({time.strftime('%Y-%m-%d')}, {seconds / 60:.1f} min)",
         "",
-        f"torch {torch.__version__}, onnxruntime {ort.__version__}, providers "
-        f"{providers}, 2 threads, random weights. images/s counts each input once.",
+        f"torch {torch.__version__}, onnxruntime {ort.__version__}, openvino "
+        f"{openvino.__version__}, providers {providers}, 2 threads, random weights, CPU "
+        f"{flags}. Load average (1 min) at the end: {os.getloadavg()[0]:.2f}. images/s counts "
+        "each input once (det_int8xS rows: S x batch rows per run, images/s of the batch).",
         "",
     ]
     for name, batch, s in dict.fromkeys((r["model"], r["batch"], r["samples"]) for r in rows):
@@ -164,7 +224,8 @@ def write(rows: list[dict], providers, seconds: float) -> None:
                 f"| {r['contender']} | {r['median_ms']:.1f} | {r['images_per_s']:,.1f} | {ratio} |"
             )
         lines.append("")
-    lines += ["## Notes", ""] + [f"- {n}" for n in NOTES]
+    lines += ["## MC overhead", ""] + _overhead(rows) + ["", "## Notes", ""]
+    lines += [f"- {n}" for n in NOTES]
     (RESULTS / "peers.md").write_text("\n".join(lines) + "\n")
     print(f"-> {RESULTS / 'peers.md'}")
 
