@@ -6,11 +6,12 @@ structure, not from metadata) and whether the CPU has int8 dot-product instructi
 
 * ``benchmarks/results/provider_rule.md`` (AVX2 CPU, no VNNI; tiny MLP, digits MLP and
   Bayesian ResNet-20 in ``frozen:8`` / ``lrt`` / ``weight``, fp32 and int8 QDQ, batch 32 and
-  1): ONNX Runtime's CPU EP is faster or within 5 % in 34 of 36 cells. Dense graphs: OpenVINO
-  pays ~0.5 ms per call and runs 1.3-4x slower; ResNet-20 ``frozen:8`` at batch 32: CPU EP
-  325 ms fp32 / 246 ms QDQ vs OpenVINO 437 / 309 ms; ``weight``: CPU EP 2.5-4x faster;
-  ``lrt``: 1.3x at batch 32. The exceptions are batch-1 ResNet-20 QDQ (``frozen:8`` 1.43x,
-  ``lrt`` 1.18x faster on OpenVINO); the rule cannot see the batch size and follows batch 32.
+  1; best of 5-15 interleaved calls on a shared machine): ONNX Runtime's CPU EP is faster or
+  within 5 % in 35 of 36 cells (the other: 1.05x). Dense graphs: OpenVINO pays ~0.5 ms more
+  per call and runs 1.2-4x slower; ResNet-20 at batch 32: ``frozen:8`` CPU EP 377 ms fp32 /
+  216 ms QDQ vs OpenVINO 520 / 238 ms, ``lrt`` 1.2x and ``weight`` 2.5x in the CPU EP's
+  favour. Int8 QDQ ``frozen:8`` is a tie on AVX2 (a focused A/B, best of 15, twice: OpenVINO
+  1.13x; the probe: CPU EP 1.10x), so the CPU EP, always installed, keeps it there.
 * DESIGN.md section 8 (AVX512-VNNI Zen 5, ResNet-20 batch 32, ratios to Bayesian-Torch eager):
   ``frozen:8`` int8 QDQ on OpenVINO 3.51x vs 2.25x (QDQ) / 2.24x (QOperator) on the CPU EP,
   i.e. OpenVINO 1.56x faster; ``weight`` mode: CPU EP 0.34x vs OpenVINO 0.20x.
