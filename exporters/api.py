@@ -35,8 +35,10 @@ from . import (  # noqa: F401  (register the exporters)
 )
 from .btlayers import FLIPOUT_TYPES, REPARAM_TYPES, check_supported
 from .graph import finalize
+from .heads import HEAD_KEY, Head, PairHead, inspect_output, network_of, resolve_head
 from .quiet import quiet_export
 from .registry import BuiltModel, get_exporter, known_families, task_of
+from .vectormodel import LastLayerModel
 from .verify import FidelityReport, verify_export
 
 __all__ = ["ExportResult", "export", "export_model", "resolve_family"]
@@ -89,6 +91,7 @@ def export(
     source: str | None = None,
     heteroscedastic: bool = False,
     noise_variance: float | None = None,
+    head: str | None = None,
 ) -> Path:
     """Compile ``model`` to an ONNX graph obeying the qbnn contract; returns the written path.
 
@@ -101,8 +104,10 @@ def export(
     ``seed`` fixes every random node's seed (identical outputs across processes); without it
     each session draws fresh noise. ``model`` may also be a fitted laplace-torch object, a
     :class:`~qbnn.exporters.swag.SwagPosterior`, :class:`~qbnn.exporters.ensemble.WeightSamples`
-    (SG-MCMC draws) or a :class:`~qbnn.exporters.weightgaussian.WeightGaussian`. See
-    :func:`export_model` for the full result and the regression options.
+    (SG-MCMC draws) or a :class:`~qbnn.exporters.weightgaussian.WeightGaussian`. ``head``:
+    what a classifier's forward returns (``logits``, ``probs``, ``log_probs``; None detects it
+    from the output on ``example_input``). See :func:`export_model` for the full result and
+    the regression options.
     """
     return export_model(
         model,
@@ -119,6 +124,7 @@ def export(
         source=source,
         heteroscedastic=heteroscedastic,
         noise_variance=noise_variance,
+        head=head,
     ).path
 
 
@@ -252,6 +258,7 @@ def export_model(
     source=None,
     heteroscedastic=False,
     noise_variance=None,
+    head=None,
 ) -> ExportResult:
     """Like :func:`export` but returns an :class:`ExportResult` with the self-check numbers.
 
@@ -260,6 +267,12 @@ def export_model(
     total variance ``E[variance] + Var[mean]``. ``noise_variance`` (homoscedastic regression
     only): a fixed observation-noise variance added to ``pred_variance``; a regression Laplace
     object supplies ``sigma_noise**2`` by default.
+
+    The model's output on ``example_input`` is inspected first (:mod:`qbnn.exporters.heads`):
+    ``head=None`` detects logits / probabilities / log-probabilities, a ``head`` that
+    contradicts the output raises :class:`ConfigError`; a regression tuple
+    ``(mean [B, D], log_var [B, D])`` is a heteroscedastic head; other tuples, dense
+    ``[B, C, *spatial]`` and one-column classifiers are refused by name.
     """
     path = Path(path)
     _check_args(example_input, path, num_samples, verify_samples)
@@ -267,13 +280,20 @@ def export_model(
     family = resolve_family(model, posterior)
     exporter = get_exporter(family)
     mode = exporter.parse_mode(sampling, num_samples)
+    x = example_input.detach().float()
+    net = network_of(model)
+    form = inspect_output(net, x, task_e) if net is not None else None
+    head_e = resolve_head(head, form, task_e)
+    if form is not None and form.pair:
+        heteroscedastic = True
+        model = _pair_model(model, family)
     if heteroscedastic and family == "laplace":
         raise ConfigError(
             "laplace-torch fits a homoscedastic Gaussian likelihood, so a Laplace posterior has no "
             "heteroscedastic head; its sigma_noise**2 becomes the graph's noise_variance"
         )
-    x = example_input.detach().float()
     built = exporter.build(model, mode, task=task_e, seed=seed)
+    _set_head(built, head_e)
     ref = _probe(built, x)
     out_dim = _heteroscedastic(built, ref, task_e, heteroscedastic)
     noise_var = _noise_variance(model, family, task_e, heteroscedastic, noise_variance)
@@ -293,6 +313,8 @@ def export_model(
         (MetaKey.NUM_CLASSES if task_e == Task.CLASSIFICATION else "qbnn.output_dim"): str(out_dim),
         MetaKey.HETEROSCEDASTIC: "1" if heteroscedastic else "0",
     }
+    if task_e == Task.CLASSIFICATION:
+        meta[HEAD_KEY] = head_e.value
     if noise_var:
         meta[MetaKey.NOISE_VARIANCE] = repr(noise_var)
     finalize(proto, _TEMPLATE, num_samples, seed, {str(k): v for k, v in meta.items()})
@@ -301,16 +323,43 @@ def export_model(
             f"the '{family}' export produced no random op: no stochastic layer was reached in "
             "forward (is dropout p > 0 and called in forward?)"
         )
-    return _write(proto, path, built, x, task_e, verify, verify_samples, family, mode)
+    return _write(proto, path, built, x, task_e, verify, verify_samples, family, mode, head_e)
 
 
-def _write(proto, path, built, x, task_e, verify, verify_samples, family, mode) -> ExportResult:
+def _pair_model(model, family: str):
+    """The user's ``(mean, log_var)`` network as one ``[B, 2D]`` output (a heteroscedastic head)."""
+    if family == "laplace":
+        return model  # refused next with the Laplace reason
+    if isinstance(model, nn.Module):
+        return PairHead(model)
+    if isinstance(model, (list, tuple)) and all(isinstance(m, nn.Module) for m in model):
+        return [PairHead(m) for m in model]
+    raise ConfigError(
+        f"the model returns a (mean, log_var) tuple; the '{family}' posterior object cannot be "
+        "wrapped: return one tensor [B, 2D] (mean, log-variance) and pass heteroscedastic=True"
+    )
+
+
+def _set_head(built: BuiltModel, head: Head) -> None:
+    """Record the head on the export module; last-layer posteriors keep logits only."""
+    if head != Head.LOGITS and isinstance(built.module, LastLayerModel):
+        raise ConfigError(
+            f"the model outputs {head.value}, but a last-layer posterior replaces the last Linear "
+            "and drops every op after it (softmax / log_softmax); not supported yet: fit the "
+            "posterior on a network that ends in the last Linear (logits)"
+        )
+    built.module.head = head
+
+
+def _write(
+    proto, path, built, x, task_e, verify, verify_samples, family, mode, head=Head.LOGITS
+) -> ExportResult:
     fidelity = None
     with atomic_path(path) as tmp:
         onnx.checker.check_model(proto)
         onnx.save_model(proto, str(tmp))
         if verify:
-            fidelity = verify_export(tmp, built, x, task_e, samples=verify_samples)
+            fidelity = verify_export(tmp, built, x, task_e, head=head, samples=verify_samples)
             for w in fidelity.warnings:
                 log.warning(w)
     return ExportResult(path, family, str(mode), fidelity, tuple(built.notes))

@@ -160,8 +160,11 @@ def build_laplace(la, mode: SamplingMode, *, task: Task, seed: int | None) -> Bu
     structure, last = _kind(la)
     _check_task(la, task)
     post = to_weight_gaussian(la)
-    built = build_weight_gaussian(post, mode, task=task, seed=seed, reference=_reference(la, task))
+    ref = _reference(la, task)
+    built = build_weight_gaussian(post, mode, task=task, seed=seed, reference=ref)
     where = "the last layer" if last else "all weights"
     n = post.posterior.num_params
     built.notes.insert(0, f"{structure} Laplace over {where} ({n} parameters)")
+    if task == Task.CLASSIFICATION and built.reference is ref:
+        built.reference_head = "log_probs"  # laplace-torch's predictive, see _reference
     return built

@@ -45,6 +45,8 @@ class BuiltModel:
     the self-check then compares sample by sample instead of statistically.
     ``approximate`` names a reason the graph only approximates the torch sampler (e.g. LRT on
     convolutions): spread mismatches are then reported, not raised.
+    ``reference_head``: the form of ``reference``'s outputs when it is fixed by the trainer
+    (laplace-torch's predictive returns log-probabilities); None means the model's own head.
     """
 
     module: nn.Module
@@ -52,6 +54,7 @@ class BuiltModel:
     exact: bool = False
     approximate: str | None = None
     notes: list[str] = field(default_factory=list)
+    reference_head: str | None = None
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from torch._higher_order_ops.scan import scan
 
 from qbnn.runtimes.contract import Task
 
+from .heads import Head
 from .noise import normal_like
 from .wrapper import _first, uncertainty_head
 
@@ -156,6 +157,7 @@ class SampleLoopModel(nn.Module):
         self.task = task
         self.heteroscedastic = False  # set by the export driver
         self.noise_variance = 0.0  # set by the export driver
+        self.head = Head.LOGITS  # set by the export driver
 
     def per_sample(self, x: torch.Tensor, template: torch.Tensor) -> torch.Tensor:
         """Network outputs ``[S, B, C]`` (pre-softmax)."""
@@ -171,7 +173,9 @@ class SampleLoopModel(nn.Module):
 
     def forward(self, x: torch.Tensor, template: torch.Tensor):
         out = self.per_sample(x, template)
-        return uncertainty_head(out, self.task, self.heteroscedastic, self.noise_variance)
+        return uncertainty_head(
+            out, self.task, self.heteroscedastic, self.noise_variance, self.head
+        )
 
 
 def loop_over(

@@ -22,6 +22,7 @@ from torch import nn
 from qbnn.runtimes.contract import Task
 from qbnn.runtimes.errors import UnsupportedLayerError
 
+from .heads import Head
 from .layers import SampleContext
 from .sampleloop import ParamSource
 from .wrapper import _first, uncertainty_head
@@ -167,6 +168,7 @@ class LastLayerModel(nn.Module):
         self.task = task
         self.heteroscedastic = False  # set by the export driver
         self.noise_variance = 0.0  # set by the export driver
+        self.head = Head.LOGITS  # set by the export driver
 
     def forward(self, x: torch.Tensor, template: torch.Tensor):
         self.ctx.template = template
@@ -179,4 +181,6 @@ class LastLayerModel(nn.Module):
         out = torch.matmul(feats.unsqueeze(0), w.transpose(1, 2))  # [S, B, out]
         if self.bias:
             out = out + theta[:, o * i : o * i + o].unsqueeze(1)
-        return uncertainty_head(out, self.task, self.heteroscedastic, self.noise_variance)
+        return uncertainty_head(
+            out, self.task, self.heteroscedastic, self.noise_variance, self.head
+        )

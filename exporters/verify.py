@@ -20,6 +20,7 @@ from qbnn.runtimes.contract import INPUT, NUM_SAMPLES, Task
 from qbnn.runtimes.errors import VerificationError
 from qbnn.runtimes.seeding import reseed
 
+from .heads import Head, to_probs
 from .registry import BuiltModel
 
 __all__ = ["FidelityReport", "verify_export"]
@@ -52,17 +53,13 @@ class FidelityReport:
         )
 
 
-def _softmax(x: np.ndarray) -> np.ndarray:
-    e = np.exp(x - x.max(-1, keepdims=True))
-    return e / e.sum(-1, keepdims=True)
-
-
 def verify_export(
     path: Path,
     built: BuiltModel,
     example: torch.Tensor,
     task: Task,
     *,
+    head: Head | str = Head.LOGITS,
     samples: int = 64,
     seed: int = 0,
     z_tol: float = 5.0,
@@ -71,7 +68,10 @@ def verify_export(
 ) -> FidelityReport:
     """Run the graph once with ``num_samples=samples`` and compare it with the torch sampler.
 
-    ``example``: ``[B, *F]`` float32. Raises :class:`VerificationError` naming the output and
+    ``example``: ``[B, *F]`` float32. The torch outputs go through the same documented
+    conversion as the graph (``head``: softmax of logits, probabilities as they are, exp of
+    log-probabilities), so a graph that treats the model's output as the wrong form fails.
+    Raises :class:`VerificationError` naming the output and
     the numbers when the graph and torch disagree beyond tolerance.
     """
     import onnxruntime as ort
@@ -91,9 +91,10 @@ def verify_export(
             f"of {graph.size}; check the posterior's factors and the model's numerics"
         )
     gen = torch.Generator().manual_seed(seed)
-    ref = built.reference(example, samples, gen).double().numpy()
+    ref = built.reference(example, samples, gen).double()
     if task == Task.CLASSIFICATION:
-        ref = _softmax(ref)
+        ref = to_probs(ref, built.reference_head or head)
+    ref = ref.numpy()
     if task == Task.REGRESSION and ref.shape[-1] == 2 * graph.shape[-1]:
         ref = ref[..., : graph.shape[-1]]  # heteroscedastic head: compare the means
     ref = ref.reshape(graph.shape)

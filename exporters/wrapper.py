@@ -12,6 +12,7 @@ from torch import nn
 
 from qbnn.runtimes.contract import Task
 
+from .heads import Head, to_probs
 from .layers import SampleContext
 
 __all__ = ["EnsembleModel", "SampledModel", "uncertainty_head"]
@@ -31,11 +32,13 @@ def uncertainty_head(
     task: Task,
     heteroscedastic: bool = False,
     noise_variance: float = 0.0,
+    head: Head | str = Head.LOGITS,
 ) -> tuple[torch.Tensor, ...]:
-    """Contract outputs from per-sample network outputs ``[S, B, C]`` (logits) or ``[S, B, D]``.
+    """Contract outputs from per-sample network outputs ``[S, B, C]`` or ``[S, B, D]``.
 
     Classification: ``probs [S,B,C], mean_probs [B,C], predictive_entropy [B],
-    expected_entropy [B], mutual_information [B]``.
+    expected_entropy [B], mutual_information [B]``; ``head`` says what the network returns
+    (logits, probs or log_probs) and ``probs`` is :func:`~qbnn.exporters.heads.to_probs` of it.
     Regression: ``mean [S,B,D], pred_mean [B,D], pred_variance [B,D]``. Heteroscedastic heads
     output ``[S, B, 2D]`` (mean, log-variance) and add ``variance [S,B,D]``; then
     ``pred_variance = E[variance] + Var[mean]`` (law of total variance). Homoscedastic heads add
@@ -53,7 +56,7 @@ def uncertainty_head(
         if noise_variance:
             pred_var = pred_var + noise_variance
         return per_sample, pred_mean, pred_var
-    probs = torch.softmax(per_sample, dim=-1)
+    probs = to_probs(per_sample, head)
     mean_probs = probs.mean(0)
     pe = _entropy(mean_probs)
     ee = _entropy(probs).mean(0)
@@ -75,6 +78,7 @@ class SampledModel(nn.Module):
         self.task = task
         self.heteroscedastic = False  # set by the export driver
         self.noise_variance = 0.0  # set by the export driver
+        self.head = Head.LOGITS  # set by the export driver
 
     def forward(self, x: torch.Tensor, template: torch.Tensor):
         self.ctx.template = template
@@ -82,7 +86,9 @@ class SampledModel(nn.Module):
         xs = x.unsqueeze(0).expand(s, *x.shape).reshape(s * b, *x.shape[1:])
         out = _first(self.net(xs))
         out = out.reshape(s, b, -1)
-        return uncertainty_head(out, self.task, self.heteroscedastic, self.noise_variance)
+        return uncertainty_head(
+            out, self.task, self.heteroscedastic, self.noise_variance, self.head
+        )
 
 
 class EnsembleModel(nn.Module):
@@ -94,10 +100,13 @@ class EnsembleModel(nn.Module):
         self.task = task
         self.heteroscedastic = False  # set by the export driver
         self.noise_variance = 0.0  # set by the export driver
+        self.head = Head.LOGITS  # set by the export driver
 
     def forward(self, x: torch.Tensor, template: torch.Tensor):
         b = x.shape[0]
         outs = torch.stack([_first(m(x)).reshape(b, -1) for m in self.members])  # [K, B, C]
         k = len(self.members)
         idx = torch.remainder(torch.arange(template.shape[0]), k)
-        return uncertainty_head(outs[idx], self.task, self.heteroscedastic, self.noise_variance)
+        return uncertainty_head(
+            outs[idx], self.task, self.heteroscedastic, self.noise_variance, self.head
+        )
