@@ -32,8 +32,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from qbnn.exporters import export_model
 from qbnn.exporters.plain import export_plain
 from qbnn.pipeline.bench import BenchConfig, bench
-from qbnn.pipeline.qconfig import QuantConfig
-from qbnn.pipeline.quantize import quantize_model
+from qbnn.pipeline.quantize import QuantConfig, quantize_model
 
 SAMPLES = (1, 8, 32, 128)
 BATCH = 32

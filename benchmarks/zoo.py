@@ -88,8 +88,7 @@ def plain(name: str, cache: Path) -> Path:
 def quantized(src: Path, name: str, *, fmt: str = "qoperator") -> Path:
     """INC int8 of ``src`` (calibrated on standard-normal inputs, S = 8: 64 inputs, or 4 for
     ResNet-50, whose per-batch activations ONNX Runtime's calibrator keeps in memory)."""
-    from qbnn.pipeline.qconfig import CalibrationConfig, QuantConfig
-    from qbnn.pipeline.quantize import quantize_model
+    from qbnn.pipeline.quantize import CalibrationConfig, QuantConfig, quantize_model
 
     dst = src.with_name(src.name.replace(".fp32.", f".int8-{fmt}."))
     if not dst.is_file():

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from qbnn.exporters import export_model
-from qbnn.pipeline import digits
+from qbnn.pipeline.run import digits
 
 
 def main(out_dir: str = "artifacts/example") -> None:

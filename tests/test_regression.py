@@ -7,8 +7,7 @@ import onnx
 import pytest
 
 from qbnn.exporters import export, export_model
-from qbnn.pipeline.qconfig import QuantConfig
-from qbnn.pipeline.quantize import quantize_model
+from qbnn.pipeline.quantize import QuantConfig, quantize_model
 from qbnn.runtimes import Predictor
 from qbnn.runtimes.contract import HETEROSCEDASTIC_OUTPUTS, REGRESSION_OUTPUTS
 from qbnn.runtimes.errors import ConfigError

@@ -31,8 +31,7 @@ from qbnn.exporters import (
 from qbnn.exporters import laplace as la_mod
 from qbnn.exporters.laplace import laplace_posterior
 from qbnn.pipeline.cli import app
-from qbnn.pipeline.qconfig import QuantConfig
-from qbnn.pipeline.quantize import quantize_model
+from qbnn.pipeline.quantize import QuantConfig, quantize_model
 from qbnn.runtimes import Predictor
 from qbnn.runtimes.errors import (
     ConfigError,

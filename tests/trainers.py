@@ -270,8 +270,7 @@ def diabetes_fp32_int8(post, posterior: str, sampling: str | None, hetero: bool,
     from pathlib import Path
 
     from qbnn.exporters import export
-    from qbnn.pipeline.qconfig import QuantConfig
-    from qbnn.pipeline.quantize import quantize_model
+    from qbnn.pipeline.quantize import QuantConfig, quantize_model
 
     kw = {"task": "regression", "posterior": posterior, "sampling": sampling, "seed": 0,
           "heteroscedastic": hetero, "verify_samples": 200}  # fmt: skip

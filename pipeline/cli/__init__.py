@@ -1,0 +1,32 @@
+"""The ``qbnn`` command line: each command parses, builds a config and calls one stage.
+
+One module per command; :data:`COMMANDS` registers them on :data:`app` in the order
+``qbnn --help`` lists them. Errors of the :class:`QbnnError` family are printed as one line
+(exit 1; 2 for usage errors), never as a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from . import bench, demo, export, predict, quantize, run, validate
+from .common import app
+
+__all__ = ["COMMANDS", "app", "main"]
+
+COMMANDS = {
+    "export": export.export_cmd,
+    "predict": predict.predict_cmd,
+    "bench": bench.bench_cmd,
+    "quantize": quantize.quantize_cmd,
+    "run": run.run_cmd,
+    "demo": demo.demo_cmd,
+    "validate": validate.validate_cmd,
+}
+for _name, _fn in COMMANDS.items():
+    app.command(_name)(_fn)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    sys.exit(app())

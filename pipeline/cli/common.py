@@ -1,0 +1,64 @@
+"""The shared pieces of the ``qbnn`` command line: the Typer app, error handling, progress.
+
+Errors of the :class:`QbnnError` family are printed as one line (exit 1; 2 for usage errors),
+never as a traceback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+from typing import Annotated
+
+import typer
+
+from qbnn.runtimes.errors import QbnnError, UsageError
+
+__all__ = ["app", "handles_errors", "progress_bar"]
+
+app = typer.Typer(
+    name="qbnn",
+    help="Compile, quantize, validate and benchmark Bayesian neural networks as ONNX graphs.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+def handles_errors(fn):
+    """Turn qbnn errors into one clear stderr line and an exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except QbnnError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2 if isinstance(exc, UsageError) else 1) from None
+
+    return wrapper
+
+
+@contextlib.contextmanager
+def progress_bar(label: str, total: int):
+    """A rich progress bar on stderr for long runs; yields ``advance(done, total)``."""
+    from rich.progress import Progress
+
+    with Progress(transient=True, console=_stderr_console()) as bar:
+        task = bar.add_task(label, total=total)
+        yield lambda done, _total: bar.update(task, completed=done)
+
+
+def _stderr_console():
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+@app.callback()
+def _root(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )

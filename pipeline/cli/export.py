@@ -1,0 +1,68 @@
+"""``qbnn export``: a trained torch BNN -> a stochastic ONNX graph."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .common import handles_errors
+
+__all__ = ["export_cmd"]
+
+
+@handles_errors
+def export_cmd(
+    model: Annotated[str, typer.Option("--model", "-m", help="pkg.module:factory")],
+    input_shape: Annotated[str, typer.Option("--input-shape", help="feature shape, e.g. 3,32,32")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="output .onnx path")],
+    weights: Annotated[Path | None, typer.Option("--weights", help="state-dict checkpoint")] = None,
+    posterior: Annotated[
+        str, typer.Option(help="auto|meanfield|flipout|mcdropout|ensemble|laplace|swag|gaussian")
+    ] = "auto",
+    sampling: Annotated[str | None, typer.Option(help="weight|lrt|flipout|frozen:K|...")] = None,
+    samples: Annotated[int, typer.Option("--samples", help="default MC samples S")] = 16,
+    seed: Annotated[int | None, typer.Option(help="fix every random node's seed")] = None,
+    task: Annotated[str, typer.Option(help="classification|regression")] = "classification",
+    batch: Annotated[int, typer.Option(help="example batch for the self-check")] = 4,
+    verify: Annotated[bool, typer.Option("--verify/--no-verify", help="self-check")] = True,
+    heteroscedastic: Annotated[
+        bool, typer.Option(help="regression head outputs [mean, log-variance]")
+    ] = False,
+    noise_variance: Annotated[
+        float | None,
+        typer.Option(help="regression: observation-noise variance added to pred_variance"),
+    ] = None,
+    trust_checkpoint: Annotated[
+        bool, typer.Option(help="allow full unpickling of --weights (trusted files only)")
+    ] = False,
+) -> None:
+    """Export a trained torch BNN to a stochastic ONNX graph."""
+    import torch
+
+    from qbnn.exporters import export_model
+    from qbnn.exporters.loading import load_model, parse_shape
+
+    shape = parse_shape(input_shape)
+    net = load_model(model, weights, trust=trust_checkpoint)
+    gen = torch.Generator().manual_seed(0)
+    example = torch.randn((max(batch, 1), *shape), generator=gen)
+    result = export_model(
+        net,
+        example,
+        output,
+        posterior=posterior,
+        sampling=sampling,
+        num_samples=samples,
+        task=task,
+        seed=seed,
+        verify=verify,
+        heteroscedastic=heteroscedastic,
+        noise_variance=noise_variance,
+    )
+    if result.fidelity is not None:
+        typer.echo(result.fidelity.summary())
+        for w in result.fidelity.warnings:
+            typer.echo(f"warning: {w}", err=True)
+    typer.echo(f"exported {result.family} ({result.sampling}) -> {result.path}")

@@ -1,0 +1,40 @@
+"""``qbnn predict``: MC-batched inference from an npz to an npz."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .common import handles_errors, progress_bar
+
+__all__ = ["predict_cmd"]
+
+
+@handles_errors
+def predict_cmd(
+    model: Annotated[Path, typer.Argument(help="compiled .onnx model")],
+    data: Annotated[Path, typer.Option("--data", help="npz with key 'x' [N, *feature_shape]")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="output .npz")],
+    samples: Annotated[int | None, typer.Option("--samples", help="MC samples S")] = None,
+    provider: Annotated[str, typer.Option(help="auto|cpu|openvino|dnnl")] = "auto",
+    seed: Annotated[int | None, typer.Option(help="reproducible noise")] = None,
+    threads: Annotated[int | None, typer.Option(help="intra-op threads")] = None,
+    save_samples: Annotated[bool, typer.Option(help="also save probs [S, N, C]")] = False,
+    allow_nonfinite: Annotated[bool, typer.Option(help="accept NaN/inf inputs")] = False,
+    plain_output: Annotated[str, typer.Option(help="plain models: logits|probs")] = "logits",
+) -> None:
+    """MC-batched inference: npz in (key x), npz out (the Prediction fields)."""
+    from qbnn.runtimes import Predictor, PredictorOptions
+
+    from ..common import load_npz, save_npz
+
+    x = load_npz(data, require=("x",))["x"]
+    opts = PredictorOptions(allow_nonfinite=allow_nonfinite, plain_output=plain_output)
+    pred = Predictor(model, provider=provider, threads=threads, seed=seed, options=opts)
+    typer.echo(f"provider: {pred.provider}", err=True)
+    with progress_bar(f"predicting {len(x)} inputs", len(x)) as advance:
+        result = pred.predict(x, samples, return_samples=save_samples, progress=advance)
+    save_npz(output, result.as_dict())
+    typer.echo(f"{len(x)} predictions (S={result.num_samples}) -> {output}")

@@ -1,0 +1,41 @@
+"""``qbnn quantize``: static int8 with INC (or ONNX Runtime), posterior intact."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .common import handles_errors
+
+__all__ = ["quantize_cmd"]
+
+
+@handles_errors
+def quantize_cmd(
+    model: Annotated[Path, typer.Argument(help="compiled fp32 .onnx model")],
+    calib: Annotated[Path, typer.Option("--calib", help="npz with key 'x' (calibration inputs)")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="output int8 .onnx")],
+    config: Annotated[Path | None, typer.Option("--config", help="INC config YAML/JSON")] = None,
+    backend: Annotated[str | None, typer.Option(help="inc|ort (overrides the config)")] = None,
+    fmt: Annotated[str | None, typer.Option("--format", help="qdq|qoperator (overrides)")] = None,
+) -> None:
+    """Quantize a compiled model to int8; fails if the posterior would be erased."""
+    import dataclasses
+
+    from ..common import load_config
+    from ..quantize import QuantConfig, quantize_model
+
+    cfg = load_config(QuantConfig, config) if config else QuantConfig()
+    overrides = {k: v for k, v in (("backend", backend), ("format", fmt)) if v is not None}
+    cfg = dataclasses.replace(cfg, **overrides)
+    typer.echo(f"quantizing {model} with {cfg.backend.value} ({cfg.format.value})...", err=True)
+    res = quantize_model(model, output, cfg, calib=calib)
+    typer.echo(
+        f"int8 model -> {res.path} ({res.int8_bytes / 1e6:.2f} MB, {res.size_ratio:.2f}x fp32)"
+    )
+    if res.spread is not None:
+        typer.echo(f"posterior kept: logit spread int8/fp32 = {res.spread.ratio:.2f}")
+    if res.kept_fp32:
+        typer.echo(f"layers kept in fp32 to keep the noise: {', '.join(res.kept_fp32)}")

@@ -1,0 +1,284 @@
+"""``quantize(src, dst, config)``: static int8 with INC (or ONNX Runtime), posterior intact.
+
+Flow: validate inputs -> quantize with the backend (calibration runs every MC-sample path) ->
+repair INC's output (restores the ``num_samples`` input it drops, inlines external data) ->
+store the remaining fp32 posterior tensors in 8 bits -> erasure guard (per quantizer, then
+globally); flagged layers are re-quantized with their consumers in fp32, or the stage fails
+naming them -> metadata (``qbnn.precision=int8`` + the config) -> atomic write.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from dataclasses import dataclass
+from fnmatch import fnmatch
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from qbnn.runtimes.contract import NUM_SAMPLES, MetaKey
+from qbnn.runtimes.errors import ConfigError, QuantizationError
+from qbnn.runtimes.loading import load_onnx, set_metadata
+from qbnn.runtimes.seeding import RANDOM_OPS
+from qbnn.runtimes.session import model_info
+
+from ..common import atomic_path, load_npz, to_dict
+from .backends import restore_contract, run_backend
+from .config import OnErasure, QuantConfig
+from .guard import (
+    ErasedQuantizer,
+    SpreadCheck,
+    erased_quantizers,
+    noise_path_layers,
+    spread_check,
+)
+from .weightonly import store_weights_int8
+
+__all__ = ["QuantizeResult", "quantize", "quantize_model"]
+
+log = logging.getLogger("qbnn.quantize")
+MAX_ROUNDS = 3
+
+
+@dataclass(frozen=True)
+class QuantizeResult:
+    """What the stage did: output path, sizes, fp32-kept layers and the guard's numbers."""
+
+    path: Path
+    fp32_bytes: int
+    int8_bytes: int
+    kept_fp32: tuple[str, ...]
+    erased: tuple[ErasedQuantizer, ...]
+    spread: SpreadCheck | None
+    int8_weights: tuple[str, ...]
+
+    @property
+    def size_ratio(self) -> float:
+        return self.int8_bytes / self.fp32_bytes
+
+
+def _calibration_inputs(calib: np.ndarray | str | Path, info, size: int) -> np.ndarray:
+    x = load_npz(calib, require=("x",))["x"] if not isinstance(calib, np.ndarray) else calib
+    if len(x) == 0:
+        raise ConfigError("the calibration set is empty")
+    if not info.accepts(x.shape):
+        raise ConfigError(
+            f"calibration data shape {list(x.shape)} does not match the model input "
+            f"[N, {', '.join(map(str, info.feature_shape))}]"
+        )
+    if not np.isfinite(x).all():
+        raise ConfigError("calibration data contains NaN or inf values")
+    return np.ascontiguousarray(x[:size], dtype=np.float32)
+
+
+def _biasless_gemm_to_matmul(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy where every bias-less ``Gemm(A, W)`` (alpha 1, no transA) is ``MatMul(A, W')``.
+
+    INC 1.0 builds an invalid QGemm for a Gemm without ``C`` (its convert step takes the last
+    parent for the bias and drops B's scale and zero point; ONNX Runtime then refuses the
+    model). Bias-free ``nn.Linear`` layers export exactly that; MatMul quantizes correctly.
+    """
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    inits = {i.name: i for i in out.graph.initializer}
+    for n in out.graph.node:
+        attrs = {a.name: a for a in n.attribute}
+        if (
+            n.op_type != "Gemm"
+            or (len(n.input) > 2 and n.input[2])
+            or n.input[1] not in inits
+            or attrs.get("transA", helper.make_attribute("t", 0)).i
+            or attrs.get("alpha", helper.make_attribute("a", 1.0)).f != 1.0
+        ):
+            continue
+        w = numpy_helper.to_array(inits[n.input[1]])
+        if attrs.get("transB", helper.make_attribute("t", 0)).i:
+            w = w.T
+        name = f"{n.input[1]}_qbnn_kn"
+        out.graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(w), name))
+        n.op_type = "MatMul"
+        n.input[1] = name
+        del n.input[2:]
+        del n.attribute[:]
+    return out
+
+
+def _im2col_nodes(src: onnx.ModelProto) -> set[str]:
+    """Depthwise Convs with one-hot kernels: the exporter's im2col for per-sample weights.
+
+    They only rearrange values; quantizing them adds rounding and Q/DQ work for no gain
+    (measured: a 5x slower weight-mode ResNet-20), so they stay fp32.
+    """
+    inits = {i.name: i for i in src.graph.initializer}
+    out = set()
+    for n in src.graph.node:
+        if n.op_type != "Conv" or len(n.input) < 2 or n.input[1] not in inits:
+            continue
+        w = numpy_helper.to_array(inits[n.input[1]])
+        flat = w.reshape(w.shape[0], -1)
+        one_hot = w.ndim >= 3 and w.shape[1] == 1 and np.all((flat == 0) | (flat == 1))
+        if one_hot and np.all(flat.sum(1) == 1):
+            out.add(n.name)
+    return out
+
+
+def _sampling_nodes(src: onnx.ModelProto) -> set[str]:
+    """MatMul/Gemm/Conv nodes that *draw parameters*: one input derives from random ops but not
+    from the data input (``eps @ L.T`` of a Laplace factor, ``Q1 (E * M) Q2.T``, SWAG's low-rank
+    term, a head applying sampled weights).
+
+    Static quantization would turn the standard-normal noise into an int8 activation with a
+    calibrated range (clipping its tails) or emit batched QLinearMatMuls ONNX Runtime cannot
+    run; these nodes stay fp32 and their factors are stored in int8 by ``posterior_int8``.
+    Noise that depends on the data (LRT, dropout masks) is not affected.
+    """
+    data = {i.name for i in src.graph.input if i.name != NUM_SAMPLES}
+    noisy: set[str] = set()
+    for n in src.graph.node:
+        ins = set(n.input)
+        if n.op_type in RANDOM_OPS or ins & noisy:
+            noisy.update(n.output)
+        if ins & data:
+            data.update(n.output)
+    drawn = noisy - data
+    heavy = {"MatMul", "Gemm", "Conv"}
+    names = {n.name for n in src.graph.node if n.op_type in heavy and set(n.input) & drawn}
+    # ONNX Runtime's pre-quantization optimizer fuses MatMul + Add into "<name>/MatMulAddFusion"
+    return names | {f"{n}/MatMulAddFusion" for n in names}
+
+
+def _excluded_nodes(src: onnx.ModelProto, cfg: QuantConfig, extra: set[str]) -> list[str]:
+    names = [n.name for n in src.graph.node]
+    pats = list(cfg.exclude_nodes)
+    matched = {n for n in names if any(fnmatch(n, p) for p in pats)}
+    return sorted(matched | extra | _im2col_nodes(src) | _sampling_nodes(src))
+
+
+def quantize(
+    src: str | Path,
+    dst: str | Path,
+    config: QuantConfig | None = None,
+    *,
+    calib: np.ndarray | str | Path,
+) -> Path:
+    """Quantize compiled model ``src`` to int8 at ``dst``; see :func:`quantize_model`."""
+    return quantize_model(src, dst, config, calib=calib).path
+
+
+def quantize_model(
+    src: str | Path,
+    dst: str | Path,
+    config: QuantConfig | None = None,
+    *,
+    calib: np.ndarray | str | Path,
+) -> QuantizeResult:
+    """Static int8 quantization of ``src`` (a qbnn or plain ONNX model) into ``dst``.
+
+    ``calib``: ``[N, *feature_shape]`` float32 inputs or an ``.npz`` with key ``x``.
+    Raises :class:`QuantizationError` when the posterior would be erased and
+    ``guard.on_erasure == fail`` (or keeping layers in fp32 did not help).
+    """
+    cfg = config or QuantConfig()
+    src_model = load_onnx(src)
+    info = model_info(src_model)
+    x = _calibration_inputs(calib, info, cfg.calibration.size)
+    kept: set[str] = set()
+    for _round in range(MAX_ROUNDS):
+        int8, weights = _quantize_once(Path(src), src_model, info, cfg, x, kept)
+        erased = _guard_layers(int8, info, cfg, x)
+        spread = _guard_global(src_model, int8, info, cfg, x)
+        if spread is None or _spread_ok(spread, cfg):
+            break
+        new = {layer for e in erased for layer in e.consumers} - kept
+        if not new:
+            new = set(noise_path_layers(src_model)) - kept
+        if cfg.guard.on_erasure == OnErasure.FAIL or not new:
+            raise QuantizationError(_erasure_message(spread, erased, kept, cfg))
+        log.warning("int8 spread ratio %.2f: keeping %s in fp32", spread.ratio, sorted(new))
+        kept |= new
+    else:
+        raise QuantizationError(_erasure_message(spread, erased, kept, cfg))
+    for e in erased:
+        log.info(
+            "quantizer below %.2f steps of noise: %s", cfg.guard.min_noise_to_step, e.describe()
+        )
+    _finish(int8, cfg, kept)
+    with atomic_path(dst) as tmp:
+        onnx.save_model(int8, str(tmp))
+    return QuantizeResult(
+        Path(dst),
+        Path(src).stat().st_size,
+        Path(dst).stat().st_size,
+        tuple(sorted(kept)),
+        tuple(erased),
+        spread,
+        tuple(weights),
+    )
+
+
+def _quantize_once(src: Path, src_model, info, cfg, x, kept) -> tuple[onnx.ModelProto, list]:
+    exclude = _excluded_nodes(src_model, cfg, kept)
+    with tempfile.TemporaryDirectory(prefix="qbnn-quant-") as tmp:
+        prepared, out = Path(tmp) / "model.onnx", Path(tmp) / "model.int8.onnx"
+        onnx.save_model(_biasless_gemm_to_matmul(src_model), str(prepared))
+        if cfg.autotune is not None:
+            from .autotune import autotune_model
+
+            model = autotune_model(cfg, prepared, x, stochastic=info.stochastic, exclude=exclude)
+        else:
+            run_backend(cfg, prepared, out, x, stochastic=info.stochastic, exclude=exclude)
+            model = onnx.load(str(out))  # pulls INC's external data back in
+    restore_contract(model, info.meta)
+    weights = store_weights_int8(model) if cfg.posterior_int8 else []
+    return model, weights
+
+
+def _guard_layers(int8, info, cfg, x) -> list[ErasedQuantizer]:
+    if not info.stochastic or cfg.guard.min_noise_to_step <= 0:
+        return []
+    probe = x[: min(len(x), 32)]
+    return erased_quantizers(
+        int8, probe, cfg.calibration.num_samples, cfg.guard.min_noise_to_step, cfg.guard.seed
+    )
+
+
+def _guard_global(src_model, int8, info, cfg, x) -> SpreadCheck | None:
+    """Spread check for models with a posterior (random ops, ensembles, frozen draws)."""
+    has_posterior = info.stochastic or info.posterior == "ensemble" or "frozen" in info.sampling
+    if not info.is_qbnn or not info.takes_num_samples or not has_posterior:
+        return None
+    s = max(16, cfg.calibration.num_samples)
+    return spread_check(src_model, int8, x[: min(len(x), 48)], info.task, s, cfg.guard.seed)
+
+
+def _spread_ok(spread: SpreadCheck, cfg: QuantConfig) -> bool:
+    return cfg.guard.min_spread_ratio <= spread.ratio <= cfg.guard.max_spread_ratio
+
+
+def _erasure_message(spread: SpreadCheck, erased, kept, cfg: QuantConfig) -> str:
+    where = "; ".join(e.describe() for e in erased[:6]) or "no single quantizer below threshold"
+    return (
+        f"int8 does not keep the posterior: logit spread over MC samples "
+        f"{spread.spread_int8:.3g} vs fp32 {spread.spread_fp32:.3g}, ratio {spread.ratio:.2f} "
+        f"outside [{cfg.guard.min_spread_ratio}, {cfg.guard.max_spread_ratio}] (mean MI "
+        f"{spread.mi_int8:.3g} vs {spread.mi_fp32:.3g}). Noise is below the int8 resolution "
+        f"at: {where}. Layers kept in fp32 so far: "
+        f"{sorted(kept) or 'none'} (guard.on_erasure={cfg.guard.on_erasure.value}); list layers "
+        "in exclude_nodes to keep them in fp32"
+    )
+
+
+def _finish(model: onnx.ModelProto, cfg: QuantConfig, kept: set[str]) -> None:
+    record = to_dict(cfg)
+    record["kept_fp32"] = sorted(kept)
+    set_metadata(
+        model,
+        {
+            MetaKey.PRECISION.value: "int8",
+            MetaKey.QUANTIZATION.value: json.dumps(record, sort_keys=True),
+        },
+    )

@@ -1,0 +1,100 @@
+"""``pipeline.yaml``: one config for ``qbnn run`` (export -> quantize -> validate -> bench).
+
+Every key is validated up front by :func:`qbnn.pipeline.common.from_dict`: an unknown or
+mistyped key is reported with its dotted path (``quantize.autotune.metric``) and the valid
+choices. Relative paths are relative to the config file's folder.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+
+from qbnn.runtimes.contract import Task
+from qbnn.runtimes.errors import ConfigError
+
+from ..bench import BenchConfig
+from ..common import coerce_enums, load_config
+from ..quantize import QuantConfig
+from ..validate import ValidateConfig
+
+__all__ = ["DataConfig", "ModelSource", "RunConfig", "Stage", "load_run_config"]
+
+
+class Stage(StrEnum):
+    EXPORT = "export"
+    QUANTIZE = "quantize"
+    VALIDATE = "validate"
+    BENCH = "bench"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelSource:
+    """A torch model (``factory`` + optional ``weights``) to export, or an existing ``onnx``."""
+
+    factory: str = ""
+    weights: str = ""
+    onnx: str = ""
+    input_shape: tuple[int, ...] = ()
+    posterior: str = "auto"
+    sampling: str = ""
+    num_samples: int = 16
+    seed: int | None = 0
+    trust_checkpoint: bool = False
+    task: Task = Task.CLASSIFICATION
+    heteroscedastic: bool = False
+    noise_variance: float | None = None
+
+    def __post_init__(self) -> None:
+        coerce_enums(self)
+        if bool(self.factory) == bool(self.onnx):
+            raise ConfigError("give exactly one of 'factory' (torch model) or 'onnx' (a file)")
+        if self.factory and not self.input_shape:
+            raise ConfigError("'input_shape' is required with 'factory' (e.g. [1, 8, 8])")
+        if any(d < 1 for d in self.input_shape) or self.num_samples < 1:
+            raise ConfigError(
+                f"input_shape entries and num_samples must be >= 1; got {list(self.input_shape)}"
+                f", {self.num_samples}"
+            )
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataConfig:
+    """``.npz`` files: ``calib`` (key x), ``test`` (keys x, y), optional ``ood`` (key x)."""
+
+    calib: str = ""
+    test: str = ""
+    ood: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunConfig:
+    """The whole pipeline. ``stages`` lists what runs (in pipeline order)."""
+
+    name: str
+    output_root: str = "artifacts"
+    model: ModelSource
+    baseline: ModelSource | None = None
+    data: DataConfig = field(default_factory=DataConfig)
+    stages: tuple[Stage, ...] = tuple(Stage)
+    quantize: QuantConfig = field(default_factory=QuantConfig)
+    validate: ValidateConfig = field(default_factory=ValidateConfig)
+    bench: BenchConfig = field(default_factory=BenchConfig)
+
+    def __post_init__(self) -> None:
+        coerce_enums(self)
+        object.__setattr__(self, "stages", tuple(Stage(s) for s in self.stages))
+        if not self.name or "/" in self.name or self.name.startswith("."):
+            raise ConfigError(f"'name' must be a plain folder name, got '{self.name}'")
+        needs = {Stage.QUANTIZE: ("calib",), Stage.VALIDATE: ("test",)}
+        for stage, keys in needs.items():
+            for key in keys:
+                if stage in self.stages and not getattr(self.data, key):
+                    raise ConfigError(f"stage '{stage}' needs 'data.{key}'")
+
+
+def load_run_config(path: str | Path) -> tuple[RunConfig, Path]:
+    """Load and validate ``pipeline.yaml``; returns the config and its folder."""
+    path = Path(path)
+    return load_config(RunConfig, path), path.resolve().parent

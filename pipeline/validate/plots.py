@@ -1,0 +1,206 @@
+"""PNG plots of a validation :class:`~qbnn.pipeline.validate.Report` (matplotlib, Agg backend).
+
+matplotlib is imported inside :func:`save_plots` (never when qbnn is imported), after selecting
+the non-interactive Agg backend, so plotting works on headless servers and never changes the
+backend of an importing application at import time.
+
+Files (classification only; regression reports have none):
+
+- ``reliability.png``: one reliability diagram per model (accuracy vs confidence per bin).
+- ``entropy_hist.png``: predictive-entropy histograms, correct vs wrong (and OOD), per model.
+- ``referral.png``: accuracy on retained inputs vs referred fraction, all models on one axis.
+- ``ood_roc.png``: OOD ROC curves of all models, scored by entropy and by MI (with OOD data).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..common import atomic_path
+
+__all__ = ["save_plots"]
+
+_DPI = 110
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> Path:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=_DPI, bbox_inches="tight")
+    return path
+
+
+def _panels(plt, n: int, title: str):
+    cols = min(n, 3)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.8 * rows), squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    fig.suptitle(title)
+    return fig, list(axes.flat[:n])
+
+
+def _label(m) -> str:
+    return f"{m.name} ({m.role})"
+
+
+def _reliability(plt, report, out: Path) -> Path:
+    fig, axes = _panels(plt, len(report.models), "Reliability (mean-prediction top label)")
+    for ax, m in zip(axes, report.models, strict=True):
+        r = m.curves["reliability"]
+        lo, hi = np.array(r["bin_lower"]), np.array(r["bin_upper"])
+        acc = np.array([np.nan if v is None else v for v in r["accuracy"]], dtype=float)
+        conf = np.array([np.nan if v is None else v for v in r["confidence"]], dtype=float)
+        ok = np.isfinite(acc)
+        ax.bar(
+            lo[ok],
+            acc[ok],
+            width=(hi - lo)[ok],
+            align="edge",
+            color="tab:blue",
+            edgecolor="black",
+            linewidth=0.5,
+            label="accuracy",
+        )
+        ax.bar(
+            lo[ok],
+            (conf - acc)[ok],
+            bottom=acc[ok],
+            width=(hi - lo)[ok],
+            align="edge",
+            facecolor="none",
+            edgecolor="tab:red",
+            hatch="///",
+            linewidth=0.8,
+            label="gap to mean confidence",
+        )
+        ax.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")
+        ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence", ylabel="accuracy")
+        ax.set_title(f"{_label(m)}\nECE {m.metrics['ece']:.4f}, acc {m.metrics['accuracy']:.4f}")
+        ax.legend(loc="upper left", fontsize=7)
+    fig.tight_layout()
+    path = _save(fig, out / "reliability.png")
+    plt.close(fig)
+    return path
+
+
+def _entropy_hist(plt, report, out: Path) -> Path:
+    fig, axes = _panels(plt, len(report.models), "Predictive entropy (density)")
+    colors = {"correct": "tab:green", "wrong": "tab:red", "ood": "tab:purple"}
+    for ax, m in zip(axes, report.models, strict=True):
+        h = m.curves["entropy_hist"]
+        edges = np.array(h["edges"])
+        for group in ("correct", "wrong", "ood"):
+            counts = np.array(h.get(group, []), dtype=float)
+            if counts.size == 0 or counts.sum() == 0:
+                continue
+            density = counts / (counts.sum() * np.diff(edges))
+            ax.stairs(
+                density,
+                edges,
+                fill=True,
+                alpha=0.35,
+                color=colors[group],
+                label=f"{group} (n={int(counts.sum())})",
+            )
+            ax.stairs(density, edges, color=colors[group], linewidth=1.2)
+        ax.set(xlabel="predictive entropy [nats]", ylabel="density", yscale="log")
+        ax.set_title(_label(m))
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = _save(fig, out / "entropy_hist.png")
+    plt.close(fig)
+    return path
+
+
+def _referral(plt, report, out: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    for m in report.models:
+        r = m.curves["referral"]
+        ax.plot(
+            r["referral"],
+            r["accuracy"],
+            label=_label(m),
+            linestyle=":" if m.role == "baseline" else "-",
+        )
+    for t in report.config.referral_targets:
+        ax.axhline(t, color="gray", linewidth=0.7, linestyle="--")
+        ax.annotate(
+            f"target {t:g}",
+            (1.0, t),
+            xycoords=("axes fraction", "data"),
+            ha="right",
+            va="bottom",
+            fontsize=7,
+            color="gray",
+        )
+    ax.set(
+        xlabel="fraction referred (most uncertain by predictive entropy)",
+        ylabel="accuracy on retained inputs",
+        title="Accuracy vs referral",
+    )
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = _save(fig, out / "referral.png")
+    plt.close(fig)
+    return path
+
+
+def _ood_roc(plt, report, out: Path) -> Path:
+    fig, axes = plt.subplots(1, 2, figsize=(10.5, 4.6))
+    for ax, (key, what) in zip(
+        axes, (("entropy", "predictive entropy"), ("mi", "mutual information")), strict=True
+    ):
+        for m in report.models:
+            c = m.curves[f"roc_{key}"]
+            auc = m.metrics[f"ood_auroc_{key}"]
+            ax.plot(
+                c["fpr"],
+                c["tpr"],
+                label=f"{_label(m)}: AUROC {auc:.3f}",
+                linestyle=":" if m.role == "baseline" else "-",
+            )
+        ax.plot([0, 1], [0, 1], "k--", linewidth=0.8)
+        ax.set(
+            xlim=(0, 1),
+            ylim=(0, 1.01),
+            xlabel="false positive rate (in-distribution)",
+            ylabel="true positive rate (OOD)",
+            title=f"OOD ROC, score = {what}",
+        )
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    path = _save(fig, out / "ood_roc.png")
+    plt.close(fig)
+    return path
+
+
+def save_plots(report, out_dir: str | Path) -> list[Path]:
+    """Write the PNGs described in the module docstring into ``out_dir``; returns their paths.
+
+    ``report``: a :class:`~qbnn.pipeline.validate.Report`. Regression reports produce no plots.
+    """
+    if report.task != "classification":
+        return []
+    out = Path(out_dir)
+    plt = _pyplot()
+    paths = [
+        _reliability(plt, report, out),
+        _entropy_hist(plt, report, out),
+        _referral(plt, report, out),
+    ]
+    if all("roc_entropy" in m.curves for m in report.models):
+        paths.append(_ood_roc(plt, report, out))
+    return paths

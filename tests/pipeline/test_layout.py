@@ -1,0 +1,110 @@
+"""The layout of ``qbnn.pipeline``: one sub-package per stage, each naming its public API; no
+import cycles; stages use each other only through those public APIs; every package ships."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import tomllib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+PIPELINE = ROOT / "pipeline"
+SUBPACKAGES = sorted(p.parent.name for p in PIPELINE.glob("*/__init__.py"))
+TOP = {"pipeline": "qbnn.pipeline", "exporters": "qbnn.exporters", "runtimes": "qbnn.runtimes"}
+
+
+def _module_name(path: Path) -> str:
+    rel = path.relative_to(ROOT).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join([TOP[parts[0]], *parts[1:]])
+
+
+def _modules() -> dict[str, Path]:
+    return {_module_name(p): p for p in sorted(PIPELINE.rglob("*.py"))}
+
+
+def _imports(name: str, path: Path) -> list[tuple[str, list[str]]]:
+    """Every ``import`` in the module (also inside functions and TYPE_CHECKING blocks), as
+    (absolute module, imported names)."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    out = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[: len(base) - node.level + 1]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            out.append((target, [a.name for a in node.names]))
+        elif isinstance(node, ast.Import):
+            out += [(a.name, []) for a in node.names]
+    return out
+
+
+def test_every_package_is_listed_in_pyproject():
+    listed = set(
+        tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    )
+    on_disk = {_module_name(p) for top in TOP for p in (ROOT / top).rglob("__init__.py")}
+    assert on_disk - listed == set(), "add these packages to [tool.setuptools] packages"
+
+
+@pytest.mark.parametrize("sub", SUBPACKAGES)
+def test_subpackage_names_its_public_api(sub):
+    mod = importlib.import_module(f"qbnn.pipeline.{sub}")
+    assert mod.__doc__, f"qbnn.pipeline.{sub} has no docstring"
+    assert mod.__all__, f"qbnn.pipeline.{sub}.__all__ is empty"
+    for name in mod.__all__:
+        assert hasattr(mod, name), f"qbnn.pipeline.{sub}.__all__ names missing {name!r}"
+
+
+def test_no_import_cycles():
+    modules = _modules()
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        deps = set()
+        for target, names in _imports(name, path):
+            subs = {f"{target}.{n}" for n in names if f"{target}.{n}" in modules}
+            deps |= subs
+            if target in modules and len(subs) < max(len(names), 1):  # names from its body
+                deps.add(target)
+        graph[name] = deps - {name}
+    state: dict[str, int] = {}
+
+    def visit(node: str, stack: list[str]) -> None:
+        state[node] = 1
+        for dep in sorted(graph[node]):
+            if state.get(dep) == 1:
+                cycle = stack[stack.index(dep) :] + [dep]
+                pytest.fail("import cycle: " + " -> ".join(cycle))
+            if dep not in state:
+                visit(dep, [*stack, dep])
+        state[node] = 2
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name, [name])
+
+
+def _stage(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[2] if len(parts) > 2 and parts[:2] == ["qbnn", "pipeline"] else None
+
+
+def test_stages_use_each_other_only_through_their_public_api():
+    bad = []
+    for name, path in _modules().items():
+        for target, names in _imports(name, path):
+            own, other = _stage(name), _stage(target)
+            if other is None or other == own:
+                continue
+            public = importlib.import_module(f"qbnn.pipeline.{other}").__all__
+            if target != f"qbnn.pipeline.{other}" or set(names) - set(public):
+                bad.append(f"{name} imports {target}: {names}")
+    assert bad == [], "import the stage's package (names in its __all__) instead"
