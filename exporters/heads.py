@@ -123,14 +123,12 @@ def inspect_output(net: nn.Module, x: torch.Tensor, task: Task) -> OutputForm:
 
 def _split_tuple(out, b: int, task: Task) -> tuple[torch.Tensor, bool]:
     shapes = [list(getattr(o, "shape", [type(o).__name__])) for o in out]
-    tensors = all(isinstance(o, torch.Tensor) for o in out)
-    if len(out) == 2 and tensors and out[1].numel() == 1 and out[1].dim() <= 1 and b != 1:
-        return out[0], False  # Bayesian-Torch's (prediction, kl)
-    if len(out) == 2 and tensors and out[1].dim() == 0:
-        return out[0], False
-    batch = tensors and len(out) == 2 and out[1].dim() >= 1 and out[1].shape[0] == b
+    tensors = len(out) == 2 and all(isinstance(o, torch.Tensor) for o in out)
+    batch = tensors and out[1].dim() >= 1 and out[1].shape[0] == b
     if batch and task == Task.REGRESSION and out[1].shape == out[0].shape:
         return out[0], True  # (mean, log_var): heteroscedastic
+    if tensors and out[1].numel() == 1 and out[1].dim() <= 1:
+        return out[0], False  # Bayesian-Torch's (prediction, kl)
     if batch and task == Task.REGRESSION:
         raise UnsupportedLayerError(
             f"the model returns a tuple of shapes {shapes}; a regression pair must be "

@@ -217,8 +217,39 @@ def _torch_mc_pair(model, x, s, seed=7):
 def test_kl_tuple_keeps_element_zero():
     """Bayesian-Torch's (out, kl): a scalar second element is a KL term, not a head."""
     torch.manual_seed(0)
-    form = inspect_output(BayesMLP(), example((6,)), Task.CLASSIFICATION)
-    assert form.shape == (4, 3) and not form.pair
+    for task in Task:
+        form = inspect_output(BayesMLP(), example((6,)), task)
+        assert form.shape == (4, 3) and not form.pair
+        form = inspect_output(BayesMLP(), example((6,), batch=1), task)
+        assert form.shape == (1, 3) and not form.pair
+
+
+class BayesSoftmax(BayesMLP):
+    """Bayesian-Torch MLP whose forward returns ``(softmax(out), kl)``."""
+
+    def forward(self, x):
+        out, kl = super().forward(x)
+        return torch.softmax(8.0 * out, -1), kl
+
+
+@pytest.mark.parametrize("mode", ["weight", "lrt", "frozen:4"])
+def test_meanfield_probability_head_in_every_construction(tmp_path, mode):
+    """Sample loop (weight), tiled (lrt) and unrolled (frozen) graphs apply the head alike;
+    the self-check (on) compares each with the model's own MC probabilities."""
+    torch.manual_seed(0)
+    model, x = BayesSoftmax(), example((6,))
+    res = export_model(model, x, tmp_path / "m.onnx", sampling=mode, num_samples=4, seed=5)
+    assert _meta(res.path)["qbnn.head"] == "probs"
+    n = 4 if mode.startswith("frozen") else S
+    probs = _run(res.path, x, n, ["probs"])["probs"].astype(np.float64)
+    with torch.no_grad(), torch.random.fork_rng():
+        torch.manual_seed(7)
+        ref = torch.stack([model(x)[0] for _ in range(S)]).double().numpy()
+    np.testing.assert_allclose(probs.sum(-1), 1.0, atol=1e-5)
+    # a second softmax over 3 classes caps every per-sample probability at e / (e + 2) = 0.58
+    assert ref.max() > 0.9 and probs.max() > 0.9
+    if n == S:
+        _within_mc_error(probs, ref)
 
 
 @pytest.mark.parametrize(
@@ -248,15 +279,19 @@ def test_three_tuple_and_one_column_refused():
         inspect_output(nn.Linear(6, 1), x, Task.CLASSIFICATION)
 
 
-def test_last_layer_posterior_refuses_a_probability_head(tmp_path):
-    """A last-layer posterior replaces the last Linear: a softmax after it would be lost."""
+@pytest.mark.parametrize(
+    ("end", "head"), [(nn.Softmax(-1), "probs"), (nn.LogSoftmax(-1), "log_probs")]
+)
+def test_last_layer_posterior_refuses_a_probability_head(tmp_path, end, head):
+    """A last-layer posterior replaces the last Linear: a (log_)softmax after it would be lost
+    (the issue's log_softmax MNIST net under last-layer Laplace agreed on 0 % of inputs)."""
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3), nn.Softmax(-1))
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3), end)
     mean = torch.cat([model[2].weight.reshape(-1), model[2].bias]).detach()
     post = WeightGaussian(
         model, VectorGaussian(mean, (DiagTerm(0, torch.full((27,), 0.1)),)), last_layer="2"
     )
-    with pytest.raises(ConfigError, match="outputs probs, but a last-layer posterior"):
+    with pytest.raises(ConfigError, match=f"outputs {head}, but a last-layer posterior"):
         export_model(post, example((6,)), tmp_path / "m.onnx")
 
 
