@@ -11,6 +11,7 @@ YAML example (every key optional; see ``pipeline/configs/inc_*.yaml``)::
     exclude_op_types: []      # op types kept in fp32
     exclude_nodes: []         # fnmatch patterns of node names kept in fp32
     posterior_int8: true      # store leftover fp32 posterior tensors (mu, sigma) in 8 bits
+    reduce_range: true        # 7-bit int8 weights: no int16 saturation on CPUs without VNNI
     calibration: {method: minmax, size: 256, batch_size: 32, num_samples: 8}
     guard: {min_spread_ratio: 0.5, max_spread_ratio: 2.0, min_noise_to_step: 0.5,
             on_erasure: keep_fp32, seed: 0}
@@ -163,6 +164,10 @@ class QuantConfig:
     exclude_op_types: tuple[str, ...] = ()
     exclude_nodes: tuple[str, ...] = ()
     posterior_int8: bool = True
+    #: 7-bit weight grids (|w_q| <= 64) for int8 convolutions and GEMMs, and 63 for the sample
+    #: loop's per-sample weights: ONNX Runtime's u8 x s8 kernels saturate int16 pair sums on CPUs
+    #: without VNNI (see ``weightrange.py``); costs one bit of weight resolution
+    reduce_range: bool = True
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     guard: GuardConfig = field(default_factory=GuardConfig)
     autotune: AutotuneConfig | None = None

@@ -36,7 +36,9 @@ from .guard import (
     noise_path_layers,
     spread_check,
 )
+from .sampleloop import find_loop_convs, quantize_loop
 from .weightonly import store_weights_int8
+from .weightrange import reduce_weight_range
 
 __all__ = ["QuantizeResult", "quantize", "quantize_model"]
 
@@ -194,6 +196,8 @@ def quantize_model(
         if spread is None or _spread_ok(spread, cfg):
             break
         new = {layer for e in erased for layer in e.consumers} - kept
+        if not new:  # per-sample int8 weights in the sample loop are the first suspects
+            new = {c.name for c in find_loop_convs(src_model)} - kept
         if not new:
             new = set(noise_path_layers(src_model)) - kept
         if cfg.guard.on_erasure == OnErasure.FAIL or not new:
@@ -233,8 +237,30 @@ def _quantize_once(src: Path, src_model, info, cfg, x, kept) -> tuple[onnx.Model
             run_backend(cfg, prepared, out, x, stochastic=info.stochastic, exclude=exclude)
             model = onnx.load(str(out))  # pulls INC's external data back in
     restore_contract(model, info.meta)
+    if cfg.reduce_range:
+        halved = reduce_weight_range(model)
+        log.info("7-bit weight grids (reduce_range) for %d int8 weights", len(halved))
     weights = store_weights_int8(model) if cfg.posterior_int8 else []
+    model, looped = quantize_loop(
+        model,
+        x,
+        num_samples=cfg.calibration.num_samples,
+        batch_size=cfg.calibration.batch_size,
+        exclude=[*cfg.exclude_nodes, *kept],
+        session_factory=_cpu_session,
+        weight_qmax=63 if cfg.reduce_range else 127,
+    )
+    if looped:
+        log.info("per-sample int8 weights (QLinearConv) in the sample loop: %s", looped)
     return model, weights
+
+
+def _cpu_session(model_bytes: bytes):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    return ort.InferenceSession(model_bytes, opts, providers=["CPUExecutionProvider"])
 
 
 def _guard_layers(int8, info, cfg, x) -> list[ErasedQuantizer]:
