@@ -40,6 +40,7 @@ from .quiet import quiet_export
 from .registry import BuiltModel, get_exporter, known_families, task_of
 from .vectormodel import LastLayerModel
 from .verify import FidelityReport, verify_export
+from .weightgaussian import WeightGaussian, last_layer_gap
 
 __all__ = ["ExportResult", "export", "export_model", "resolve_family"]
 
@@ -294,6 +295,7 @@ def export_model(
         )
     built = exporter.build(model, mode, task=task_e, seed=seed)
     _set_head(built, head_e)
+    _check_last_layer(model, family, built, x)
     ref = _probe(built, x)
     out_dim = _heteroscedastic(built, ref, task_e, heteroscedastic)
     noise_var = _noise_variance(model, family, task_e, heteroscedastic, noise_variance)
@@ -349,6 +351,26 @@ def _set_head(built: BuiltModel, head: Head) -> None:
             "posterior on a network that ends in the last Linear (logits)"
         )
     built.module.head = head
+
+
+def _check_last_layer(model, family: str, built: BuiltModel, x: torch.Tensor) -> None:
+    """A last-layer graph samples the last Linear's output: refuse a forward that changes it."""
+    if not isinstance(built.module, LastLayerModel):
+        return
+    if family == "laplace":  # laplace-torch's FeatureExtractor around the user's model
+        net, name = model.model.model, model.model._last_layer_name
+    elif isinstance(model, WeightGaussian):
+        net, name = model.model, model.last_layer
+    else:
+        return
+    gap = last_layer_gap(net, name, x)
+    if gap > 1e-4:
+        raise ConfigError(
+            f"the model's output is not the output of its last layer '{name}' (relative "
+            f"difference {gap:.3g} on the example input: an op after it, such as log_softmax, a "
+            "temperature or a reshape); a last-layer posterior samples that Linear and would drop "
+            "the op: end forward at the last Linear"
+        )
 
 
 def _write(

@@ -38,7 +38,7 @@ from .vectormodel import (
 )
 from .wrapper import EnsembleModel, _first
 
-__all__ = ["WeightGaussian", "build_weight_gaussian", "draw_reference"]
+__all__ = ["WeightGaussian", "build_weight_gaussian", "draw_reference", "last_layer_gap"]
 
 Reference = Callable[[torch.Tensor, int, torch.Generator], torch.Tensor]
 
@@ -101,6 +101,22 @@ def _head(feats: torch.Tensor, theta: torch.Tensor, o: int, i: int, bias: bool) 
     s = theta.shape[0]
     out = torch.matmul(feats.unsqueeze(0), theta[:, : o * i].reshape(s, o, i).transpose(1, 2))
     return out + theta[:, o * i : o * i + o].unsqueeze(1) if bias else out
+
+
+def last_layer_gap(model: nn.Module, last_layer: str, x: torch.Tensor) -> float:
+    """Max |model(x) - last_layer(body(x))| relative to the largest |last_layer(body(x))| on
+    ``x [B, *F]``: 0 when the last Linear's output *is* the model's output, > 0 when forward
+    applies ops after it (which a last-layer graph would drop). Eval mode, current weights."""
+    head = model.get_submodule(last_layer)
+    body = _body(model, last_layer)
+    net = copy.deepcopy(model).eval()
+    with torch.no_grad():
+        full = _first(net(x)).reshape(x.shape[0], -1)
+        feats = _first(body(x)).reshape(x.shape[0], head.in_features)
+        recon = head(feats).reshape(x.shape[0], -1)
+    if full.shape != recon.shape:
+        return float("inf")
+    return float((full - recon).abs().max() / (recon.abs().max() + 1e-6))
 
 
 def draw_reference(post: WeightGaussian, draws: Callable[[int, torch.Generator], torch.Tensor]):

@@ -295,6 +295,29 @@ def test_last_layer_posterior_refuses_a_probability_head(tmp_path, end, head):
         export_model(post, example((6,)), tmp_path / "m.onnx")
 
 
+class Temperature(nn.Module):
+    def forward(self, z):
+        return z / 2.0
+
+
+@pytest.mark.parametrize("end", [Temperature(), nn.Identity()])
+def test_last_layer_posterior_needs_the_last_linear_as_output(tmp_path, end):
+    """Any op after the last Linear (here a temperature) would be dropped: refused by name;
+    a network ending in that Linear exports (and its self-check passes)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3), end)
+    mean = torch.cat([model[2].weight.reshape(-1), model[2].bias]).detach()
+    post = WeightGaussian(
+        model, VectorGaussian(mean, (DiagTerm(0, torch.full((27,), 0.1)),)), last_layer="2"
+    )
+    if isinstance(end, nn.Identity):
+        res = export_model(post, example((6,)), tmp_path / "m.onnx")
+        assert _meta(res.path)["qbnn.head"] == "logits"
+        return
+    with pytest.raises(ConfigError, match=r"not the output of its last layer '2' \(relative"):
+        export_model(post, example((6,)), tmp_path / "m.onnx")
+
+
 def test_detect_head_rules():
     p = torch.tensor([[0.2, 0.8], [0.5, 0.5]])
     assert detect_head(p) == Head.PROBS
