@@ -318,6 +318,26 @@ def test_last_layer_posterior_needs_the_last_linear_as_output(tmp_path, end):
         export_model(post, example((6,)), tmp_path / "m.onnx")
 
 
+def softmax_mlp() -> nn.Module:
+    """CLI factory: the issue's MC-dropout MLP ending in softmax."""
+    return DropoutMLP("softmax")
+
+
+def test_cli_head_option(tmp_path):
+    """``qbnn export --head``: detected by default, a contradiction exits 1 with one line."""
+    from typer.testing import CliRunner
+
+    from qbnn.pipeline.cli import app
+
+    base = ["export", "-m", "test_heads:softmax_mlp", "--input-shape", "6", "--no-verify"]
+    res = CliRunner().invoke(app, [*base, "-o", str(tmp_path / "a.onnx")])
+    assert res.exit_code == 0, res.output
+    assert _meta(tmp_path / "a.onnx")["qbnn.head"] == "probs"
+    res = CliRunner().invoke(app, [*base, "-o", str(tmp_path / "b.onnx"), "--head", "logits"])
+    assert res.exit_code == 1
+    assert "contradicts the model's output" in res.output and "looks like probs" in res.output
+
+
 def test_detect_head_rules():
     p = torch.tensor([[0.2, 0.8], [0.5, 0.5]])
     assert detect_head(p) == Head.PROBS

@@ -34,6 +34,10 @@ def export_cmd(
         float | None,
         typer.Option(help="regression: observation-noise variance added to pred_variance"),
     ] = None,
+    head: Annotated[
+        str | None,
+        typer.Option(help="classifier output: logits|probs|log_probs (default: detected)"),
+    ] = None,
     trust_checkpoint: Annotated[
         bool, typer.Option(help="allow full unpickling of --weights (trusted files only)")
     ] = False,
@@ -60,6 +64,7 @@ def export_cmd(
         verify=verify,
         heteroscedastic=heteroscedastic,
         noise_variance=noise_variance,
+        head=head,
     )
     if result.fidelity is not None:
         typer.echo(result.fidelity.summary())
