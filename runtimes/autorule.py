@@ -35,7 +35,16 @@ import onnx
 
 from .seeding import RANDOM_OPS
 
-__all__ = ["RULE", "CpuClass", "GraphKind", "GraphFeatures", "auto_order", "cpu_class", "features"]
+__all__ = [
+    "RULE",
+    "CpuClass",
+    "GraphFeatures",
+    "GraphKind",
+    "auto_order",
+    "cpu_class",
+    "features",
+    "int8_format",
+]
 
 _CONV = frozenset({"Conv", "QLinearConv", "ConvInteger"})
 _HEAVY = _CONV | {"MatMul", "Gemm", "QLinearMatMul", "MatMulInteger", "QGemm"}
@@ -136,3 +145,17 @@ def auto_order(model: onnx.ModelProto, info, available: list[str]) -> list[str]:
     prefer = RULE.get((f.kind, f.int8, cpu_class()), _DEFAULT)
     ranked = [p for p in prefer if p in available]
     return ranked + [p for p in available if p not in ranked]
+
+
+def int8_format(model: onnx.ModelProto, available: list[str] | None = None) -> str:
+    """The int8 format to quantize fp32 ``model`` to: ``"qdq"`` when ``auto`` would run the
+    int8 graph on OpenVINO (which cannot convert QOperator graphs), else ``"qoperator"``
+    (ONNX Runtime's CPU EP: QOperator and QDQ measured level, within 5 %, in
+    ``benchmarks/results/provider_rule.md``). ``available`` defaults to the providers here."""
+    from .providers import available_providers
+
+    here = available_providers() if available is None else available
+    kind = features(model).kind
+    prefer = RULE.get((kind, True, cpu_class()), _DEFAULT)
+    first = next((p for p in prefer if p in here), "cpu")
+    return "qdq" if first == "openvino" else "qoperator"

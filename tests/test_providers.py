@@ -217,6 +217,22 @@ def test_qoperator_on_openvino_is_one_line_naming_format_and_fix(cnn):
     assert "\n" not in str(err.value)
 
 
+def test_quantize_format_auto_follows_the_provider_auto_picks(cnn, tmp_path):
+    """``format: auto`` gives QDQ exactly where ``auto`` would run the int8 graph on OpenVINO."""
+    import onnx
+
+    from qbnn.pipeline.quantize import QuantConfig, quantize_model
+    from qbnn.runtimes.autorule import int8_format
+
+    calib = example((1, 8, 8), batch=64, seed=3).numpy()
+    path = quantize_model(cnn["frozen"], tmp_path / "a.onnx", QuantConfig(format="auto"),
+                          calib=calib).path  # fmt: skip
+    ops = {n.op_type for n in onnx.load(str(path)).graph.node}
+    want = int8_format(onnx.load(str(cnn["frozen"])))
+    assert ("QLinearConv" in ops) == (want == "qoperator") and "QuantizeLinear" in ops
+    assert Predictor(path, provider="auto").precision == "int8"
+
+
 @needs_openvino
 def test_auto_falls_back_when_openvino_cannot_convert(cnn):
     """``auto`` never fails on a graph the CPU provider runs; it records why it moved on."""
@@ -239,6 +255,20 @@ def test_bf16_is_asked_for_and_reported(cnn):
     int8 = Predictor(cnn["qdq"], provider="openvino", precision="BF16")
     assert int8.precision == ("int8+bf16" if BF16 else "int8")
     assert Predictor(cnn["lrt"], precision="bf16").provider == "openvino"  # auto honours it
+
+
+@needs_openvino
+def test_validate_runs_candidates_in_the_asked_precision(cnn):
+    """The reference runs fp32, candidates in ``precision``; the report says what ran."""
+    from qbnn.pipeline.validate import ValidateConfig, validate
+
+    data = {"x": x_img(20), "y": np.arange(20) % 4}
+    cfg = ValidateConfig(num_samples=4, bootstrap=0, mc_repeats=0, provider="openvino",
+                         precision="bf16")  # fmt: skip
+    report = validate({"ref": cnn["lrt"], "cand": cnn["lrt"]}, data, config=cfg)
+    info = {m.name: m.info for m in report.models}
+    assert info["ref"]["precision"] == "fp32" and info["ref"]["provider"] == "openvino"
+    assert info["cand"]["precision"] == ("bf16" if BF16 else "fp32")
 
 
 @pytest.mark.parametrize(

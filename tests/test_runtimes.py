@@ -33,6 +33,7 @@ from qbnn.runtimes.autorule import (
     auto_order,
     cpu_class,
     features,
+    int8_format,
 )
 from qbnn.runtimes.errors import ConfigError, ModelLoadError, RuntimeInputError
 from qbnn.runtimes.providers import register_provider
@@ -279,9 +280,27 @@ def test_cli_predict(models, tmp_path):
         ],
     )
     assert r.exit_code == 0, r.output
+    assert f"provider: {Predictor(models['bnn']).describe()}" in r.output  # e.g. "cpu (fp32)"
     z = np.load(out)
     assert z["probs"].shape == (4, 12, 4) and z["mean_probs"].shape == (12, 4)
     assert int(z["num_samples"]) == 4
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--precision", "fp16"], "unknown precision 'fp16'; valid: fp32, bf16"),
+        (["--provider", "cpu", "--precision", "bf16"], "provider 'cpu' runs fp32 only"),
+    ],
+)
+def test_cli_predict_precision_errors(models, tmp_path, args, message):
+    data = tmp_path / "in.npz"
+    np.savez(data, x=x_img(2))
+    out = tmp_path / "o.npz"
+    r = runner.invoke(
+        app, ["predict", str(models["bnn"]), "--data", str(data), "-o", str(out), *args]
+    )
+    assert r.exit_code == 1 and message in r.output and "Traceback" not in r.output
 
 
 @pytest.mark.parametrize(
@@ -469,6 +488,8 @@ def test_cpu_class_from_flags(tmp_path, flags, cls):
      (CpuClass.PLAIN, True, "cpu"), (CpuClass.PLAIN, False, "cpu")],
 )  # fmt: skip
 def test_rule_prefers_openvino_only_for_int8_static_convs_on_vnni(monkeypatch, cls, int8, first):
+    """Also the int8 format quantize picks with ``format: auto``: QDQ exactly where the int8
+    graph would run on OpenVINO."""
     import qbnn.runtimes.autorule as rule
 
     monkeypatch.setattr(rule, "cpu_class", lambda: cls)
@@ -477,3 +498,8 @@ def test_rule_prefers_openvino_only_for_int8_static_convs_on_vnni(monkeypatch, c
     assert auto_order(model, None, ["cpu", "openvino"])[0] == first
     assert auto_order(model, None, ["cpu"]) == ["cpu"]
     assert auto_order(_graph(*NOISE, CONV), None, ["openvino", "cpu"]) == ["cpu", "openvino"]
+    fp32 = _graph(("Relu", ["x"], ["h"]), CONV)
+    assert int8_format(fp32, ["cpu", "openvino"]) == (
+        "qdq" if cls == CpuClass.VNNI else "qoperator"
+    )
+    assert int8_format(fp32, ["cpu"]) == "qoperator"

@@ -10,6 +10,7 @@ import numpy as np
 
 from qbnn.runtimes import known_providers
 from qbnn.runtimes.errors import ConfigError
+from qbnn.runtimes.options import parse_precision
 
 from ..common import from_dict, load_config, to_dict
 
@@ -23,8 +24,10 @@ class BenchConfig:
     """What ``bench`` measures.
 
     ``batches`` / ``samples``: the grid of batch sizes B and MC sample counts S (positive,
-    sorted and de-duplicated). ``providers``: registry names or ``auto``. ``threads``: intra-op
-    threads (``None``: ONNX Runtime's default, all cores). ``warmup``: untimed calls per cell.
+    sorted and de-duplicated). ``providers``: registry names or ``auto`` (the best
+    available provider by rank, resolved once for all models). ``precision``: ``fp32`` or
+    ``bf16`` (OpenVINO). ``threads``: intra-op threads (``None``: the runtime's default, all
+    cores). ``warmup``: untimed calls per cell.
     ``repeats``: timed calls per cell (at least). ``min_time_s``: optional minimum of timed
     seconds per cell (0 = none). ``seed``: seed of the sessions' noise and of the inputs.
     ``interleave``: round-robin the models' runs (see :func:`schedule`). ``measure_memory``:
@@ -34,6 +37,7 @@ class BenchConfig:
     batches: tuple[int, ...] = (1, 32)
     samples: tuple[int, ...] = (1, 8, 32)
     providers: tuple[str, ...] = ("auto",)
+    precision: str = "fp32"
     threads: int | None = None
     warmup: int = 3
     repeats: int = 20
@@ -51,6 +55,7 @@ class BenchConfig:
         object.__setattr__(self, "batches", _grid("batches", self.batches, 1 << 20))
         object.__setattr__(self, "samples", _grid("samples", self.samples, MAX_SAMPLES))
         object.__setattr__(self, "providers", _providers(self.providers))
+        object.__setattr__(self, "precision", parse_precision(self.precision).value)
         for name, lo in (("warmup", 0), ("repeats", 1), ("seed", 0)):
             _check_int(name, getattr(self, name), lo)
         if self.threads is not None:

@@ -78,6 +78,7 @@ def probe_memory(
     seed: int = 0,
     batch: int = 1,
     samples: int = 1,
+    precision: str = "fp32",
 ) -> int:
     """Peak RSS (KiB) of a fresh process that opened ``path`` and ran ``(batch, samples)`` once;
     ``path=None`` measures the baseline (same imports, no model). ``provider`` is a resolved
@@ -89,6 +90,7 @@ def probe_memory(
         "seed": seed,
         "batch": batch,
         "samples": samples,
+        "precision": precision,
     }
     proc = subprocess.run(
         [sys.executable, "-c", _CHILD, json.dumps(request)],
@@ -111,7 +113,9 @@ def _child_main() -> None:
 
     req = json.loads(sys.argv[1])
     if req["path"] is not None:
-        opts = SessionOptions(provider=req["provider"], threads=req["threads"])
+        opts = SessionOptions(
+            provider=req["provider"], threads=req["threads"], precision=req["precision"]
+        )
         sess, info, _ = open_session(req["path"], opts, req["seed"])
         sess.run(None, make_feed(info, req["batch"], req["samples"], req["seed"]))
     print(json.dumps({"peak_rss_kb": peak_rss_kb()}))

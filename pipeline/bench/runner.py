@@ -29,7 +29,7 @@ from typing import TypeVar
 
 import numpy as np
 
-from qbnn.runtimes import SessionOptions, open_session, resolve_provider
+from qbnn.runtimes import SessionOptions, open_model, resolve_provider
 from qbnn.runtimes.errors import ConfigError
 
 from .config import BenchConfig
@@ -84,12 +84,15 @@ class _Runner:
         opts = SessionOptions(
             provider=provider,
             threads=cfg.threads,
+            precision=cfg.precision,
             config_entries={
                 "session.intra_op.allow_spinning": spin,
                 "session.inter_op.allow_spinning": spin,
             },
         )
-        self.session, self.info, self.spec = open_session(path, opts, cfg.seed)
+        opened = open_model(path, opts, cfg.seed)
+        self.session, self.info, self.spec = opened.session, opened.info, opened.provider
+        self.precision = opened.precision  # effective: fp32, int8, bf16 or int8+bf16
         self.name, self.path, self.seed = name, path, cfg.seed
         self.samples = cfg.samples if self.info.takes_num_samples else (1,)
         self.feed: dict[str, np.ndarray] = {}
@@ -140,7 +143,7 @@ def _cell(r: _Runner, batch: int, samples: int) -> Cell:
 
 
 def _open_runners(named: dict[str, Path], cfg: BenchConfig, notes: list[str]) -> list[_Runner]:
-    specs = list(dict.fromkeys(resolve_provider(p).name for p in cfg.providers))
+    specs = list(dict.fromkeys(resolve_provider(p, cfg.precision).name for p in cfg.providers))
     if len(specs) < len(cfg.providers):
         notes.append(f"providers {list(cfg.providers)} resolve to {specs}; each is run once")
     runners = [_Runner(n, p, s, cfg) for n, p in named.items() for s in specs]
@@ -159,7 +162,7 @@ def _memory(r: _Runner, cfg: BenchConfig, baseline: int, notes: list[str]) -> di
     try:
         peak = probe_memory(
             r.path, provider=r.spec.name, threads=cfg.threads, seed=cfg.seed,
-            batch=batch, samples=samples,
+            batch=batch, samples=samples, precision=cfg.precision,
         )  # fmt: skip
     except Exception as exc:  # a crashed or killed child: report, keep the timings
         notes.append(f"memory of '{r.name}' on {r.spec.name} not measured: {exc}")
@@ -195,7 +198,7 @@ def _stats(r: _Runner) -> ModelStats:
     return ModelStats(
         name=r.name, path=str(r.path), provider=r.spec.name, ep=r.spec.ep,
         file_bytes=model_file_bytes(r.path), qbnn=i.is_qbnn, task=i.task.value,
-        posterior=i.posterior, sampling=i.sampling, precision=i.precision,
+        posterior=i.posterior, sampling=i.sampling, precision=r.precision,
         num_samples=r.samples,
     )  # fmt: skip
 

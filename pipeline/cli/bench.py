@@ -44,6 +44,7 @@ def bench_cmd(
         str | None, typer.Option("--provider", help="auto|cpu|openvino|dnnl, comma-separated")
     ] = None,
     threads: Annotated[int | None, typer.Option(help="intra-op threads")] = None,
+    precision: Annotated[str | None, typer.Option(help="fp32|bf16 (bf16: OpenVINO)")] = None,
     repeats: Annotated[int | None, typer.Option(help="timed runs per cell [20]")] = None,
     warmup: Annotated[int | None, typer.Option(help="untimed runs per cell [3]")] = None,
     min_time: Annotated[float | None, typer.Option(help="minimum timed seconds per cell")] = None,
@@ -70,8 +71,8 @@ def bench_cmd(
         batches=None if batch is None else _ints(batch, "--batch"),
         samples=None if samples is None else _ints(samples, "--samples"),
         providers=None if provider is None else parse_list(provider, "--provider"),
-        threads=threads, repeats=repeats, warmup=warmup, min_time_s=min_time, seed=seed,
-        interleave=interleave, measure_memory=memory,
+        threads=threads, precision=precision, repeats=repeats, warmup=warmup,
+        min_time_s=min_time, seed=seed, interleave=interleave, measure_memory=memory,
     )  # fmt: skip
     cfg = replace(cfg, **{k: v for k, v in given.items() if v is not None})
     named = model_names(models)

@@ -19,6 +19,9 @@ def predict_cmd(
     output: Annotated[Path, typer.Option("--output", "-o", help="output .npz")],
     samples: Annotated[int | None, typer.Option("--samples", help="MC samples S")] = None,
     provider: Annotated[str, typer.Option(help="auto|cpu|openvino|dnnl")] = "auto",
+    precision: Annotated[
+        str, typer.Option(help="fp32|bf16 (bf16: OpenVINO only, gate it like int8)")
+    ] = "fp32",
     seed: Annotated[int | None, typer.Option(help="reproducible noise")] = None,
     threads: Annotated[int | None, typer.Option(help="intra-op threads")] = None,
     save_samples: Annotated[bool, typer.Option(help="also save probs [S, N, C]")] = False,
@@ -32,8 +35,10 @@ def predict_cmd(
 
     x = load_npz(data, require=("x",))["x"]
     opts = PredictorOptions(allow_nonfinite=allow_nonfinite, plain_output=plain_output)
-    pred = Predictor(model, provider=provider, threads=threads, seed=seed, options=opts)
-    typer.echo(f"provider: {pred.provider}", err=True)
+    pred = Predictor(
+        model, provider=provider, threads=threads, seed=seed, precision=precision, options=opts
+    )
+    typer.echo(f"provider: {pred.describe()}", err=True)
     with progress_bar(f"predicting {len(x)} inputs", len(x)) as advance:
         result = pred.predict(x, samples, return_samples=save_samples, progress=advance)
     save_npz(output, result.as_dict())

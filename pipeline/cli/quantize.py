@@ -19,7 +19,9 @@ def quantize_cmd(
     output: Annotated[Path, typer.Option("--output", "-o", help="output int8 .onnx")],
     config: Annotated[Path | None, typer.Option("--config", help="INC config YAML/JSON")] = None,
     backend: Annotated[str | None, typer.Option(help="inc|ort (overrides the config)")] = None,
-    fmt: Annotated[str | None, typer.Option("--format", help="qdq|qoperator (overrides)")] = None,
+    fmt: Annotated[
+        str | None, typer.Option("--format", help="qdq|qoperator|auto (overrides)")
+    ] = None,
 ) -> None:
     """Quantize a compiled model to int8; fails if the posterior would be erased."""
     import dataclasses

@@ -41,6 +41,8 @@ def _print(report, out_dir: Path) -> None:
     from ..validate import gate_table, summary_table
 
     console = Console(width=160)
+    for m in report.models:  # which provider ran each model, in what precision
+        typer.echo(f"{m.name}: {m.info.get('provider')} ({m.info.get('precision')})")
     for title, (header, rows) in (
         ("Models (reference: value [95% CI]; others: value (delta))", summary_table(report)),
         ("Gates", gate_table(report)),
@@ -86,6 +88,9 @@ def validate_cmd(
     ] = None,
     provider: Annotated[str | None, typer.Option(help="auto|cpu|openvino|dnnl")] = None,
     threads: Annotated[int | None, typer.Option(help="intra-op threads")] = None,
+    precision: Annotated[
+        str | None, typer.Option(help="candidates' precision fp32|bf16 (bf16: OpenVINO)")
+    ] = None,
     bootstrap: Annotated[int | None, typer.Option(help="bootstrap replicates (0 = none)")] = None,
     mc_repeats: Annotated[
         int | None, typer.Option(help="extra seeds for the MC-noise estimate (0 = none)")
@@ -104,6 +109,7 @@ def validate_cmd(
         bootstrap=bootstrap,
         mc_repeats=mc_repeats,
         provider=provider,
+        precision=precision,
         gates=load_gates(gates) if gates else None,
     )
     cfg = replace(cfg, **{k: v for k, v in given.items() if v is not None})

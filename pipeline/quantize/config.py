@@ -4,6 +4,7 @@ YAML example (every key optional; see ``pipeline/configs/inc_*.yaml``)::
 
     backend: inc              # inc (Intel Neural Compressor) | ort (onnxruntime quantize_static)
     format: qoperator         # qoperator (QLinear* ops) | qdq (QuantizeLinear/DequantizeLinear)
+                              # | auto (qdq when auto would run the int8 graph on OpenVINO)
     per_channel: true
     weight_type: int8         # int8 | uint8
     activation_type: uint8    # uint8 | int8
@@ -49,6 +50,9 @@ class Backend(StrEnum):
 class QuantFormat(StrEnum):
     QOPERATOR = "qoperator"
     QDQ = "qdq"
+    #: the format the provider ``auto`` runs the int8 graph on is fastest with: QDQ where that
+    #: is OpenVINO, QOperator elsewhere (``qbnn.runtimes.autorule.int8_format``)
+    AUTO = "auto"
 
 
 class QType(StrEnum):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fnmatch import fnmatch
 from pathlib import Path
 
@@ -20,6 +20,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from qbnn.runtimes.autorule import int8_format
 from qbnn.runtimes.contract import NUM_SAMPLES, MetaKey
 from qbnn.runtimes.errors import ConfigError, QuantizationError
 from qbnn.runtimes.loading import load_onnx, set_metadata
@@ -28,7 +29,7 @@ from qbnn.runtimes.session import model_info
 
 from ..common import atomic_path, load_npz, to_dict
 from .backends import restore_contract, run_backend
-from .config import OnErasure, QuantConfig
+from .config import OnErasure, QuantConfig, QuantFormat
 from .guard import (
     ErasedQuantizer,
     SpreadCheck,
@@ -186,6 +187,8 @@ def quantize_model(
     """
     cfg = config or QuantConfig()
     src_model = load_onnx(src)
+    if cfg.format == QuantFormat.AUTO:  # the int8 format of the provider auto will pick
+        cfg = replace(cfg, format=QuantFormat(int8_format(src_model)))
     info = model_info(src_model)
     x = _calibration_inputs(calib, info, cfg.calibration.size)
     kept: set[str] = set()

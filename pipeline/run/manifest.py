@@ -24,6 +24,7 @@ _TOOLS = {
     "torch": "torch",
     "onnx": "onnx",
     "onnxruntime": None,
+    "openvino": "openvino",
     "onnx-neural-compressor": "onnx-neural-compressor",
     "bayesian-torch": "bayesian-torch",
 }

@@ -10,6 +10,7 @@ import numpy as np
 
 from qbnn.runtimes import PlainOutput, known_providers
 from qbnn.runtimes.errors import ConfigError
+from qbnn.runtimes.options import parse_precision
 
 from ..common import from_dict, load_config, to_dict
 from .gates import Gates
@@ -29,7 +30,10 @@ class ValidateConfig:
     ``referral_targets``: accuracies for which the needed referral fraction is reported
     (0.99 feeds the ``referral99_increase`` gate). ``bootstrap``: replicates for the 95 %
     intervals (0 = none). ``mc_repeats``: extra seeds for the MC-noise estimate (0 = none).
-    ``provider`` / ``threads``: ONNX Runtime execution provider and intra-op threads.
+    ``provider`` / ``threads``: runtime provider (``auto``, ``cpu``, ``openvino``) and intra-op
+    threads. ``precision``: float precision of the *candidates'* sessions (``fp32``, or ``bf16``
+    on OpenVINO, gated like int8: pass the same file as reference and candidate); the reference
+    and the baseline always run fp32.
     ``plain_output``: whether plain (non-qbnn) models output ``logits`` or ``probs``.
     ``gates``: the limits (:class:`Gates`).
     """
@@ -42,6 +46,7 @@ class ValidateConfig:
     mc_repeats: int = 2
     provider: str = "auto"
     threads: int | None = None
+    precision: str = "fp32"
     plain_output: PlainOutput = PlainOutput.LOGITS
     gates: Gates = field(default_factory=Gates)
 
@@ -66,6 +71,7 @@ class ValidateConfig:
         valid = ["auto", *known_providers()]
         if not isinstance(self.provider, str) or self.provider.strip().lower() not in valid:
             raise ConfigError(f"unknown provider {self.provider!r}; valid: {', '.join(valid)}")
+        object.__setattr__(self, "precision", parse_precision(self.precision).value)
         try:
             object.__setattr__(self, "plain_output", PlainOutput(self.plain_output))
         except ValueError:

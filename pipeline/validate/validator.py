@@ -55,9 +55,11 @@ log = logging.getLogger("qbnn.validate")
 
 def _open(entry: ModelEntry, cfg: ValidateConfig, seed: int) -> Predictor:
     opts = PredictorOptions(plain_output=cfg.plain_output, max_samples=MAX_SAMPLES)
+    precision = cfg.precision if entry.role == "candidate" else "fp32"
     return Predictor(
-        entry.path, provider=cfg.provider, threads=cfg.threads, seed=seed, options=opts
-    )
+        entry.path, provider=cfg.provider, threads=cfg.threads, seed=seed, precision=precision,
+        options=opts,
+    )  # fmt: skip
 
 
 def _predict(pred: Predictor, x: np.ndarray, x_ood: np.ndarray | None, s: int) -> E.Outputs:
@@ -88,7 +90,7 @@ def _info(pred: Predictor, out: E.Outputs) -> dict:
         "task": i.task.value,
         "posterior": i.posterior,
         "sampling": i.sampling,
-        "precision": i.precision,
+        "precision": pred.precision,  # effective: the model's int8/fp32 and the session's bf16
         "stochastic": i.stochastic,
         "qbnn": i.is_qbnn,
         "provider": pred.provider,
