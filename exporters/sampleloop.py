@@ -109,16 +109,19 @@ class GaussianSource(ParamSource):
     def __init__(self, posterior: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
         super().__init__()
         self.names = list(posterior)
-        for i, name in enumerate(self.names):
+        # buffer (and so ONNX initializer) names say which parameter they belong to:
+        # ``source.mu__conv1__weight`` for the posterior mean of ``conv1.weight``
+        self._keys = [name.replace(".", "__") for name in self.names]
+        for key, name in zip(self._keys, self.names, strict=True):
             mu, sigma = posterior[name]
-            self.register_buffer(f"mu_{i}", mu.detach().float().clone())
-            self.register_buffer(f"sigma_{i}", sigma.detach().float().clone())
+            self.register_buffer(f"mu__{key}", mu.detach().float().clone())
+            self.register_buffer(f"sigma__{key}", sigma.detach().float().clone())
 
     def forward(self, template: torch.Tensor) -> list[torch.Tensor]:
         s = template.shape[0]
         out = []
-        for i in range(len(self.names)):
-            mu, sigma = getattr(self, f"mu_{i}"), getattr(self, f"sigma_{i}")
+        for key in self._keys:
+            mu, sigma = getattr(self, f"mu__{key}"), getattr(self, f"sigma__{key}")
             tmpl = template.reshape(s, *((1,) * mu.dim())).expand(s, *mu.shape)
             out.append(mu + sigma * normal_like(tmpl))
         return out

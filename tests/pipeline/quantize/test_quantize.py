@@ -80,9 +80,16 @@ def test_int8_ops_storage_and_size(int8, mode, fmt):
     ops = _ops(res.path)
     heavy_int8 = ops["QLinearConv"] + ops["QGemm"] + ops["QLinearMatMul"]
     if mode == "weight":
-        # run-time weights W_s = mu + sigma * eps: mu and sigma are stored in 8 bits
-        assert {"net.conv2.mu_w", "net.conv2.sigma_w", "net.fc1.sigma_w"} <= set(res.int8_weights)
-        assert any(n.endswith("sigma_w_w8") for n in _int8_inits(res.path))
+        # run-time weights W_s = mu + sigma * eps: mu and sigma are stored in 8 bits, and the
+        # sample loop's convolutions run as QLinearConv on per-sample int8 weights
+        stored = {"source.mu__conv2__weight", "source.sigma__conv2__weight",
+                  "source.sigma__fc1__weight"}  # fmt: skip
+        assert stored <= set(res.int8_weights), res.int8_weights
+        assert any(n.startswith("source.sigma__") for n in _int8_inits(res.path))
+        (scan,) = [n for n in onnx.load(str(res.path)).graph.node if n.op_type == "Scan"]
+        body = next(a.g for a in scan.attribute if a.name == "body")
+        body_ops = [n.op_type for n in body.node]
+        assert "QLinearConv" in body_ops and "Conv" not in body_ops
     elif fmt == "qoperator":
         assert heavy_int8 > 0 and ops["Conv"] == 0 and ops["Gemm"] == 0
     else:
@@ -90,7 +97,11 @@ def test_int8_ops_storage_and_size(int8, mode, fmt):
     assert len(_int8_inits(res.path)) > 0
     assert ops["Softmax"] == 1, "the softmax/entropy tail stays fp32"
     assert (sum(ops[o] for o in RANDOM_OPS) > 0) == (mode != "frozen:4")
-    assert res.size_ratio <= 0.35, res.size_ratio  # ResNet-20 target (0.30) is in benchmarks/
+    # ResNet-20 target (0.30) is in benchmarks/. On this 20k-parameter CNN the graph's node
+    # structure (Box-Muller, Q/DQ nodes, per-sample weight quantization) is a large share of the
+    # file now that exports carry no tracing metadata, which had inflated the fp32 size (the
+    # ratios here were 0.35-0.45 after that fix; 0.25 is about the int8/fp32 floor)
+    assert res.size_ratio <= 0.5, res.size_ratio
 
 
 @pytest.mark.parametrize("mode", MODES)
