@@ -64,7 +64,11 @@ def bench_cmd(
     config: Annotated[Path | None, typer.Option(help="BenchConfig YAML/JSON")] = None,
 ) -> None:
     """Time compiled models over batch sizes and MC sample counts, interleaved across models."""
-    from ..bench import BenchConfig, bench, check_output, model_names, print_tables, write_bench
+    from ..bench import BenchConfig, bench, model_names, print_tables, write_bench
+    from ..common import check_output_file
+
+    check_output_file(output)
+    plot = check_output_file(plot or output.with_suffix(".png"), "--plot")
 
     cfg = BenchConfig.load(config) if config else BenchConfig()
     given = dict(
@@ -78,8 +82,6 @@ def bench_cmd(
     named = model_names(models)
     if baseline is not None and baseline not in named:
         raise UsageError(f"--baseline '{baseline}' is not a model name; names: {list(named)}")
-    plot = check_output(plot or output.with_suffix(".png"))
-    check_output(output)
     with progress_bar("benchmarking", 100) as advance:
         result = bench(named, cfg, progress=lambda done, total: advance(100 * done / total, 100))
     print_tables(result, baseline)

@@ -15,6 +15,8 @@ import typer
 
 from qbnn.runtimes.errors import QbnnError, UsageError
 
+from ..common import install_hint, missing_module
+
 __all__ = ["app", "handles_errors", "progress_bar"]
 
 app = typer.Typer(
@@ -27,15 +29,27 @@ app = typer.Typer(
 
 
 def handles_errors(fn):
-    """Turn qbnn errors into one clear stderr line and an exit code."""
+    """Turn qbnn errors into one clear stderr line and an exit code.
+
+    A missing optional library (torch, Bayesian-Torch, laplace-torch and its backends), raised
+    directly or as the cause of a qbnn error, is named with the command that installs it.
+    """
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
         except QbnnError as exc:
-            typer.echo(f"error: {exc}", err=True)
+            hint = install_hint(missing_module(exc))
+            message = str(exc) if hint is None or hint in str(exc) else f"{exc}; {hint}"
+            typer.echo(f"error: {message}", err=True)
             raise typer.Exit(2 if isinstance(exc, UsageError) else 1) from None
+        except ModuleNotFoundError as exc:
+            hint = install_hint(exc.name)
+            if hint is None:
+                raise
+            typer.echo(f"error: {hint}", err=True)
+            raise typer.Exit(1) from None
 
     return wrapper
 

@@ -21,8 +21,10 @@ def demo_cmd(
     force: Annotated[bool, typer.Option(help="retrain and re-run every stage")] = False,
 ) -> None:
     """Train a Bayesian CNN on the bundled digits and run the whole pipeline (no network)."""
+    from ..common import check_output_dir
     from ..run import prepare_demo, run
 
+    check_output_dir(out, "--out")
     t0 = time.perf_counter()
     cfg = prepare_demo(out, quick=quick, retrain=force, log=lambda m: typer.echo(m, err=True))
     result = run(cfg, force=force, progress=stage_progress())

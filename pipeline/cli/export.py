@@ -2,19 +2,46 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from qbnn.runtimes.errors import QbnnError
+
 from .common import handles_errors
 
-__all__ = ["export_cmd"]
+__all__ = ["cli_spelling", "export_cmd"]
+
+#: the exporter's keyword hints, as ``qbnn export`` spells them
+_SPELLING = (
+    (re.compile(r"\b(posterior|sampling|task)='([^']*)'"), r"--\1 \2"),
+    (re.compile(r"\bheteroscedastic=True\b"), "--heteroscedastic"),
+    (re.compile(r"\bpass noise_variance\b"), "pass --noise-variance"),
+    (re.compile(r"\bpass num_samples\b"), "pass --samples"),
+)
+
+
+def cli_spelling(message: str) -> str:
+    """An exporter message with its keyword hints (``posterior='mcdropout'``) spelled as the
+    command's flags (``--posterior mcdropout``)."""
+    for pattern, repl in _SPELLING:
+        message = pattern.sub(repl, message)
+    return message
 
 
 @handles_errors
 def export_cmd(
-    model: Annotated[str, typer.Option("--model", "-m", help="pkg.module:factory")],
+    model: Annotated[
+        str,
+        typer.Option(
+            "--model",
+            "-m",
+            help="pkg.module:factory; modules in the working directory are importable, "
+            "as with python -m",
+        ),
+    ],
     input_shape: Annotated[str, typer.Option("--input-shape", help="feature shape, e.g. 3,32,32")],
     output: Annotated[Path, typer.Option("--output", "-o", help="output .onnx path")],
     weights: Annotated[Path | None, typer.Option("--weights", help="state-dict checkpoint")] = None,
@@ -43,29 +70,40 @@ def export_cmd(
     ] = False,
 ) -> None:
     """Export a trained torch BNN to a stochastic ONNX graph."""
+    from ..common import check_output_file, importable, require
+
+    require(("torch",), "qbnn export")
+    check_output_file(output)
     import torch
 
     from qbnn.exporters import export_model
     from qbnn.exporters.loading import load_model, parse_shape
 
     shape = parse_shape(input_shape)
-    net = load_model(model, weights, trust=trust_checkpoint)
+    with importable(Path.cwd()):  # factory modules in the working directory, as python -m
+        net = load_model(model, weights, trust=trust_checkpoint)
     gen = torch.Generator().manual_seed(0)
     example = torch.randn((max(batch, 1), *shape), generator=gen)
-    result = export_model(
-        net,
-        example,
-        output,
-        posterior=posterior,
-        sampling=sampling,
-        num_samples=samples,
-        task=task,
-        seed=seed,
-        verify=verify,
-        heteroscedastic=heteroscedastic,
-        noise_variance=noise_variance,
-        head=head,
-    )
+    try:
+        result = export_model(
+            net,
+            example,
+            output,
+            posterior=posterior,
+            sampling=sampling,
+            num_samples=samples,
+            task=task,
+            seed=seed,
+            verify=verify,
+            heteroscedastic=heteroscedastic,
+            noise_variance=noise_variance,
+            head=head,
+        )
+    except QbnnError as exc:
+        message = cli_spelling(str(exc))
+        if message == str(exc):
+            raise
+        raise type(exc)(message) from exc
     if result.fidelity is not None:
         typer.echo(result.fidelity.summary())
         for w in result.fidelity.warnings:

@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from qbnn.runtimes.errors import UsageError
+
 from .common import handles_errors, progress_bar
 
 __all__ = ["predict_cmd"]
@@ -29,11 +31,21 @@ def predict_cmd(
     plain_output: Annotated[str, typer.Option(help="plain models: logits|probs")] = "logits",
 ) -> None:
     """MC-batched inference: npz in (key x), npz out (the Prediction fields)."""
+    import numpy as np
+
     from qbnn.runtimes import Predictor, PredictorOptions
 
-    from ..common import load_npz, save_npz
+    from ..common import check_output_file, load_npz, save_npz
 
+    check_output_file(output)
     x = load_npz(data, require=("x",))["x"]
+    if not allow_nonfinite and np.issubdtype(x.dtype, np.floating):
+        bad = int((~np.isfinite(x.reshape(len(x), -1))).any(axis=1).sum())
+        if bad:
+            raise UsageError(
+                f"{data}: {bad} of {len(x)} rows of 'x' hold NaN or inf; clean them, or pass "
+                "--allow-nonfinite to predict them anyway (their outputs are NaN)"
+            )
     opts = PredictorOptions(allow_nonfinite=allow_nonfinite, plain_output=plain_output)
     pred = Predictor(
         model, provider=provider, threads=threads, seed=seed, precision=precision, options=opts

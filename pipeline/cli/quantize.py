@@ -26,9 +26,10 @@ def quantize_cmd(
     """Quantize a compiled model to int8; fails if the posterior would be erased."""
     import dataclasses
 
-    from ..common import load_config
+    from ..common import check_output_file, load_config
     from ..quantize import QuantConfig, quantize_model
 
+    check_output_file(output)
     cfg = load_config(QuantConfig, config) if config else QuantConfig()
     overrides = {k: v for k, v in (("backend", backend), ("format", fmt)) if v is not None}
     cfg = dataclasses.replace(cfg, **overrides)

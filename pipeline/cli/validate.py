@@ -99,8 +99,10 @@ def validate_cmd(
     plots: Annotated[bool, typer.Option("--plots/--no-plots", help="write PNG plots")] = True,
 ) -> None:
     """Compare models (fp32 BNN, int8 QBNN, ...) on labelled data and apply uncertainty gates."""
+    from ..common import check_output_dir
     from ..validate import ValidateConfig, load_gates, validate, write_report
 
+    check_output_dir(output)
     cfg = ValidateConfig.load(config) if config else ValidateConfig()
     given = dict(
         num_samples=samples,

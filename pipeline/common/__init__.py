@@ -1,14 +1,24 @@
-"""Helpers shared by every stage: config (de)serialization and file I/O."""
+"""Helpers shared by every stage: config (de)serialization, file I/O and the output-path
+rule, optional dependencies with their install commands, importing user modules."""
 
 from .configs import coerce_enums, from_dict, load_config, to_dict
-from .io import atomic_path, load_npz, save_npz
+from .deps import MissingDependencyError, install_hint, missing_module, require
+from .io import atomic_path, check_output_dir, check_output_file, load_npz, save_npz
+from .syspath import importable
 
 __all__ = [
+    "MissingDependencyError",
     "atomic_path",
+    "check_output_dir",
+    "check_output_file",
     "coerce_enums",
     "from_dict",
+    "importable",
+    "install_hint",
     "load_config",
     "load_npz",
+    "missing_module",
+    "require",
     "save_npz",
     "to_dict",
 ]

@@ -1,4 +1,10 @@
-"""npz input/output with clear errors and atomic writes."""
+"""npz input/output with clear errors and atomic writes; the rule for output paths.
+
+The rule, the same for every command and checked before any work: the folder that will hold
+an output must already exist (qbnn never creates folder trees you may have mistyped); an output
+*directory* (a validate report, the demo's artifacts root) is created itself when missing; an
+existing directory is never overwritten by a file, nor a file by a directory.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +14,9 @@ from pathlib import Path
 import numpy as np
 
 from qbnn.runtimes.atomic import atomic_path
-from qbnn.runtimes.errors import ConfigError, ModelLoadError
+from qbnn.runtimes.errors import ConfigError, ModelLoadError, UsageError
 
-__all__ = ["atomic_path", "load_npz", "save_npz"]
+__all__ = ["atomic_path", "check_output_dir", "check_output_file", "load_npz", "save_npz"]
 
 
 def load_npz(path: str | Path, require: Iterable[str] = ("x",)) -> dict[str, np.ndarray]:
@@ -38,3 +44,30 @@ def save_npz(path: str | Path, arrays: dict[str, np.ndarray]) -> Path:
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         np.savez(fh, **arrays)
     return Path(path)
+
+
+def _parent_exists(path: Path, option: str) -> None:
+    parent = path.parent
+    if not parent.is_dir():
+        raise UsageError(
+            f"{option} {path}: the folder {parent} does not exist; create it first "
+            f"(mkdir -p {parent}) or choose another path"
+        )
+
+
+def check_output_file(path: str | Path, option: str = "--output") -> Path:
+    """Check (before any work) that a file can be written at ``path``; returns it."""
+    path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"{option} {path} is a directory; give a file path")
+    _parent_exists(path, option)
+    return path
+
+
+def check_output_dir(path: str | Path, option: str = "--output") -> Path:
+    """Check (before any work) that ``path`` can be (or already is) an output directory."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{option} {path} is an existing file; give a directory path")
+    _parent_exists(path, option)
+    return path

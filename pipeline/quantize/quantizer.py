@@ -29,6 +29,7 @@ from qbnn.runtimes.session import model_info
 
 from ..common import atomic_path, load_npz, to_dict
 from .backends import restore_contract, run_backend
+from .census import already_quantized
 from .config import OnErasure, QuantConfig, QuantFormat
 from .guard import (
     ErasedQuantizer,
@@ -187,6 +188,11 @@ def quantize_model(
     """
     cfg = config or QuantConfig()
     src_model = load_onnx(src)
+    done = already_quantized(src_model)
+    if done:
+        raise QuantizationError(
+            f"{src} is already quantized ({done}); quantize its fp32 export instead"
+        )
     if cfg.format == QuantFormat.AUTO:  # the int8 format of the provider auto will pick
         cfg = replace(cfg, format=QuantFormat(int8_format(src_model)))
     info = model_info(src_model)

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from ..common import require
 from . import digits
 
 __all__ = ["demo_config_text", "prepare_demo"]
@@ -45,6 +46,7 @@ def prepare_demo(
     Existing weights are reused unless ``retrain`` (so a re-run can skip unchanged stages).
     Returns the config path.
     """
+    require(("torch", "bayesian_torch"), "qbnn demo")
     import torch
 
     inputs = Path(out_root) / "demo-inputs"

@@ -20,6 +20,7 @@ from qbnn.runtimes.errors import ConfigError, QbnnError
 from ..common import to_dict
 from .config import RunConfig, Stage, load_run_config
 from .manifest import Manifest, sha256_file, stage_key
+from .preflight import preflight
 from .stages import StageContext, bench_stage, export_stage, quantize_stage, validate_stage
 
 __all__ = ["RunResult", "load_manifest", "run"]
@@ -70,8 +71,18 @@ def _inputs(ctx: StageContext, stage: Stage) -> dict[str, str]:
 
 
 def _prepare_root(cfg: RunConfig, base: Path) -> Path:
+    """``<output_root>/<name>``, created; ``output_root`` may be created too, but not its
+    parent (the output-path rule of every command)."""
     out = Path(cfg.output_root)
-    root = ((out if out.is_absolute() else base / out) / cfg.name).resolve()
+    out = (out if out.is_absolute() else base / out).resolve()
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"'output_root' {out} is an existing file; give a folder")
+    if not out.parent.is_dir():
+        raise ConfigError(
+            f"'output_root' {out}: the folder {out.parent} does not exist; create it first "
+            "or change 'output_root'"
+        )
+    root = out / cfg.name
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -90,6 +101,7 @@ def run(
     """Run the pipeline described by ``config_path``; ``progress(stage, status)`` is called
     with status ``start``, ``done``, ``skipped`` or ``failed``."""
     cfg, base = load_run_config(config_path)
+    preflight(cfg, base)
     root = _prepare_root(cfg, base)
     ctx = StageContext(cfg, base, root)
     manifest = Manifest.load_or_new(root, cfg.name, to_dict(cfg))

@@ -7,8 +7,6 @@ hashes, records and skips them.
 from __future__ import annotations
 
 import shutil
-import sys
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,7 +14,7 @@ import numpy as np
 
 from qbnn.runtimes.errors import ConfigError
 
-from ..common import load_npz
+from ..common import importable, load_npz
 from .config import ModelSource, RunConfig, Stage
 
 __all__ = [
@@ -68,26 +66,17 @@ def _example(ctx: StageContext, src: ModelSource):
     return torch.randn((4, *src.input_shape), generator=gen)
 
 
-@contextmanager
-def _importable(folder: Path):
-    """Factory modules may live beside the config file (``factory: my_models:make``)."""
-    entry = str(folder.resolve())
-    added = entry not in sys.path
-    if added:
-        sys.path.insert(0, entry)
-    try:
-        yield
-    finally:
-        if added and entry in sys.path:
-            sys.path.remove(entry)
-
-
 def _torch_model(ctx: StageContext, src: ModelSource, key: str):
     from qbnn.exporters.loading import load_model
 
     weights = ctx.path(src.weights, f"{key}.weights") if src.weights else None
-    with _importable(ctx.base):
-        return load_model(src.factory, weights, trust=src.trust_checkpoint)
+    with importable(ctx.base):
+        return load_model(
+            src.factory,
+            weights,
+            trust=src.trust_checkpoint,
+            trust_option=f"'trust_checkpoint: true' under '{key}:' in the config",
+        )
 
 
 def export_stage(ctx: StageContext) -> StageOutput:

@@ -98,6 +98,13 @@ def load_arrays(
             f"{what} ({source}) is empty or has no feature axis: 'x' has shape {list(x.shape)}, "
             "expected [N >= 1, *feature_shape]"
         )
+    if np.issubdtype(x.dtype, np.floating):
+        bad = int((~np.isfinite(x.reshape(len(x), -1))).any(axis=1).sum())
+        if bad:
+            raise ConfigError(
+                f"{what} ({source}): {bad} of {len(x)} rows of 'x' hold NaN or inf; metrics "
+                "need finite inputs: remove or impute those rows"
+            )
     return arrays, source
 
 

@@ -337,8 +337,8 @@ def test_unavailable_provider_lists_available(models):
         (["--batch", "1,,4"], 2, "--batch must be a comma-separated list without empty items"),
         (["--samples", "a,8"], 2, "--samples must be integers separated by commas"),
         (["--baseline", "nope"], 2, "--baseline 'nope' is not a model name; names: ['lrt']"),
-        (["-o", "{tmp}/no/such/dir/b.json"], 1, "output directory {tmp}/no/such/dir does not"),
-        (["--plot", "{tmp}/none/p.png"], 1, "output directory {tmp}/none does not exist"),
+        (["-o", "{tmp}/no/such/dir/b.json"], 2, "the folder {tmp}/no/such/dir does not exist"),
+        (["--plot", "{tmp}/none/p.png"], 2, "the folder {tmp}/none does not exist"),
     ],
 )
 def test_cli_errors(models, tmp_path, args, code, match):

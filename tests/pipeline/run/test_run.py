@@ -91,16 +91,18 @@ def test_failed_stage_keeps_earlier_artifacts_and_a_valid_manifest(demo_run, tmp
     data["data"] = {k: str(inputs / v) for k, v in data["data"].items()}
     data["model"]["weights"] = str(inputs / "bnn.pt")
     data["baseline"]["weights"] = str(inputs / "det.pt")
-    np.savez(tmp_path / "wrong.npz", x=np.zeros((4, 1, 9, 9), np.float32))
-    data["data"]["calib"] = str(tmp_path / "wrong.npz")  # 9x9 images for an 8x8 model
+    x = np.zeros((4, 1, 8, 8), np.float32)
+    x[2, 0, 3, 3] = np.nan  # the right shape (the pre-flight check passes), NaN inside
+    np.savez(tmp_path / "wrong.npz", x=x)
+    data["data"]["calib"] = str(tmp_path / "wrong.npz")
     cfg = tmp_path / "p.yaml"
     cfg.write_text(yaml.safe_dump(data))
-    with pytest.raises(QbnnError, match=r"calibration data shape \[4, 1, 9, 9\] does not match"):
+    with pytest.raises(QbnnError, match=r"calibration data contains NaN or inf values"):
         run(cfg)
     m = _manifest(tmp_path / "broken")
     assert m["stages"]["export"]["status"] == "done"
     assert m["stages"]["quantize"]["status"] == "failed"
-    assert "calibration data shape" in m["stages"]["quantize"]["error"]
+    assert "calibration data contains NaN" in m["stages"]["quantize"]["error"]
     for a in m["artifacts"]:
         assert sha256_file(tmp_path / "broken" / a["path"]) == a["sha256"]
     assert not (tmp_path / "broken" / "model.int8.onnx").exists()
@@ -153,9 +155,9 @@ def test_malformed_yaml_names_the_line(tmp_path):
 def test_missing_files_and_stage_order(tmp_path):
     cfg = _write(tmp_path, MINIMAL)
     r = runner.invoke(app, ["run", str(cfg)])
-    assert r.exit_code == 1 and "'data.test' points to" in r.output and "Traceback" not in r.output
+    assert r.exit_code == 1 and "'data.calib' points to" in r.output and "Traceback" not in r.output
     cfg = _write(tmp_path, MINIMAL.replace("name: t", "name: u") + "stages: [validate]\n")
-    (tmp_path / "t.npz").write_bytes(b"")
+    _tiny_data(tmp_path)
     with pytest.raises(
         ConfigError, match="stage 'validate' needs model.fp32.onnx from stage 'export'"
     ):
@@ -164,11 +166,23 @@ def test_missing_files_and_stage_order(tmp_path):
         run(tmp_path / "nope.yaml")
 
 
+def _tiny_data(folder: Path) -> None:
+    """``c.npz`` and ``t.npz`` for MINIMAL's model ([N, 6] inputs, 3 classes)."""
+    x = np.zeros((4, 6), np.float32)
+    np.savez(folder / "c.npz", x=x)
+    np.savez(folder / "t.npz", x=x, y=np.zeros(4, np.int64))
+
+
 def test_unwritable_artifacts_folder(tmp_path):
+    _tiny_data(tmp_path)
     (tmp_path / "afile").write_text("x")
     cfg = _write(tmp_path, MINIMAL + "output_root: afile\n")
-    with pytest.raises(ConfigError, match="cannot create the artifacts folder"):
+    with pytest.raises(ConfigError, match="'output_root' .*afile is an existing file"):
         run(cfg)
+    cfg = _write(tmp_path, MINIMAL + "output_root: no/such\n")
+    with pytest.raises(ConfigError, match=r"the folder .*/no does not exist; create it first"):
+        run(cfg)
+    assert not (tmp_path / "no").exists()
 
 
 def test_shipped_configs(tmp_path):
