@@ -35,10 +35,18 @@ def quantize_cmd(
     cfg = dataclasses.replace(cfg, **overrides)
     typer.echo(f"quantizing {model} with {cfg.backend.value} ({cfg.format.value})...", err=True)
     res = quantize_model(model, output, cfg, calib=calib)
-    typer.echo(
-        f"int8 model -> {res.path} ({res.int8_bytes / 1e6:.2f} MB, {res.size_ratio:.2f}x fp32)"
-    )
+    for line in res.census.lines() if res.census is not None else []:
+        typer.echo(line)
+    size = f"{res.int8_bytes / 1e6:.2f} MB, {res.size_ratio:.2f}x the fp32 file"
+    if res.precision == "int8":
+        typer.echo(f"int8 model -> {res.path} ({size})")
+    else:
+        typer.secho(
+            "warning: nothing was quantized (no op computes and no tensor is stored in 8 bits); "
+            "the result is labelled fp32 (qbnn.precision=fp32)",
+            fg="yellow",
+            err=True,
+        )
+        typer.echo(f"fp32 model (not int8) -> {res.path} ({size})")
     if res.spread is not None:
         typer.echo(f"posterior kept: logit spread int8/fp32 = {res.spread.ratio:.2f}")
-    if res.kept_fp32:
-        typer.echo(f"layers kept in fp32 to keep the noise: {', '.join(res.kept_fp32)}")

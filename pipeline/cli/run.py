@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Annotated
@@ -34,8 +35,14 @@ def stage_progress():
     return report
 
 
+def _report_warnings(root: Path) -> list[str]:
+    path = root / "report" / "report.json"
+    return json.loads(path.read_text()).get("warnings", []) if path.is_file() else []
+
+
 def print_result(result) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     from ..run import summary_columns
@@ -58,6 +65,8 @@ def print_result(result) -> None:
             else ("[red]gates failed:[/red] " + "; ".join(result.failed_gates))
         )
         console.print(verdict)
+    for w in _report_warnings(result.root):
+        console.print(f"[yellow]warning:[/yellow] {escape(w)}")
     report = result.root / "report" / "report.md"
     if report.is_file():
         console.print(f"report: {report}")

@@ -56,6 +56,8 @@ def _print(report, out_dir: Path) -> None:
             style = "red" if "FAIL" in row else ("dim" if "skipped" in row else None)
             table.add_row(*row, style=style)
         console.print(table)
+    for w in report.warnings:
+        typer.secho(f"warning: {w}", fg="yellow", err=True)
     verdict = "PASSED" if report.passed else "FAILED"
     typer.echo(f"{verdict}; report -> {out_dir}")
 

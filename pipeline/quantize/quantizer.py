@@ -29,7 +29,7 @@ from qbnn.runtimes.session import model_info
 
 from ..common import atomic_path, load_npz, to_dict
 from .backends import restore_contract, run_backend
-from .census import already_quantized
+from .census import Census, already_quantized, take_census
 from .config import OnErasure, QuantConfig, QuantFormat
 from .guard import (
     ErasedQuantizer,
@@ -59,6 +59,12 @@ class QuantizeResult:
     erased: tuple[ErasedQuantizer, ...]
     spread: SpreadCheck | None
     int8_weights: tuple[str, ...]
+    census: Census | None = None  # what is int8 now and what stayed fp32 (and why)
+
+    @property
+    def precision(self) -> str:
+        """``int8`` when anything is computed or stored in 8 bits, else ``fp32``."""
+        return self.census.precision if self.census is not None else "int8"
 
     @property
     def size_ratio(self) -> float:
@@ -219,7 +225,8 @@ def quantize_model(
         log.info(
             "quantizer below %.2f steps of noise: %s", cfg.guard.min_noise_to_step, e.describe()
         )
-    _finish(int8, cfg, kept)
+    census = take_census(int8, _fp32_reasons(src_model, cfg, kept))
+    _finish(int8, cfg, kept, census)
     with atomic_path(dst) as tmp:
         onnx.save_model(int8, str(tmp))
     return QuantizeResult(
@@ -230,6 +237,7 @@ def quantize_model(
         tuple(erased),
         spread,
         tuple(weights),
+        census,
     )
 
 
@@ -307,13 +315,34 @@ def _erasure_message(spread: SpreadCheck, erased, kept, cfg: QuantConfig) -> str
     )
 
 
-def _finish(model: onnx.ModelProto, cfg: QuantConfig, kept: set[str]) -> None:
+def _fp32_reasons(src: onnx.ModelProto, cfg: QuantConfig, kept: set[str]) -> dict[str, str]:
+    """Why each node the stage kept out of static quantization stays fp32 (for the census)."""
+    reasons = {n: "kept fp32 by the erasure guard (its noise would round away)" for n in kept}
+    quantized = set(cfg.quantized_op_types)
+    for n in src.graph.node:
+        if n.name in reasons:
+            continue
+        if any(fnmatch(n.name, p) for p in cfg.exclude_nodes):
+            reasons[n.name] = "listed in exclude_nodes"
+        elif n.op_type not in quantized:
+            reasons[n.name] = f"op type {n.op_type} not in op_types (or in exclude_op_types)"
+    for name in _sampling_nodes(src):
+        reasons.setdefault(name, "draws parameters from noise (its factors are stored in 8 bits)")
+    for name in _im2col_nodes(src):
+        reasons.setdefault(name, "im2col rearrangement (exact in fp32; int8 only adds rounding)")
+    return reasons
+
+
+def _finish(model: onnx.ModelProto, cfg: QuantConfig, kept: set[str], census: Census) -> None:
+    """``qbnn.precision`` says what the graph holds: ``int8`` only when some op computes or
+    some tensor is stored in 8 bits; the census goes into ``qbnn.quantization``."""
     record = to_dict(cfg)
     record["kept_fp32"] = sorted(kept)
+    record["census"] = census.to_dict()
     set_metadata(
         model,
         {
-            MetaKey.PRECISION.value: "int8",
+            MetaKey.PRECISION.value: census.precision,
             MetaKey.QUANTIZATION.value: json.dumps(record, sort_keys=True),
         },
     )

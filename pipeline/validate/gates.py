@@ -40,6 +40,7 @@ from dataclasses import dataclass, fields
 from enum import StrEnum
 from pathlib import Path
 
+from qbnn.runtimes.contract import Task
 from qbnn.runtimes.errors import ConfigError
 
 from ..common import from_dict, load_config, to_dict
@@ -52,6 +53,8 @@ __all__ = [
     "Gates",
     "default_gates_path",
     "evaluate_gates",
+    "format_limit",
+    "gate_specs",
     "gate_statistic",
     "load_gates",
 ]
@@ -139,7 +142,8 @@ class GateSpec:
     """How one gate turns two metric values into a statistic and a verdict.
 
     ``limit_fields``: the :class:`Gates` field(s) holding the limit (two for ratios);
-    ``needs``: what makes the metric available (shown when the gate is skipped).
+    ``needs``: what makes the metric available (shown when the gate is skipped);
+    ``task``: the task the gate applies to (other tasks never show it).
     ``null``: the statistic's value when both models agree (0, or 1 for ratios).
     """
 
@@ -148,6 +152,7 @@ class GateSpec:
     kind: GateKind
     limit_fields: tuple[str, ...]
     needs: str
+    task: Task = Task.CLASSIFICATION
 
     @property
     def null(self) -> float:
@@ -181,13 +186,21 @@ GATE_SPECS: tuple[GateSpec, ...] = (
     GateSpec(
         "mi_ratio", "mean_mi", GateKind.RATIO, ("mi_ratio_min", "mi_ratio_max"), "a classifier"
     ),
-    GateSpec("rmse_ratio", "rmse", GateKind.RATIO, ("rmse_ratio_max",), "a regression model"),
+    GateSpec(
+        "rmse_ratio",
+        "rmse",
+        GateKind.RATIO,
+        ("rmse_ratio_max",),
+        "a regression model",
+        Task.REGRESSION,
+    ),
     GateSpec(
         "gaussian_nll_increase",
         "gaussian_nll",
         GateKind.INCREASE,
         ("max_gaussian_nll_increase",),
         "a regression model",
+        Task.REGRESSION,
     ),
     GateSpec(
         "variance_ratio",
@@ -195,6 +208,7 @@ GATE_SPECS: tuple[GateSpec, ...] = (
         GateKind.RATIO,
         ("variance_ratio_min", "variance_ratio_max"),
         "a regression model",
+        Task.REGRESSION,
     ),
     GateSpec(
         "epistemic_ratio",
@@ -202,8 +216,17 @@ GATE_SPECS: tuple[GateSpec, ...] = (
         GateKind.RATIO,
         ("epistemic_ratio_min", "epistemic_ratio_max"),
         "a regression model",
+        Task.REGRESSION,
     ),
 )
+
+
+def gate_specs(task: Task | str | None = None) -> tuple[GateSpec, ...]:
+    """The gates that apply to ``task`` (all of them for ``None``), in :data:`GATE_SPECS`
+    order."""
+    if task is None:
+        return GATE_SPECS
+    return tuple(s for s in GATE_SPECS if s.task == Task(task))
 
 
 @dataclass(frozen=True)
@@ -229,6 +252,16 @@ class GateResult:
     def status(self) -> str:
         """``pass``, ``FAIL`` or ``skipped``."""
         return "skipped" if self.passed is None else ("pass" if self.passed else "FAIL")
+
+
+def format_limit(limit) -> str:
+    """A limit as people read it: ``0.01``, ``[0.8, 1.25]``, ``<= 1.05`` or ``>= 0.8``."""
+    if not isinstance(limit, tuple):
+        return f"{limit}"
+    lo, hi = limit
+    if lo is None:
+        return "—" if hi is None else f"<= {hi}"
+    return f">= {lo}" if hi is None else f"[{lo}, {hi}]"
 
 
 def gate_statistic(spec: GateSpec, ref: float | None, cand: float | None) -> float | None:
@@ -309,7 +342,7 @@ def _evaluate_one(spec: GateSpec, ref_m: Mapping, cand_m: Mapping, gates: Gates)
         )
     passed = _verdict(spec, stat, limit)
     if spec.kind == GateKind.RATIO:
-        what = f"ratio {stat:.4g} vs [{limit[0]}, {limit[1]}]"
+        what = f"ratio {stat:.4g} vs {format_limit(limit)}"
     else:
         what = f"{_WORDS[spec.kind]} {stat:+.4f} vs limit {limit}"
     detail = f"{spec.metric}: ref {ref:.4g}, cand {cand:.4g}; {what}"
@@ -320,18 +353,22 @@ def evaluate_gates(
     reference_metrics: Mapping[str, float | None],
     candidate_metrics: Mapping[str, float | None],
     gates: Gates,
+    task: Task | str | None = None,
 ) -> list[GateResult]:
-    """Apply every gate of :data:`GATE_SPECS` to one candidate.
+    """Apply every gate of :data:`GATE_SPECS` that applies to ``task`` to one candidate.
 
     Args:
         reference_metrics: scalar metrics of the reference model (keys as in the module table;
             a missing key means the metric is unavailable).
         candidate_metrics: the same for the candidate.
         gates: the limits.
+        task: ``classification`` or ``regression``; ``None`` evaluates every gate.
 
     Returns:
-        One :class:`GateResult` per gate, in :data:`GATE_SPECS` order (skipped ones included).
+        One :class:`GateResult` per gate of ``gate_specs(task)``, in :data:`GATE_SPECS` order
+        (skipped ones included).
     """
     if not isinstance(gates, Gates):
         raise ConfigError(f"gates must be a Gates instance, got {type(gates).__name__}")
-    return [_evaluate_one(s, reference_metrics, candidate_metrics, gates) for s in GATE_SPECS]
+    specs = gate_specs(task)
+    return [_evaluate_one(s, reference_metrics, candidate_metrics, gates) for s in specs]

@@ -21,7 +21,9 @@
 - ``gates``: {candidate name: [{``name``, ``value``, ``limit``, ``passed`` (true|false|null =
   skipped), ``status``, ``detail``, ``noise``, ``within_noise``}]}.
 - ``failed_gates``: [{``model``, ``gate``, ``detail``}]; ``plots``: PNG file names in the
-  report directory; ``notes``: free-text remarks.
+  report directory; ``notes``: free-text remarks; ``warnings``: results that deserve a look
+  whatever the gates say (an OOD AUROC below 0.5: uncertainty inverted on the OOD set).
+- Only the gates of the report's ``task`` are listed.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from ..common import atomic_path, to_dict
-from .gates import GateResult
+from .gates import GateResult, format_limit
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -76,6 +78,7 @@ class Report:
     gates: dict[str, list[GateResult]]
     notes: list[str] = field(default_factory=list)
     plots: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def reference(self) -> ModelResult:
@@ -117,6 +120,7 @@ class Report:
             ],
             "plots": list(self.plots),
             "notes": list(self.notes),
+            "warnings": list(self.warnings),
         }
         return _finite(out)
 
@@ -186,7 +190,7 @@ def gate_table(report: Report) -> tuple[list[str], list[list[str]]]:
     rows = []
     for model, results in report.gates.items():
         for g in results:
-            limit = f"[{g.limit[0]}, {g.limit[1]}]" if isinstance(g.limit, tuple) else f"{g.limit}"
+            limit = format_limit(g.limit)
             value = "—" if g.value is None else f"{g.value:+.4f}"
             if g.value is not None and isinstance(g.limit, tuple):  # a ratio
                 value = f"{g.value:.4g}"
@@ -228,6 +232,7 @@ def to_markdown(report: Report) -> str:
         f"`{report.reference.name}`. Data: {sc['n']} inputs ({data.get('source')}){ood}; "
         f"S per model {sc['num_samples']}; MC seeds {report.seeds['mc']}; "
         f"{sc['bootstrap']} bootstrap replicates.",
+        *(f"> **Warning:** {w}" for w in report.warnings),
         "## Models\n\nReference column: value [95 % bootstrap interval]; other columns: value "
         "(delta vs reference).",
         _md_table(*summary_table(report)),

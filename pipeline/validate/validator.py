@@ -40,7 +40,7 @@ from qbnn.runtimes.errors import ConfigError
 
 from . import evaluation as E
 from .config import MAX_SAMPLES, ValidateConfig
-from .gates import GATE_SPECS, GateResult, Gates, GateSpec, evaluate_gates, gate_statistic
+from .gates import GateResult, Gates, GateSpec, evaluate_gates, gate_specs, gate_statistic
 from .inputs import ModelEntry, check_labels, check_targets, load_arrays, model_entries
 from .inputs import check_models as _check_models
 from .report import ModelResult, Report
@@ -196,7 +196,7 @@ def validate(
         if preds[e.name].info.is_qbnn and not preds[e.name].info.takes_num_samples:
             notes.append(f"{e.name} has a fixed sample count S={outs[e.name].num_samples}")
     gates = {
-        e.name: _gate(per_model[entries[0].name], per_model[e.name], cfg.gates)
+        e.name: _gate(per_model[entries[0].name], per_model[e.name], cfg.gates, task)
         for e in entries
         if e.role == "candidate"
     }
@@ -220,16 +220,43 @@ def validate(
         models=results,
         gates=gates,
         notes=notes,
+        warnings=_ood_warnings(results),
     )
 
 
-def _gate(ref: dict, cand: dict, gates: Gates) -> list[GateResult]:
-    """Gate results of one candidate, each with its combined data + MC noise."""
-    results = evaluate_gates(ref["metrics"], cand["metrics"], gates)
+def _gate(ref: dict, cand: dict, gates: Gates, task: Task) -> list[GateResult]:
+    """Gate results of one candidate (the gates of its task), each with its combined data +
+    MC noise."""
+    results = evaluate_gates(ref["metrics"], cand["metrics"], gates, task)
     return [
         _attach_noise(g, spec, _gate_noise(spec, ref, cand))
-        for g, spec in zip(results, GATE_SPECS, strict=True)
+        for g, spec in zip(results, gate_specs(task), strict=True)
     ]
+
+
+def _ood_warnings(results: list[ModelResult]) -> list[str]:
+    """A warning per model whose OOD AUROC is below 0.5: its uncertainty ranks the OOD data
+    as *more* familiar than the in-distribution data."""
+    out = []
+    for m in results:
+        for key, by in (("ood_auroc_entropy", "entropy"), ("ood_auroc_mi", "mutual information")):
+            value = m.metrics.get(key)
+            if value is None or not value < 0.5:
+                continue
+            ci = m.intervals.get(key)
+            if ci and ci[1] >= 0.5:
+                why = (
+                    f" (95 % interval [{ci[0]:.3f}, {ci[1]:.3f}] includes 0.5): its {by} does "
+                    "not tell this OOD set from the test data"
+                )
+            else:
+                ci = f" (95 % interval [{ci[0]:.3f}, {ci[1]:.3f}])" if ci else ""
+                why = (
+                    f"{ci}: the model is *more* certain on this OOD set than on the test data "
+                    "(uncertainty inverted)"
+                )
+            out.append(f"{m.name}: OOD AUROC by {by} is {value:.3f} < 0.5{why}")
+    return out
 
 
 def _common_classes(outs: dict[str, E.Outputs], declared: int | None) -> int:

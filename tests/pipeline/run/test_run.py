@@ -11,7 +11,15 @@ import yaml
 from typer.testing import CliRunner
 
 from qbnn.pipeline.cli import app
-from qbnn.pipeline.run import RunConfig, demo_config_text, load_run_config, run, sha256_file
+from qbnn.pipeline.cli.run import print_result
+from qbnn.pipeline.run import (
+    RunConfig,
+    RunResult,
+    demo_config_text,
+    load_run_config,
+    run,
+    sha256_file,
+)
 from qbnn.runtimes.errors import ConfigError, QbnnError
 
 runner = CliRunner()
@@ -183,6 +191,15 @@ def test_unwritable_artifacts_folder(tmp_path):
     with pytest.raises(ConfigError, match=r"the folder .*/no does not exist; create it first"):
         run(cfg)
     assert not (tmp_path / "no").exists()
+
+
+def test_run_summary_repeats_the_report_warnings(tmp_path, capsys):
+    (tmp_path / "report").mkdir()
+    warning = "int8: OOD AUROC by entropy is 0.412 < 0.5 [inverted]"
+    (tmp_path / "report" / "report.json").write_text(json.dumps({"warnings": [warning]}))
+    result = RunResult(tmp_path, tmp_path / "manifest.json", (), (), True, ())
+    print_result(result)
+    assert f"warning: {warning}" in capsys.readouterr().out  # markup in the text is kept
 
 
 def test_shipped_configs(tmp_path):

@@ -24,8 +24,9 @@ from typer.testing import CliRunner
 from qbnn.exporters import export
 from qbnn.pipeline.cli import app
 from qbnn.pipeline.run import digits
-from qbnn.pipeline.validate import ValidateConfig, validate, write_report
+from qbnn.pipeline.validate import ValidateConfig, gate_table, validate, write_report
 from qbnn.pipeline.validate import metrics as M
+from qbnn.pipeline.validate.gates import gate_specs
 from qbnn.runtimes import Predictor
 from qbnn.runtimes.errors import ConfigError, ModelLoadError, RuntimeInputError
 
@@ -150,7 +151,15 @@ def test_cli_writes_report_schema_and_every_plot(cli_run):
         "failed_gates",
         "plots",
         "notes",
+        "warnings",
     }
+    low = {  # a warning exactly for the models with an OOD AUROC below 0.5
+        m["name"]
+        for m in rep["models"]
+        for k in ("ood_auroc_entropy", "ood_auroc_mi")
+        if m["metrics"].get(k) is not None and m["metrics"][k] < 0.5
+    }
+    assert {w.split(":")[0] for w in rep["warnings"]} == low and "fp32" not in low
     assert rep["version"] == "1" and rep["task"] == "classification"
     assert rep["seeds"] == {"main": 0, "mc": [0, 1, 2], "bootstrap": 0}
     assert rep["config"]["num_samples"] == SAMPLES and rep["config"]["gates"]["mi_ratio_min"]
@@ -248,9 +257,31 @@ def test_identical_models_pass_and_ood_gates_are_skipped(dm, cli_run, tmp_path):
         assert gates[name].passed is True and gates[name].within_noise is True
     for name in ("ood_auroc_entropy_drop", "ood_auroc_mi_drop"):
         assert gates[name].status == "skipped" and "needs OOD data" in gates[name].detail
+    assert list(gates) == [s.name for s in gate_specs("classification")]  # no regression gate
     written = write_report(report, tmp_path / "r")
     assert set(written.plots) == PLOTS - {"ood_roc.png"}
     assert json.loads((tmp_path / "r" / "report.json").read_text())["passed"] is True
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert "rmse_ratio" not in md and "None" not in md and "Warning" not in md
+
+
+def test_ood_auroc_below_half_is_a_visible_warning(dm, tmp_path):
+    """OOD data the model is *more* certain on than on the test set: the test inputs with the
+    lowest predictive entropy (an inverted ranking, as a real OOD set can give)."""
+    pred = Predictor(dm.fp32, seed=0).predict(dm.split.x_test, 8)
+    confident = np.argsort(pred.predictive_entropy)[:60]
+    np.savez(tmp_path / "easy.npz", x=dm.split.x_test[confident])
+    args = ["validate", "-m", str(dm.fp32), "--data", str(dm.test)]
+    args += ["--ood", str(tmp_path / "easy.npz"), "--bootstrap", "0", "--mc-repeats", "0"]
+    args += ["--samples", "8", "--no-plots"]
+    r = runner.invoke(app, [*args, "-o", str(tmp_path / "r")])
+    assert r.exit_code == 0, r.output
+    warned = [line for line in r.stderr.splitlines() if line.startswith("warning: ")]
+    assert any("OOD AUROC by entropy is 0." in w and "< 0.5" in w for w in warned), r.stderr
+    data = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert data["models"][0]["metrics"]["ood_auroc_entropy"] < 0.5
+    assert any("OOD AUROC by entropy" in w for w in data["warnings"])
+    assert "> **Warning:**" in (tmp_path / "r" / "report.md").read_text()
 
 
 def test_runs_are_reproducible(dm, cli_run):
@@ -428,8 +459,9 @@ def test_regression_report(regression_model, tmp_path):
     assert report.models[0].intervals["rmse"] is not None
     status = {g.name: g.status for g in report.gates["copy"]}
     regression = {"rmse_ratio", "gaussian_nll_increase", "variance_ratio", "epistemic_ratio"}
-    assert report.passed and all(status[n] == "pass" for n in regression)
-    assert all(s == "skipped" for n, s in status.items() if n not in regression)
+    assert report.passed and status == dict.fromkeys(regression, "pass")  # only these apply
+    limits = {row[1]: row[3] for row in gate_table(report)[1]}
+    assert limits["rmse_ratio"] == "<= 1.05" and limits["variance_ratio"] == "[0.8, 1.25]"
     assert any("OOD data ignored" in n for n in report.notes)
     assert report.plots == [] and (tmp_path / "report.md").is_file()
     with pytest.raises(RuntimeInputError, match=r"targets 'y' have shape \[64, 2\] but the"):
