@@ -10,21 +10,22 @@ from __future__ import annotations
 import sys
 
 from . import bench, demo, export, predict, quantize, run, validate
-from .common import app
+from .common import QbnnCommand, app
 
 __all__ = ["COMMANDS", "app", "main"]
 
+#: every command in pipeline order (the order of ``qbnn --help``)
 COMMANDS = {
     "export": export.export_cmd,
-    "predict": predict.predict_cmd,
-    "bench": bench.bench_cmd,
     "quantize": quantize.quantize_cmd,
+    "predict": predict.predict_cmd,
+    "validate": validate.validate_cmd,
+    "bench": bench.bench_cmd,
     "run": run.run_cmd,
     "demo": demo.demo_cmd,
-    "validate": validate.validate_cmd,
 }
 for _name, _fn in COMMANDS.items():
-    app.command(_name)(_fn)
+    app.command(_name, cls=QbnnCommand)(_fn)
 
 
 def main() -> None:

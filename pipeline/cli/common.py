@@ -11,13 +11,46 @@ import functools
 import logging
 from typing import Annotated
 
+import click
 import typer
+from typer.core import TyperCommand, TyperGroup
 
 from qbnn.runtimes.errors import QbnnError, UsageError
 
 from ..common import install_hint, missing_module
 
-__all__ = ["app", "handles_errors", "progress_bar"]
+__all__ = ["QbnnCommand", "QbnnGroup", "app", "handles_errors", "progress_bar"]
+
+
+def _tidy(params: list) -> list:
+    """Help as written: option help is shown verbatim (Rich would read "[mean, log-variance]"
+    as markup and swallow it), and flags show no ``<bool>`` value type (they take none)."""
+    from rich.markup import escape
+
+    for p in params:
+        if getattr(p, "_qbnn_tidy", False):
+            continue
+        if getattr(p, "is_flag", False):
+            p.metavar = ""
+        if getattr(p, "help", None):
+            p.help = escape(p.help)
+        p._qbnn_tidy = True
+    return params
+
+
+class QbnnCommand(TyperCommand):
+    """A command whose ``--help`` shows option help verbatim and flags without a type."""
+
+    def get_params(self, ctx: click.Context) -> list:
+        return _tidy(super().get_params(ctx))
+
+
+class QbnnGroup(TyperGroup):
+    """The ``qbnn`` group: commands in registration (pipeline) order, help as written."""
+
+    def get_params(self, ctx: click.Context) -> list:
+        return _tidy(super().get_params(ctx))
+
 
 app = typer.Typer(
     name="qbnn",
@@ -25,6 +58,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    cls=QbnnGroup,
 )
 
 

@@ -16,7 +16,7 @@ __all__ = ["cli_spelling", "export_cmd"]
 
 #: the exporter's keyword hints, as ``qbnn export`` spells them
 _SPELLING = (
-    (re.compile(r"\b(posterior|sampling|task)='([^']*)'"), r"--\1 \2"),
+    (re.compile(r"\b(posterior|sampling|task|head)='([^']*)'"), r"--\1 \2"),
     (re.compile(r"\bheteroscedastic=True\b"), "--heteroscedastic"),
     (re.compile(r"\bpass noise_variance\b"), "pass --noise-variance"),
     (re.compile(r"\bpass num_samples\b"), "pass --samples"),
@@ -46,9 +46,13 @@ def export_cmd(
     output: Annotated[Path, typer.Option("--output", "-o", help="output .onnx path")],
     weights: Annotated[Path | None, typer.Option("--weights", help="state-dict checkpoint")] = None,
     posterior: Annotated[
-        str, typer.Option(help="auto|meanfield|flipout|mcdropout|ensemble|laplace|swag|gaussian")
+        str,
+        typer.Option(help="auto, meanfield, flipout, mcdropout, ensemble, laplace, swag, gaussian"),
     ] = "auto",
-    sampling: Annotated[str | None, typer.Option(help="weight|lrt|flipout|frozen:K|...")] = None,
+    sampling: Annotated[
+        str | None,
+        typer.Option(help="weight, lrt, flipout, frozen:K, dropout, members (default per family)"),
+    ] = None,
     samples: Annotated[int, typer.Option("--samples", help="default MC samples S")] = 16,
     seed: Annotated[int | None, typer.Option(help="fix every random node's seed")] = None,
     task: Annotated[str, typer.Option(help="classification|regression")] = "classification",

@@ -71,7 +71,7 @@ def print_result(result) -> None:
     if report.is_file():
         console.print(f"report: {report}")
         plots = sorted(p.name for p in (result.root / "report").glob("*.png"))
-        if plots:  # regression reports have none
+        if plots:
             console.print(f"plots:  {result.root / 'report'}/{{{', '.join(plots)}}}")
     bench = result.root / "bench" / "bench.json"
     if bench.is_file():

@@ -40,10 +40,12 @@ def prepare_demo(
     seed: int = 0,
     retrain: bool = False,
     log: Callable[[str], None] = print,
+    progress: Callable[[str, int, int], None] | None = None,
 ) -> Path:
     """Write data, trained weights and ``pipeline.yaml`` into ``<out_root>/demo-inputs``.
 
     Existing weights are reused unless ``retrain`` (so a re-run can skip unchanged stages).
+    ``progress(model, epoch, epochs)`` is called after every training epoch (``bnn``, ``det``).
     Returns the config path.
     """
     require(("torch", "bayesian_torch"), "qbnn demo")
@@ -66,7 +68,11 @@ def prepare_demo(
             continue
         log(f"training {name.removesuffix('.pt')} on {len(data.x_train)} digits ({epochs} epochs)")
         torch.manual_seed(seed)  # the initial weights too, so the demo repeats run to run
-        model = digits.train(factory(), data.x_train, data.y_train, epochs=epochs, seed=seed)
+        key = name.removesuffix(".pt")
+        tick = None if progress is None else (lambda done, total, k=key: progress(k, done, total))
+        model = digits.train(
+            factory(), data.x_train, data.y_train, epochs=epochs, seed=seed, progress=tick
+        )
         torch.save(model.state_dict(), inputs / name)
     text = demo_config_text()
     (inputs / "pipeline.yaml").write_text(_quick(text) if quick else text)

@@ -12,6 +12,7 @@ runs the models and hands the outputs over. Conventions:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -28,6 +29,7 @@ __all__ = [
     "full_metrics",
     "percentile_interval",
     "referral_key",
+    "regression_curves",
     "replicate",
     "spread",
 ]
@@ -47,6 +49,10 @@ PICP_LEVELS = (0.68, 0.95)
 ROC_MAX_POINTS = 201
 REFERRAL_FRACTIONS = np.round(np.arange(0, 96) / 100, 2)  # 0, 0.01, ..., 0.95
 HIST_BINS = 30
+#: regression views: nominal central-interval levels, PIT bins, rows in the scatter plot
+COVERAGE_LEVELS = np.round(np.arange(1, 20) / 20, 2)  # 0.05, 0.10, ..., 0.95
+PIT_BINS = 10
+SCATTER_MAX_POINTS = 400
 _ORDER = (
     "accuracy",
     "nll",
@@ -230,8 +236,44 @@ def _thin(fpr: np.ndarray, tpr: np.ndarray) -> tuple[list[float], list[float]]:
     return fpr.tolist(), tpr.tolist()
 
 
+def _pit(mu: np.ndarray, var: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Probability integral transform ``Phi((y - mu) / sigma)`` of Gaussian predictions
+    (``[N, D]`` each); uniform on [0, 1] for a calibrated model."""
+    z = (y - mu) / np.sqrt(np.maximum(var, 1e-12))
+    return 0.5 * (1.0 + np.vectorize(math.erf)(z / math.sqrt(2.0)))
+
+
+def regression_curves(out: Outputs, y: np.ndarray) -> dict[str, dict]:
+    """Plot data of a regression model (``y``: ``[N, D]`` float targets).
+
+    Returns:
+        ``pred_vs_true``: ``true``, ``mean`` and (with a predictive variance) ``std`` of output
+        0 for at most 400 evenly spaced rows; for models with a predictive distribution
+        (variance > 0 somewhere) ``coverage``: ``nominal [19]`` levels 0.05..0.95 and
+        ``observed [19]`` fraction of targets inside the central Gaussian interval (all
+        outputs), and ``pit``: ``edges [11]`` and ``counts [10]`` of the PIT values.
+    """
+    mu, var = out.pred_mean, out.pred_variance
+    n = len(mu)
+    rows = np.unique(np.linspace(0, n - 1, min(n, SCATTER_MAX_POINTS)).round().astype(int))
+    res: dict[str, dict] = {
+        "pred_vs_true": {"output": 0, "true": y[rows, 0].tolist(), "mean": mu[rows, 0].tolist()}
+    }
+    if not np.any(var > 0):  # a point predictor: no interval, no PIT
+        return res
+    res["pred_vs_true"]["std"] = np.sqrt(var[rows, 0]).tolist()
+    res["coverage"] = {
+        "nominal": COVERAGE_LEVELS.tolist(),
+        "observed": [M.picp(mu, var, y, float(level)) for level in COVERAGE_LEVELS],
+    }
+    edges = np.linspace(0.0, 1.0, PIT_BINS + 1)
+    counts = np.histogram(_pit(mu, var, y), edges)[0]
+    res["pit"] = {"edges": edges.tolist(), "counts": counts.tolist()}
+    return res
+
+
 def curves(out: Outputs, y: np.ndarray, *, n_bins: int) -> dict[str, dict]:
-    """Plot data of a classifier (empty dict for regression).
+    """Plot data of one model (regression: :func:`regression_curves`).
 
     Returns:
         ``reliability``: :func:`metrics.reliability_curve` as lists (``[n_bins]``; NaN for
@@ -241,7 +283,7 @@ def curves(out: Outputs, y: np.ndarray, *, n_bins: int) -> dict[str, dict]:
         ``fpr``, ``tpr`` (at most 201 points).
     """
     if not out.is_classifier:
-        return {}
+        return regression_curves(out, y)
     p = out.mean_probs
     correct = np.argmax(p, axis=1) == y
     rel = M.reliability_curve(p, y, n_bins)

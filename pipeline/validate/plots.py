@@ -4,12 +4,23 @@ matplotlib is imported inside :func:`save_plots` (never when qbnn is imported), 
 the non-interactive Agg backend, so plotting works on headless servers and never changes the
 backend of an importing application at import time.
 
-Files (classification only; regression reports have none):
+Files of a classification report:
 
 - ``reliability.png``: one reliability diagram per model (accuracy vs confidence per bin).
 - ``entropy_hist.png``: predictive-entropy histograms, correct vs wrong (and OOD), per model.
 - ``referral.png``: accuracy on retained inputs vs referred fraction, all models on one axis.
 - ``ood_roc.png``: OOD ROC curves of all models, scored by entropy and by MI (with OOD data).
+
+Files of a regression report:
+
+- ``pred_vs_true.png``: predicted mean vs target per model (output 0, at most 400 rows), with
+  the 95 % central interval as error bars for models with a predictive distribution.
+- ``coverage.png``: observed vs nominal coverage of central Gaussian intervals, all models
+  with a predictive distribution on one axis (the diagonal is perfect calibration).
+- ``pit_hist.png``: histogram of the probability integral transform per such model (flat for
+  a calibrated model; U-shaped: intervals too narrow; hump: too wide).
+
+Every file is written atomically.
 """
 
 from __future__ import annotations
@@ -187,14 +198,78 @@ def _ood_roc(plt, report, out: Path) -> Path:
     return path
 
 
+def _pred_vs_true(plt, report, out: Path) -> Path:
+    fig, axes = _panels(plt, len(report.models), "Predicted vs true (output 0)")
+    for ax, m in zip(axes, report.models, strict=True):
+        c = m.curves["pred_vs_true"]
+        true, mean = np.array(c["true"]), np.array(c["mean"])
+        if "std" in c:
+            half = 1.959964 * np.array(c["std"])
+            ax.errorbar(true, mean, yerr=half, fmt="none", ecolor="tab:blue", alpha=0.25,
+                        linewidth=0.8, label="95 % interval")  # fmt: skip
+        ax.scatter(true, mean, s=6, color="tab:blue", label="predicted mean")
+        lo, hi = float(min(true.min(), mean.min())), float(max(true.max(), mean.max()))
+        ax.plot([lo, hi], [lo, hi], "k--", linewidth=1, label="y = x")
+        ax.set(xlabel="true", ylabel="predicted")
+        ax.set_title(f"{_label(m)}\nRMSE {m.metrics['rmse']:.4g}")
+        ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    path = _save(fig, out / "pred_vs_true.png")
+    plt.close(fig)
+    return path
+
+
+def _coverage(plt, models, out: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(5.6, 4.8))
+    for m in models:
+        c = m.curves["coverage"]
+        ax.plot(c["nominal"], c["observed"], marker="o", markersize=3, label=_label(m),
+                linestyle=":" if m.role == "baseline" else "-")  # fmt: skip
+    ax.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")
+    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="nominal coverage of the central interval",
+           ylabel="observed coverage", title="Interval coverage vs nominal")  # fmt: skip
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    path = _save(fig, out / "coverage.png")
+    plt.close(fig)
+    return path
+
+
+def _pit_hist(plt, models, out: Path) -> Path:
+    fig, axes = _panels(plt, len(models), "PIT histogram (flat = calibrated)")
+    for ax, m in zip(axes, models, strict=True):
+        c = m.curves["pit"]
+        edges, counts = np.array(c["edges"]), np.array(c["counts"], dtype=float)
+        density = counts / max(counts.sum(), 1.0) / np.diff(edges)
+        ax.stairs(density, edges, fill=True, alpha=0.4, color="tab:blue")
+        ax.stairs(density, edges, color="tab:blue", linewidth=1.2)
+        ax.axhline(1.0, color="k", linestyle="--", linewidth=1, label="uniform")
+        ax.set(xlim=(0, 1), xlabel="PIT = Phi((y - mean) / std)", ylabel="density")
+        ax.set_title(f"{_label(m)}\nPICP@95% {m.metrics.get('picp@0.95') or float('nan'):.3f}")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = _save(fig, out / "pit_hist.png")
+    plt.close(fig)
+    return path
+
+
+def _regression(plt, report, out: Path) -> list[Path]:
+    paths = [_pred_vs_true(plt, report, out)]
+    spread = [m for m in report.models if "coverage" in m.curves]
+    if spread:  # point predictors have no interval and no PIT
+        paths += [_coverage(plt, spread, out), _pit_hist(plt, spread, out)]
+    return paths
+
+
 def save_plots(report, out_dir: str | Path) -> list[Path]:
     """Write the PNGs described in the module docstring into ``out_dir``; returns their paths.
 
-    ``report``: a :class:`~qbnn.pipeline.validate.Report`. Regression reports produce no plots.
+    ``report``: a :class:`~qbnn.pipeline.validate.Report` (classification or regression).
     """
-    if report.task != "classification":
-        return []
     out = Path(out_dir)
+    if report.task != "classification":
+        return _regression(_pyplot(), report, out)
     plt = _pyplot()
     paths = [
         _reliability(plt, report, out),

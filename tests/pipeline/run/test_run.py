@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +42,8 @@ def _manifest(root: Path) -> dict:
 
 def test_demo_produces_every_artifact_with_valid_hashes(demo_run):
     out, output = demo_run
+    for model in ("bnn", "det"):  # per-epoch training progress (rich, final state when logged)
+        assert re.search(rf"training {model} .*30/30 epochs", output), output
     root = out / "demo"
     m = _manifest(root)
     assert [s for s, v in m["stages"].items() if v["status"] == "done"] == [
@@ -206,6 +209,12 @@ def test_shipped_configs(tmp_path):
     assert (ROOT / "examples" / "demo.yaml").read_text() == demo_config_text()
     cfg, _ = load_run_config(ROOT / "examples" / "pipeline_byo.yaml")
     assert isinstance(cfg, RunConfig) and cfg.model.sampling == "lrt"
+    from qbnn.exporters.api import known_families
+
+    text = (ROOT / "examples" / "pipeline_byo.yaml").read_text()
+    line = next(ln for ln in text.splitlines() if ln.strip().startswith("posterior:"))
+    listed = {p.strip() for p in line.split("#", 1)[1].split("|")}
+    assert listed == {"auto", *known_families()}  # every registered posterior is offered
 
 
 def test_regression_pipeline_from_the_diabetes_example(tmp_path):
