@@ -21,7 +21,7 @@ from qbnn.runtimes.contract import (
     MetaKey,
     Task,
 )
-from qbnn.runtimes.errors import ConfigError, ExportError, first_line
+from qbnn.runtimes.errors import ConfigError, ExportError, UnsupportedLayerError, first_line
 from qbnn.runtimes.seeding import random_nodes
 
 from . import (  # noqa: F401  (register the exporters)
@@ -283,7 +283,11 @@ def export_model(
     mode = exporter.parse_mode(sampling, num_samples)
     x = example_input.detach().float()
     net = network_of(model)
-    form = inspect_output(net, x, task_e) if net is not None else None
+    refusal: UnsupportedLayerError | None = None
+    try:
+        form = inspect_output(net, x, task_e) if net is not None else None
+    except UnsupportedLayerError as exc:  # raised after the posterior's own checks below
+        form, refusal = None, exc
     head_e = resolve_head(head, form, task_e)
     if form is not None and form.pair:
         heteroscedastic = True
@@ -299,6 +303,8 @@ def export_model(
     ref = _probe(built, x)
     out_dim = _heteroscedastic(built, ref, task_e, heteroscedastic)
     noise_var = _noise_variance(model, family, task_e, heteroscedastic, noise_variance)
+    if refusal is not None:
+        raise refusal
     built.module.noise_variance = noise_var
     proto = _trace(built, x, task_e, opset, heteroscedastic)
     meta = {
