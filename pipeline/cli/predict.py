@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from qbnn.runtimes.errors import UsageError
+from qbnn.runtimes.errors import RuntimeInputError
 
 from .common import handles_errors, progress_bar
 
@@ -42,8 +42,8 @@ def predict_cmd(
     if not allow_nonfinite and np.issubdtype(x.dtype, np.floating):
         bad = int((~np.isfinite(x.reshape(len(x), -1))).any(axis=1).sum())
         if bad:
-            raise UsageError(
-                f"{data}: {bad} of {len(x)} rows of 'x' hold NaN or inf; clean them, or pass "
+            raise RuntimeInputError(
+                f"{data}: 'x' has NaN/inf values in {bad} of {len(x)} rows; clean them, or pass "
                 "--allow-nonfinite to predict them anyway (their outputs are NaN)"
             )
     opts = PredictorOptions(allow_nonfinite=allow_nonfinite, plain_output=plain_output)

@@ -123,12 +123,17 @@ class Census:
         return "int8" if self.int8_ops or self.int8_tensors else "fp32"
 
     def to_dict(self) -> dict:
+        """Counts only (kept in the model's metadata, so it must stay small): heavy fp32 ops
+        are counted per reason."""
+        reasons: dict[str, int] = {}
+        for reason in self.fp32_ops.values():
+            reasons[reason] = reasons.get(reason, 0) + 1
         return {
             "precision": self.precision,
             "int8_ops": dict(self.int8_ops),
             "int8_tensors": len(self.int8_tensors),
             "int8_values": self.int8_values,
-            "fp32_ops": dict(self.fp32_ops),
+            "fp32_ops": reasons,
             "fp32_small_tensors": self.fp32_small,
         }
 

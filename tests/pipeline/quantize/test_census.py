@@ -75,6 +75,7 @@ def test_census_counts_and_reasons_on_a_hand_built_graph():
     assert lines[0] == "ops computing in int8: 1 (1 MatMul (QDQ))"
     assert lines[1] == "tensors stored in 8 bits: 2 (28 values)"
     assert "fp32: 1 op(s), listed in exclude_nodes: kept" in lines
+    assert census.to_dict()["fp32_ops"] == {RUNTIME: 1, "listed in exclude_nodes": 1}
     expected = "it holds 4 int8 ops (3 DequantizeLinear, 1 QuantizeLinear)"
     assert already_quantized(_graph()) == expected
 
