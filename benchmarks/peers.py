@@ -16,7 +16,7 @@ Models have random weights (fine for speed). ONNX Runtime thread spinning is off
 ORT workers do not steal the CPU from the torch contenders. Rounds rotate the contender order
 so machine drift hits all alike; repeats adapt to ~1.5 s per contender (3..15), and a
 contender whose first run exceeds 8 s is timed once.
-Usage: python benchmarks/peers.py [--quick] [--cache DIR]
+Usage: python benchmarks/peers.py [--quick | --cells resnet20:32:8,...] [--cache DIR]
 """
 
 from __future__ import annotations
@@ -135,10 +135,21 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--cache", type=Path, default=Path("/tmp/qbnn-bench-models"))
     ap.add_argument("--quick", action="store_true", help="ResNet-20 (32, 8) cell only")
+    ap.add_argument("--cells", help="model:batch:S[,...], e.g. resnet20:32:8,digits_mlp:32:8")
+    ap.add_argument(
+        "--providers",
+        help="comma-separated subset of the available providers (default: all). With OpenVINO "
+        "sessions in the process, torch's eager contenders ran 10-30x slower here (its worker "
+        "threads compete with OpenVINO's), so ratios to Bayesian-Torch come from --providers cpu",
+    )
     args = ap.parse_args()
     torch.set_num_threads(2)
     providers = available_providers()
+    if args.providers:
+        providers = [p for p in providers if p in args.providers.split(",")]
     cells = [("resnet20", 32, 8)] if args.quick else CELLS
+    if args.cells:
+        cells = [(m, int(b), int(n)) for m, b, n in (c.split(":") for c in args.cells.split(","))]
     t_start = time.perf_counter()
     rows = []
     for name, batch, s in cells:
@@ -161,7 +172,7 @@ def main() -> None:
                 f"  {k:28s} {med * 1e3:10.1f} ms  {batch / med:10.1f} img/s  ({len(ts)} runs)",
                 flush=True,
             )
-    write(rows, providers, time.perf_counter() - t_start)
+        write(rows, providers, time.perf_counter() - t_start)  # after every cell
 
 
 def _overhead(rows: list[dict]) -> list[str]:
