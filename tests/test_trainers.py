@@ -359,7 +359,9 @@ def test_laplace_graphs_quantize_and_keep_the_posterior(tmp_path, iris, iris_lap
     assert "QLinearMatMul" not in ops  # no noise became an int8 activation
     if case[0] == "last_layer":  # factors >= 256 values (all-diag's 163 scales stay fp32)
         assert res.int8_weights, "the posterior factors are stored in 8 bits"
-    assert res.size_ratio < 0.45
+    # iris-sized graphs: node structure outweighs the few weights now that exports carry no
+    # tracing metadata (which had made the fp32 file 2-3x larger); int8 must not grow the file
+    assert res.size_ratio <= 1.0, res.size_ratio
     x = iris.x_test.numpy()
     # S = 1024: all-diag's posterior is wide on iris (mean MI ~0.47 nats); at S = 64 the MC
     # noise alone flipped 5 of 40 predictions (INC left that graph without an int8 op)
