@@ -45,7 +45,7 @@ def print_result(result) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    from ..run import summary_columns
+    from ..run import speed_notes, summary_columns
 
     console = Console()
     if not console.is_terminal:
@@ -67,6 +67,8 @@ def print_result(result) -> None:
         console.print(verdict)
     for w in _report_warnings(result.root):
         console.print(f"[yellow]warning:[/yellow] {escape(w)}")
+    for note in speed_notes(result.root):
+        console.print(f"note: {escape(note)}")
     report = result.root / "report" / "report.md"
     if report.is_file():
         console.print(f"report: {report}")

@@ -10,7 +10,7 @@ from .config import DataConfig, ModelSource, RunConfig, Stage, load_run_config
 from .demo import demo_config_text, prepare_demo
 from .manifest import Manifest, sha256_file
 from .runner import RunResult, load_manifest, run
-from .summary import summary_columns, summary_rows
+from .summary import speed_notes, summary_columns, summary_rows
 
 __all__ = [
     "DataConfig",
@@ -26,5 +26,6 @@ __all__ = [
     "run",
     "sha256_file",
     "summary_columns",
+    "speed_notes",
     "summary_rows",
 ]

@@ -5,7 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-__all__ = ["REGRESSION_SUMMARY_COLUMNS", "SUMMARY_COLUMNS", "summary_columns", "summary_rows"]
+__all__ = [
+    "REGRESSION_SUMMARY_COLUMNS",
+    "SUMMARY_COLUMNS",
+    "speed_notes",
+    "summary_columns",
+    "summary_rows",
+]
 
 SUMMARY_COLUMNS = [
     ("model", "model"), ("accuracy", "accuracy"), ("ece", "ECE"),
@@ -82,3 +88,46 @@ def summary_rows(root: str | Path) -> list[dict[str, str]]:
             row["gates"] = "reference" if name == report.get("reference") else "-"
         rows.append(row)
     return rows
+
+
+def _sampling(path: Path) -> str:
+    """``qbnn.sampling`` of a model file ('' when absent or unreadable)."""
+    try:
+        import onnx
+
+        meta = onnx.load(str(path), load_external_data=False).metadata_props
+    except Exception:  # a missing or foreign file: no explanation beyond the generic one
+        return ""
+    return next((p.value for p in meta if p.key == "qbnn.sampling"), "")
+
+
+def speed_notes(root: str | Path) -> list[str]:
+    """One line for each reason int8 did not run faster than fp32 in the run's benchmark
+    (empty when it did, or when either was not benchmarked)."""
+    root = Path(root)
+    path = root / "bench" / "bench.json"
+    cells = json.loads(path.read_text()).get("cells", []) if path.is_file() else []
+    best: dict[str, float] = {}
+    for c in cells:
+        best[c["model"]] = max(best.get(c["model"], 0.0), c["images_per_s"])
+    if "fp32" not in best or "int8" not in best or best["int8"] >= best["fp32"]:
+        return []
+    lead = (
+        f"int8 ran slower than fp32 here ({best['int8']:,.0f} vs {best['fp32']:,.0f} images/s "
+        "at their best benchmarked batch and S)"
+    )
+    mode = _sampling(root / _FILES["int8"])
+    if mode == "lrt":
+        why = (
+            "an lrt graph spends most of its time drawing one normal per activation, which "
+            "stays fp32, and a model this small has little convolution work to speed up; int8 "
+            "pays on frozen:K graphs and on weight-mode graphs with convolutions "
+            "(benchmarks/results/peers.md)"
+        )
+    else:
+        why = (
+            "on CPUs without int8 dot-product instructions (VNNI/AMX) int8 kernels gain little "
+            "over fp32, and the quantize/dequantize steps around them cost extra "
+            "(benchmarks/results/conv_weights.md)"
+        )
+    return [f"{lead}: {why}"]

@@ -1,0 +1,55 @@
+"""The run summary explains a row where int8 is not faster than fp32 (issue 12, section 3)."""
+
+from __future__ import annotations
+
+import json
+
+import onnx
+from onnx import TensorProto, helper
+
+from qbnn.pipeline.run import speed_notes
+
+
+def _bench(root, fp32: float, int8: float) -> None:
+    (root / "bench").mkdir()
+    cells = [
+        {"model": "fp32", "batch": 32, "num_samples": 16, "images_per_s": fp32},
+        {"model": "int8", "batch": 32, "num_samples": 16, "images_per_s": int8},
+        {"model": "int8", "batch": 1, "num_samples": 16, "images_per_s": int8 / 2},
+    ]
+    (root / "bench" / "bench.json").write_text(json.dumps({"cells": cells}))
+
+
+def _model(path, sampling: str) -> None:
+    g = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+    )
+    m = helper.make_model(g)
+    m.metadata_props.add(key="qbnn.sampling", value=sampling)
+    onnx.save(m, str(path))
+
+
+def test_int8_slower_lrt_row_is_explained(tmp_path):
+    _bench(tmp_path, fp32=2264.0, int8=1173.0)
+    _model(tmp_path / "model.int8.onnx", "lrt")
+    (note,) = speed_notes(tmp_path)
+    assert note.startswith("int8 ran slower than fp32 here (1,173 vs 2,264 images/s")
+    assert "one normal per activation" in note
+
+
+def test_other_modes_get_the_cpu_reason_and_faster_int8_no_note(tmp_path):
+    _bench(tmp_path, fp32=100.0, int8=90.0)
+    _model(tmp_path / "model.int8.onnx", "frozen:8")
+    (note,) = speed_notes(tmp_path)
+    assert "VNNI" in note and "conv_weights.md" in note
+    (tmp_path / "bench" / "bench.json").unlink()
+    (tmp_path / "bench").rmdir()
+    _bench(tmp_path, fp32=100.0, int8=150.0)
+    assert speed_notes(tmp_path) == []
+
+
+def test_no_bench_no_note(tmp_path):
+    assert speed_notes(tmp_path) == []
