@@ -18,7 +18,7 @@ BatchNorm layers for vector posteriors).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -179,16 +179,3 @@ class SampleLoopModel(nn.Module):
         return uncertainty_head(
             out, self.task, self.heteroscedastic, self.noise_variance, self.head
         )
-
-
-def loop_over(
-    net: nn.Module, source: ParamSource, task: Task
-) -> Callable[[torch.Tensor, int, torch.Generator], torch.Tensor]:
-    """Eager reference of a :class:`SampleLoopModel` (for tests): ``[S, B, C]``."""
-
-    def sample(x: torch.Tensor, s: int, gen: torch.Generator) -> torch.Tensor:
-        del gen
-        with torch.no_grad():
-            return SampleLoopModel(net, source, task).per_sample(x, torch.zeros(s))
-
-    return sample

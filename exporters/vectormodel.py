@@ -24,7 +24,7 @@ from qbnn.runtimes.errors import UnsupportedLayerError
 
 from .heads import Head
 from .layers import SampleContext
-from .sampleloop import ParamSource
+from .sampleloop import ParamSource, gather_samples
 from .wrapper import _first, uncertainty_head
 
 __all__ = [
@@ -139,8 +139,7 @@ class FrozenTable(nn.Module):
         self.register_buffer("draws", draws.detach().float().clone())
 
     def forward(self) -> torch.Tensor:
-        idx = torch.remainder(torch.arange(self.ctx.num_samples), self.draws.shape[0])
-        return self.draws[idx]
+        return gather_samples(self.draws, self.ctx.template)
 
 
 class LastLayerModel(nn.Module):

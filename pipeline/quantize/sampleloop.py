@@ -109,13 +109,8 @@ def calibrate_loop(
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
     outer_names = []
-    by_scan: dict[int, list[str]] = {}
-    for c in convs:
-        by_scan.setdefault(c.scan, [])
-        for t in (c.x, c.y):
-            if t not in by_scan[c.scan]:
-                by_scan[c.scan].append(t)
-    for si, tensors in by_scan.items():
+    for si, group in _by_scan(convs).items():
+        tensors = list(dict.fromkeys(t for c in group for t in (c.x, c.y)))
         scan = probe.graph.node[si]
         body = _body(scan)
         for t in tensors:
@@ -142,6 +137,14 @@ def calibrate_loop(
     return ranges
 
 
+def _by_scan(convs: list[LoopConv]) -> dict[int, list[LoopConv]]:
+    """The convolutions grouped by the index of their Scan node."""
+    out: dict[int, list[LoopConv]] = {}
+    for c in convs:
+        out.setdefault(c.scan, []).append(c)
+    return out
+
+
 def _uint8_params(lo: float, hi: float) -> tuple[float, int]:
     lo, hi = min(lo, 0.0), max(hi, 0.0)
     scale = (hi - lo) / 255.0 if hi > lo else 1.0
@@ -164,10 +167,8 @@ def quantize_loop_convs(
     out = onnx.ModelProto()
     out.CopyFrom(model)
     g = out.graph
-    by_scan: dict[int, list[LoopConv]] = {}
-    for c in convs:
-        by_scan.setdefault(c.scan, []).append(c)
-    for si, group in by_scan.items():
+    # last Scan first: weight-quantization nodes inserted before a Scan shift later indices
+    for si, group in sorted(_by_scan(convs).items(), reverse=True):
         scan = g.node[si]
         body = _body(scan)
         states = _num_states(scan)
