@@ -25,7 +25,7 @@ from qbnn.pipeline.quantize.sampleloop import (
 )
 from qbnn.runtimes import Predictor, available_providers
 
-from tiny_models import bayes_cnn, bayes_mlp, example, ort_session
+from tiny_models import bayes_cnn, bayes_mlp, example, flipout_cnn, ort_session
 
 
 def _scans(model: onnx.ModelProto) -> list[onnx.NodeProto]:
@@ -195,3 +195,39 @@ def test_openvino_runs_the_sample_loop(tmp_path):
     b = Predictor(path, provider="openvino", seed=2).predict(x, 512, return_samples=True)
     se = np.sqrt(a.probs.var(0) / 512 + b.probs.var(0) / 512)
     assert np.all(np.abs(a.mean_probs - b.mean_probs) <= 5 * se.max(-1, keepdims=True) + 1e-3)
+
+
+def test_flipout_models_export_in_weight_mode_with_the_flipout_layers_per_row_predictive(tmp_path):
+    """Flipout's default is ``weight`` (the sample loop): every row's effective weight is an
+    exact posterior draw under both estimators, so the graph's per-row mean_probs must match
+    Bayesian-Torch's own Conv2dFlipout/LinearFlipout forward averaged over 4000 passes.
+
+    Tolerance: 5 standard errors of the difference of the two MC means (graph S = 4000,
+    torch 4000 passes), seeds fixed; plus the spread (MI) within 15 %."""
+    from qbnn.runtimes.contract import MetaKey
+
+    model = flipout_cnn().eval()
+    x = example((1, 8, 8), batch=6, seed=7)
+    path = export(model, x, tmp_path / "f.onnx", seed=3)
+    meta = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    assert meta[MetaKey.SAMPLING.value] == "weight"
+    assert len(_scans(onnx.load(str(path)))) == 1
+
+    n = 4000
+    out = ort_session(path).run(
+        ["probs", "mutual_information"], {"input": x.numpy(), "num_samples": np.array(n)}
+    )
+    g_probs, g_mi = out
+    torch.manual_seed(11)
+    with torch.no_grad():
+        outs = [model(x) for _ in range(n)]
+        outs = [o[0] if isinstance(o, tuple) else o for o in outs]  # (logits, kl) or logits
+        t_probs = torch.stack([F.softmax(o, -1) for o in outs]).numpy()
+    se = np.sqrt((g_probs.var(0) + t_probs.var(0)) / n)
+    diff = np.abs(g_probs.mean(0) - t_probs.mean(0))
+    assert (diff <= 5 * se + 1e-6).all(), float((diff / (se + 1e-12)).max())
+    mean = t_probs.mean(0)
+    t_mi = -(mean * np.log(mean + 1e-12)).sum(-1) + (t_probs * np.log(t_probs + 1e-12)).sum(
+        -1
+    ).mean(0)
+    assert np.allclose(g_mi, t_mi, rtol=0.15, atol=1e-3), (g_mi, t_mi)
