@@ -107,11 +107,49 @@ def _openvino_seeds(model: onnx.ModelProto) -> None:
         node.attribute.extend([*kept, helper.make_attribute("seed", value)])
 
 
+def _is_qoperator(node: onnx.NodeProto) -> bool:
+    return node.op_type.startswith("QLinear") or node.op_type in QOPERATOR_OPS
+
+
 def _qoperator_ops(model: onnx.ModelProto) -> list[str]:
-    return sorted(
-        {n.op_type for n in model.graph.node
-         if n.op_type.startswith("QLinear") or n.op_type in QOPERATOR_OPS}
-    )  # fmt: skip
+    """QOperator op types of the main graph."""
+    return sorted({n.op_type for n in model.graph.node if _is_qoperator(n)})
+
+
+def _loop_qoperator_ops(model: onnx.ModelProto) -> list[str]:
+    """QOperator op types inside Scan / Loop / If bodies (the sample loop's int8 form)."""
+    found: set[str] = set()
+
+    def walk(graph: onnx.GraphProto, inside: bool) -> None:
+        for node in graph.node:
+            if inside and _is_qoperator(node):
+                found.add(node.op_type)
+            for attr in node.attribute:
+                for sub in [attr.g] if attr.HasField("g") else list(attr.graphs):
+                    walk(sub, True)
+
+    walk(model.graph, False)
+    return sorted(found)
+
+
+def _refuse_unconvertible(model: onnx.ModelProto, source: str) -> None:
+    """Refuse, before OpenVINO sees it, a graph it cannot convert.
+
+    OpenVINO 2026.4's ONNX frontend *crashes the process* (segmentation fault in
+    libopenvino) on the sample loop's int8 form, QLinearConv with per-sample run-time int8
+    weights inside a Scan body (seen on a ResNet-20 ``weight`` graph quantized as QDQ), so
+    such graphs never reach it. Main-graph QOperator graphs fail to convert with an exception;
+    they are refused the same way, with the same one-line message as before.
+    """
+    loop_ops = _loop_qoperator_ops(model)
+    if loop_ops:
+        raise ModelLoadError(
+            f"OpenVINO cannot run {source}: its sample loop computes with per-sample int8 "
+            f"weights ({', '.join(loop_ops)} inside the Scan body), which OpenVINO does not "
+            "convert; run it on provider 'cpu' (auto does), or run the fp32 graph on OpenVINO"
+        )
+    if _qoperator_ops(model):
+        raise _load_error(model, source, RuntimeError("QOperator graph"))
 
 
 def _conversion_summary(exc: BaseException) -> str:
@@ -222,6 +260,7 @@ def openvino_session(
     model: onnx.ModelProto, options: SessionOptions, source: str
 ) -> BackendSession:
     """Compile ``model`` (modified in place: see the module docstring) on OpenVINO's CPU."""
+    _refuse_unconvertible(model, source)
     core = _core()
     default = num_samples_as_input(model)
     _openvino_seeds(model)

@@ -231,3 +231,23 @@ def test_flipout_models_export_in_weight_mode_with_the_flipout_layers_per_row_pr
         -1
     ).mean(0)
     assert np.allclose(g_mi, t_mi, rtol=0.15, atol=1e-3), (g_mi, t_mi)
+
+
+@pytest.mark.skipif("openvino" not in available_providers(), reason="openvino not installed")
+def test_openvino_never_sees_the_loops_int8_form(tmp_path):
+    """OpenVINO 2026.4 crashed the process (segfault in libopenvino) compiling a ResNet-20
+    ``weight`` graph quantized as QDQ, whose Scan body holds QLinearConv with run-time int8
+    weights. Such graphs are refused before OpenVINO sees them, in one line naming the fix;
+    ``auto`` opens them on ONNX Runtime's CPU EP."""
+    from qbnn.runtimes.errors import ModelLoadError
+
+    x = example((1, 8, 8), batch=16, seed=7).numpy()
+    fp32 = export(bayes_cnn(), example((1, 8, 8)), tmp_path / "w.onnx", sampling="weight", seed=0)
+    res = quantize_model(fp32, tmp_path / "w.qdq.onnx", QuantConfig(format="qdq"), calib=x)
+    assert "QLinearConv" in [n.op_type for n in _body(_scans(onnx.load(str(res.path)))[0]).node]
+    with pytest.raises(ModelLoadError, match=r"per-sample int8 weights \(QLinearConv inside") as e:
+        Predictor(res.path, provider="openvino")
+    assert "\n" not in str(e.value) and "provider 'cpu'" in str(e.value)
+    auto = Predictor(res.path, provider="auto", seed=0)
+    assert auto.provider == "cpu"
+    assert auto.predict(x, 4).mean_probs.shape == (16, 4)
