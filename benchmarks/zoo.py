@@ -5,6 +5,8 @@
 * ``resnet20``: Bayesian-Torch's CIFAR ResNet-20 converted with ``dnn_to_bnn`` (``[B, 3, 32, 32]``).
 * ``resnet50``: Bayesian-Torch's ImageNet ResNet-50 converted with ``dnn_to_bnn``
   (``[B, 3, 224, 224]``).
+* ``resnet20_flipout``: ResNet-20 converted with ``dnn_to_bnn(type="Flipout")``
+  (Bayesian-Torch ``Conv2dFlipout`` / ``LinearFlipout`` layers).
 """
 
 from __future__ import annotations
@@ -19,7 +21,12 @@ from torch import nn
 PRIOR = {"prior_mu": 0.0, "prior_sigma": 1.0, "posterior_mu_init": 0.0,
          "posterior_rho_init": -3.0, "type": "Reparameterization", "moped_enable": False,
          "moped_delta": 0.5}  # fmt: skip
-SHAPES = {"digits_mlp": (64,), "resnet20": (3, 32, 32), "resnet50": (3, 224, 224)}
+SHAPES = {
+    "digits_mlp": (64,),
+    "resnet20": (3, 32, 32),
+    "resnet20_flipout": (3, 32, 32),
+    "resnet50": (3, 224, 224),
+}
 
 
 def deterministic(name: str, seed: int = 0) -> nn.Module:
@@ -29,7 +36,7 @@ def deterministic(name: str, seed: int = 0) -> nn.Module:
         net = nn.Sequential(
             nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10)
         )
-    elif name == "resnet20":
+    elif name in ("resnet20", "resnet20_flipout"):
         from bayesian_torch.models.deterministic.resnet import resnet20
 
         net = resnet20()
@@ -41,12 +48,14 @@ def deterministic(name: str, seed: int = 0) -> nn.Module:
 
 
 def bayesian(name: str, seed: int = 0) -> nn.Module:
-    """``dnn_to_bnn`` of :func:`deterministic` (Bayesian-Torch mean-field layers)."""
+    """``dnn_to_bnn`` of :func:`deterministic` (Bayesian-Torch mean-field layers; Flipout
+    layers for ``resnet20_flipout``)."""
     from bayesian_torch.models.dnn_to_bnn import dnn_to_bnn
 
     net = copy.deepcopy(deterministic(name, seed))
     torch.manual_seed(seed + 1)
-    dnn_to_bnn(net, PRIOR)
+    prior = {**PRIOR, "type": "Flipout"} if name.endswith("_flipout") else PRIOR
+    dnn_to_bnn(net, prior)
     return net.eval()
 
 

@@ -5,20 +5,24 @@ structure, not from metadata) and whether the CPU has int8 dot-product instructi
 (``avx512_vnni`` / ``avx_vnni`` / ``amx_int8``). Measurements behind it (2 threads, S = 8):
 
 * ``benchmarks/results/provider_rule.md`` (AVX2 CPU, no VNNI; tiny MLP, digits MLP and
-  Bayesian ResNet-20 in ``frozen:8`` / ``lrt`` / ``weight``, fp32 and int8 QDQ, batch 32 and
-  1; best of 5-15 interleaved calls on a shared machine): ONNX Runtime's CPU EP is faster or
-  within 5 % in 35 of 36 cells (the other: 1.05x). Dense graphs: OpenVINO pays ~0.5 ms more
-  per call and runs 1.2-4x slower; ResNet-20 at batch 32: ``frozen:8`` CPU EP 377 ms fp32 /
-  216 ms QDQ vs OpenVINO 520 / 238 ms, ``lrt`` 1.2x and ``weight`` 2.5x in the CPU EP's
-  favour. Int8 QDQ ``frozen:8`` is a tie on AVX2 (a focused A/B, best of 15, twice: OpenVINO
-  1.13x; the probe: CPU EP 1.10x), so the CPU EP, always installed, keeps it there.
+  Bayesian ResNet-20 in ``frozen:8`` / ``lrt`` / ``weight`` (the sample loop), fp32 and int8
+  QDQ / QOperator, batch 32 and 1; best of 5-15 interleaved calls, run under ``chrt -f``
+  so other processes could not preempt it): dense graphs run 1.2-4x faster on the CPU EP
+  (OpenVINO pays ~0.5 ms more per call). Convolutional graphs: int8 QDQ ``frozen:8`` runs
+  1.62x (batch 32) / 1.21x (batch 1) faster on OpenVINO, and QDQ ``lrt`` 1.36x / 1.31x;
+  fp32 ``frozen:8`` is level at batch 32 (1.03x) and OpenVINO 1.33x at batch 1, while the
+  side-by-side peers run (``peers.openvino.md``) had the CPU EP 1.36x faster at batch 32;
+  the fp32 ``weight`` loop runs 1.55x faster on OpenVINO at batch 32 but 1.3x slower at
+  batch 1. The sample loop's int8 form (QLinearConv with run-time weights) cannot run on
+  OpenVINO at all.
 * DESIGN.md section 8 (AVX512-VNNI Zen 5, ResNet-20 batch 32, ratios to Bayesian-Torch eager):
   ``frozen:8`` int8 QDQ on OpenVINO 3.51x vs 2.25x (QDQ) / 2.24x (QOperator) on the CPU EP,
-  i.e. OpenVINO 1.56x faster; ``weight`` mode: CPU EP 0.34x vs OpenVINO 0.20x.
+  i.e. OpenVINO 1.56x faster (measured before the sample loop existed).
 
-Hence: OpenVINO first only for convolutional graphs whose convolutions see no noise (frozen
-draws, ensembles, deterministic bodies with a last-layer posterior), in int8 QDQ, on a VNNI
-CPU; everything else runs fastest on ONNX Runtime's CPU EP. ``bf16`` sessions exist only on
+Hence: OpenVINO first for int8 QDQ convolutional graphs (faster at both batch sizes on both
+CPU classes measured: 1.21-1.62x); everything else on ONNX Runtime's CPU EP, where the
+evidence is level or depends on the batch size (fp32 ``weight`` loops at batch >= 32 gain
+1.5x from ``provider="openvino"``; the README says so). ``bf16`` sessions exist only on
 OpenVINO, so ``auto`` with precision bf16 picks it whatever the rule says. When the first
 choice cannot load a model (e.g. OpenVINO and a QOperator graph) ``open_model`` falls back to
 the next. Re-run ``benchmarks/provider_rule.py`` on a new CPU class and edit :data:`RULE`.
@@ -78,6 +82,9 @@ class GraphFeatures:
 #: (graph kind, int8 QDQ, CPU class) -> providers, fastest first. Missing keys -> cpu first.
 RULE: dict[tuple[GraphKind, bool, CpuClass], tuple[str, ...]] = {
     (GraphKind.STATIC_CONV, True, CpuClass.VNNI): ("openvino", "cpu"),
+    (GraphKind.STATIC_CONV, True, CpuClass.PLAIN): ("openvino", "cpu"),
+    (GraphKind.NOISY_CONV, True, CpuClass.VNNI): ("openvino", "cpu"),
+    (GraphKind.NOISY_CONV, True, CpuClass.PLAIN): ("openvino", "cpu"),
 }
 _DEFAULT = ("cpu", "openvino")
 
