@@ -79,7 +79,21 @@ def ort_session(
     description="ONNX Runtime CPU EP (MLAS)",
 )
 def _cpu(model: onnx.ModelProto, options: SessionOptions, source: str) -> BackendSession:
+    """With full graph optimization, the sample loop's run-time-weight convolutions get ONNX
+    Runtime's NCHWc kernels (:mod:`qbnn.runtimes.nchwc`), on a copy: a provider ``auto`` falls
+    back to must still get the portable graph."""
+    if options.graph_optimization_level == GraphOptLevel.ALL and _has_loop(model):
+        from .nchwc import nchwc_loop_convs
+
+        rewritten = onnx.ModelProto()
+        rewritten.CopyFrom(model)
+        if nchwc_loop_convs(rewritten):
+            model = rewritten
     return ort_session(model, options, source, ep="CPUExecutionProvider", name="cpu")
+
+
+def _has_loop(model: onnx.ModelProto) -> bool:
+    return any(n.op_type in ("Scan", "Loop") for n in model.graph.node)
 
 
 @register_provider(

@@ -1,0 +1,196 @@
+"""Blocked-layout (NCHWc) kernels for the sample loop's convolutions on ONNX Runtime's CPU EP.
+
+ONNX Runtime's fastest fp32 CPU convolutions are MLAS's NCHWc kernels (activations in
+channel blocks of 8 on AVX2, 16 on AVX-512; filters reordered to ``OIHWBiBo``). Its graph
+optimizer (``NchwcTransformer``, level ``ALL``) only uses them for convolutions whose filter is
+a constant, reordering the constant once. In the sample loop every convolution's filter is that
+MC sample's weight, a run-time tensor, so the optimizer leaves it on the generic im2col path:
+``benchmarks/results/conv_weights.md`` measured a run-time-weight Conv 1.69x slower than the
+same Conv with a constant weight, and ``profile_modes.md`` puts 79 % of a ``weight``-mode
+ResNet-20 run in such Convs.
+
+:func:`nchwc_loop_convs` rewrites each eligible Conv inside a Scan/Loop body into
+``ReorderInput -> com.microsoft.nchwc.Conv -> ReorderOutput`` and reorders the run-time filter
+with graph ops (``Reshape -> Transpose -> Reshape``, a few thousand values per sample), so the
+NCHWc kernel runs on it. The block size is read from ONNX Runtime itself (:func:`block_size`
+lets it optimize a one-Conv model and checks which reorder its filter matches), so the
+rewrite follows the machine the session runs on; where ONNX Runtime has no NCHWc kernels
+(block size 0) nothing is rewritten. The rewrite is a session-time, machine-specific step:
+the file on disk stays portable ONNX.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+__all__ = ["NCHWC_DOMAIN", "block_size", "nchwc_loop_convs", "reorder_filter"]
+
+log = logging.getLogger("qbnn.runtime")
+
+NCHWC_DOMAIN = "com.microsoft.nchwc"
+_PERM = [0, 2, 4, 5, 3, 1]  # [O/b, b_o, I/b, b_i, kh, kw] -> [O/b, I/b, kh, kw, b_i, b_o]
+
+
+def reorder_filter(w: np.ndarray, block: int) -> np.ndarray:
+    """MLAS's ``OIHWBiBo`` filter order: ``w [O, I, kh, kw]`` float32 -> the same shape with
+    the values in ``[O/b, I/b, kh, kw, b_i, b_o]`` order (``O`` and ``I`` multiples of ``b``)."""
+    o, i, kh, kw = w.shape
+    return (
+        w.reshape(o // block, block, i // block, block, kh, kw)
+        .transpose(_PERM)
+        .reshape(o, i, kh, kw)
+    )
+
+
+@cache
+def block_size() -> int:
+    """The NCHWc channel block ONNX Runtime's CPU EP uses here (8 on AVX2, 16 on AVX-512), or 0
+    when its optimizer does not produce NCHWc convolutions on this machine."""
+    import onnxruntime as ort
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((32, 32, 3, 3)).astype(np.float32)
+    g = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])],
+        "probe",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 32, 8, 8])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(w, "w")],
+    )
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
+    with tempfile.TemporaryDirectory() as tmp:
+        so = ort.SessionOptions()
+        so.log_severity_level = 3
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.optimized_model_filepath = str(Path(tmp) / "opt.onnx")
+        ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        opt = onnx.load(so.optimized_model_filepath)
+    if not any(n.domain == NCHWC_DOMAIN and n.op_type == "Conv" for n in opt.graph.node):
+        return 0
+    filters = [
+        numpy_helper.to_array(t) for t in opt.graph.initializer if list(t.dims) == [32] * 2 + [3, 3]
+    ]
+    for block in (8, 16):
+        if any(np.array_equal(f, reorder_filter(w, block)) for f in filters):
+            return block
+    return 0
+
+
+def _static_shape(graph: onnx.GraphProto, name: str) -> list[int] | None:
+    for vi in [*graph.input, *graph.value_info]:
+        if vi.name == name:
+            dims = vi.type.tensor_type.shape.dim
+            if dims and all(d.HasField("dim_value") for d in dims):
+                return [d.dim_value for d in dims]
+            return None
+    return None
+
+
+def _eligible(node: onnx.NodeProto, graph: onnx.GraphProto, consts: set[str], block: int):
+    """The filter shape ``[O, I, kh, kw]`` of a 2-D, ungrouped, non-pointwise Conv with a
+    run-time filter and block-aligned channels, else None. Pointwise (1x1) convolutions are
+    left alone: already plain GEMMs, they gain nothing and each rewritten Conv reorders its
+    activations in and out (``benchmarks/results/nchwc.md``, session-level A/B: a Bayesian
+    ResNet-50 ``weight`` loop with 1x1 convolutions rewritten too ran slower than without any
+    rewrite, 5240.8 vs 4959.6 ms; 3x3 only 1.02x faster; ResNet-20, all 3x3, 1.11x).
+    """
+    if node.op_type != "Conv" or node.domain not in ("", "ai.onnx") or len(node.input) < 2:
+        return None
+    if node.input[1] in consts:
+        return None  # a constant filter: ONNX Runtime's own optimizer handles it
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    if attrs.get("group", 1) != 1:
+        return None
+    shape = _static_shape(graph, node.input[1])
+    if shape is None or len(shape) != 4 or shape[0] % block or shape[1] % block:
+        return None
+    if shape[2] * shape[3] == 1:
+        return None  # pointwise: already a plain GEMM; the activation reorders cost more
+    return shape
+
+
+def _rewrite(node: onnx.NodeProto, shape: list[int], block: int, tag: str) -> tuple[list, list]:
+    o, i, kh, kw = shape
+    p = f"{node.name or node.output[0]}/nchwc"
+    inits = [
+        numpy_helper.from_array(
+            np.array([o // block, block, i // block, block, kh, kw], np.int64), f"{p}/shape6_{tag}"
+        ),
+        numpy_helper.from_array(np.array(shape, np.int64), f"{p}/shape4_{tag}"),
+    ]
+    nodes = [
+        helper.make_node("Reshape", [node.input[1], inits[0].name], [f"{p}/w6"], name=f"{p}/w6"),
+        helper.make_node("Transpose", [f"{p}/w6"], [f"{p}/w6t"], perm=_PERM, name=f"{p}/perm"),
+        helper.make_node("Reshape", [f"{p}/w6t", inits[1].name], [f"{p}/w"], name=f"{p}/w"),
+        helper.make_node(
+            "ReorderInput", [node.input[0]], [f"{p}/x"], name=f"{p}/x", domain=NCHWC_DOMAIN
+        ),
+    ]
+    conv = helper.make_node(
+        "Conv",
+        [f"{p}/x", f"{p}/w", *node.input[2:]],
+        [f"{p}/y"],
+        name=f"{p}/conv",
+        domain=NCHWC_DOMAIN,
+    )
+    conv.attribute.extend(node.attribute)
+    nodes.append(conv)
+    nodes.append(
+        helper.make_node(
+            "ReorderOutput",
+            [f"{p}/y"],
+            list(node.output),
+            name=f"{p}/y",
+            domain=NCHWC_DOMAIN,
+            channels=o,
+        )
+    )
+    return nodes, inits
+
+
+def _walk(graph: onnx.GraphProto, block: int, inside: bool, counter: list[int]) -> None:
+    consts = {t.name for t in graph.initializer}
+    consts |= {o for n in graph.node if n.op_type == "Constant" for o in n.output}
+    out: list[onnx.NodeProto] = []
+    for node in graph.node:
+        for attr in node.attribute:
+            for sub in [attr.g] if attr.HasField("g") else list(attr.graphs):
+                _walk(sub, block, True, counter)
+        shape = _eligible(node, graph, consts, block) if inside else None
+        if shape is None:
+            out.append(node)
+            continue
+        nodes, inits = _rewrite(node, shape, block, str(counter[0]))
+        counter[0] += 1
+        out.extend(nodes)
+        graph.initializer.extend(inits)
+    del graph.node[:]
+    graph.node.extend(out)
+
+
+def nchwc_loop_convs(model: onnx.ModelProto, block: int | None = None) -> int:
+    """Rewrite, in place, every Conv inside a Scan / Loop / If body whose filter is a run-time
+    tensor (2-D, not 1x1, ``group == 1``, input and output channels multiples of the block)
+    into ONNX Runtime's NCHWc form; returns the number of Convs rewritten (0 when ``block`` is 0).
+
+    ``block``: the channel block (default :func:`block_size`). The result runs on ONNX
+    Runtime's CPU EP only (``com.microsoft.nchwc`` ops) and computes the same values as the
+    original graph up to float summation order.
+    """
+    block = block_size() if block is None else block
+    if not block:
+        return 0
+    counter = [0]
+    _walk(model.graph, block, False, counter)
+    if counter[0] and not any(o.domain == NCHWC_DOMAIN for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid(NCHWC_DOMAIN, 1))
+    if counter[0]:
+        log.info("NCHWc kernels for %d sample-loop convolutions (block %d)", counter[0], block)
+    return counter[0]
