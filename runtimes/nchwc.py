@@ -12,7 +12,9 @@ ResNet-20 run in such Convs.
 :func:`nchwc_loop_convs` rewrites each eligible Conv inside a Scan/Loop body into
 ``ReorderInput -> com.microsoft.nchwc.Conv -> ReorderOutput`` and reorders the run-time filter
 with graph ops (``Reshape -> Transpose -> Reshape``, a few thousand values per sample), so the
-NCHWc kernel runs on it. The block size is read from ONNX Runtime itself (:func:`block_size`
+NCHWc kernel runs on it. A following inference BatchNormalization on constant parameters is
+folded into the per-sample filter and bias (ONNX Runtime folds it only into constant filters)
+and a following Relu becomes the NCHWc Conv's fused activation. The block size is read from ONNX Runtime itself (:func:`block_size`
 lets it optimize a one-Conv model and checks which reorder its filter matches), so the
 rewrite follows the machine the session runs on; where ONNX Runtime has no NCHWc kernels
 (block size 0) nothing is rewritten. The rewrite is a session-time, machine-specific step:
@@ -96,10 +98,11 @@ def _static_shape(graph: onnx.GraphProto, name: str) -> list[int] | None:
 def _eligible(node: onnx.NodeProto, graph: onnx.GraphProto, consts: set[str], block: int):
     """The filter shape ``[O, I, kh, kw]`` of a 2-D, ungrouped, non-pointwise Conv with a
     run-time filter and block-aligned channels, else None. Pointwise (1x1) convolutions are
-    left alone: already plain GEMMs, they gain nothing and each rewritten Conv reorders its
-    activations in and out (``benchmarks/results/nchwc.md``, session-level A/B: a Bayesian
-    ResNet-50 ``weight`` loop with 1x1 convolutions rewritten too ran slower than without any
-    rewrite, 5240.8 vs 4959.6 ms; 3x3 only 1.02x faster; ResNet-20, all 3x3, 1.11x).
+    left alone: already plain GEMMs, they gain little, and each rewritten Conv reorders its
+    activations in and out. Session-level A/B (``benchmarks/results/nchwc.md``): ResNet-20
+    (all 3x3) 1.41x faster with the rewrite; ResNet-50 (mostly 1x1, its run dominated by
+    drawing its 25M weight normals per sample) 1.04x, and with 1x1 rewritten too within
+    run-to-run noise of that (an earlier run, before BatchNorm folding, had it slower).
     """
     if node.op_type != "Conv" or node.domain not in ("", "ai.onnx") or len(node.input) < 2:
         return None
@@ -116,7 +119,76 @@ def _eligible(node: onnx.NodeProto, graph: onnx.GraphProto, consts: set[str], bl
     return shape
 
 
-def _rewrite(node: onnx.NodeProto, shape: list[int], block: int, tag: str) -> tuple[list, list]:
+def _constant(graph: onnx.GraphProto, name: str) -> np.ndarray | None:
+    for t in graph.initializer:
+        if t.name == name:
+            return numpy_helper.to_array(t)
+    for n in graph.node:
+        if n.op_type == "Constant" and n.output[0] == name:
+            for a in n.attribute:
+                if a.name == "value":
+                    return numpy_helper.to_array(a.t)
+    return None
+
+
+def _consumers(graph: onnx.GraphProto) -> dict[str, int]:
+    """How many times each tensor is read: by nodes, subgraphs (conservatively, any name a
+    subgraph mentions) and as a graph output."""
+    count: dict[str, int] = {}
+
+    def mentions(g: onnx.GraphProto):
+        for n in g.node:
+            yield from (i for i in n.input if i)
+            for a in n.attribute:
+                for sub in [a.g] if a.HasField("g") else list(a.graphs):
+                    yield from mentions(sub)
+
+    for n in graph.node:
+        for i in n.input:
+            count[i] = count.get(i, 0) + 1
+        for a in n.attribute:
+            for sub in [a.g] if a.HasField("g") else list(a.graphs):
+                for i in set(mentions(sub)):
+                    count[i] = count.get(i, 0) + 1
+    for o in graph.output:
+        count[o.name] = count.get(o.name, 0) + 1
+    return count
+
+
+class _Fusion:
+    """What follows an eligible Conv and folds into it: an inference BatchNormalization on
+    constant parameters (``y * a + c`` per channel, ``a = scale / sqrt(var + eps)``,
+    ``c = B - mean * a``: folded into the per-sample filter and bias) and then a Relu (fused
+    as the NCHWc Conv's activation). ``skip``: the nodes absorbed; ``output``: the tensor the
+    rewritten Conv produces."""
+
+    def __init__(self, conv: onnx.NodeProto, graph: onnx.GraphProto, uses, consumer) -> None:
+        self.a = self.c = None
+        self.relu = False
+        self.skip: set[int] = set()
+        self.output = conv.output[0]
+        nxt = consumer.get(self.output)
+        if nxt is not None and uses.get(self.output) == 1:
+            i, node = nxt
+            params = [_constant(graph, name) for name in node.input[1:5]]
+            is_bn = node.op_type == "BatchNormalization" and len(node.output) == 1
+            if is_bn and len(params) == 4 and all(p is not None for p in params):
+                eps = next((a.f for a in node.attribute if a.name == "epsilon"), 1e-5)
+                scale, bias, mean, var = (p.astype(np.float64) for p in params)
+                a = scale / np.sqrt(var + eps)
+                self.a, self.c = a.astype(np.float32), (bias - mean * a).astype(np.float32)
+                self.skip.add(i)
+                self.output = node.output[0]
+        nxt = consumer.get(self.output)
+        if nxt is not None and uses.get(self.output) == 1 and nxt[1].op_type == "Relu":
+            self.relu = True
+            self.skip.add(nxt[0])
+            self.output = nxt[1].output[0]
+
+
+def _rewrite(
+    node: onnx.NodeProto, shape: list[int], block: int, tag: str, fuse: _Fusion
+) -> tuple[list, list]:
     o, i, kh, kw = shape
     p = f"{node.name or node.output[0]}/nchwc"
     inits = [
@@ -125,28 +197,43 @@ def _rewrite(node: onnx.NodeProto, shape: list[int], block: int, tag: str) -> tu
         ),
         numpy_helper.from_array(np.array(shape, np.int64), f"{p}/shape4_{tag}"),
     ]
-    nodes = [
-        helper.make_node("Reshape", [node.input[1], inits[0].name], [f"{p}/w6"], name=f"{p}/w6"),
+    nodes = []
+    weight, bias = node.input[1], node.input[2] if len(node.input) > 2 and node.input[2] else None
+    if fuse.a is not None:
+        inits.append(numpy_helper.from_array(fuse.a.reshape(o, 1, 1, 1), f"{p}/bn_a4_{tag}"))
+        inits.append(numpy_helper.from_array(fuse.c, f"{p}/bn_c_{tag}"))
+        nodes.append(helper.make_node("Mul", [weight, inits[-2].name], [f"{p}/wf"], name=f"{p}/wf"))
+        weight = f"{p}/wf"
+        if bias is None:
+            bias = inits[-1].name
+        else:
+            inits.append(numpy_helper.from_array(fuse.a, f"{p}/bn_a_{tag}"))
+            nodes.append(
+                helper.make_node("Mul", [bias, inits[-1].name], [f"{p}/ba"], name=f"{p}/ba")
+            )
+            nodes.append(
+                helper.make_node("Add", [f"{p}/ba", f"{p}/bn_c_{tag}"], [f"{p}/bf"], name=f"{p}/bf")
+            )
+            bias = f"{p}/bf"
+    nodes += [
+        helper.make_node("Reshape", [weight, inits[0].name], [f"{p}/w6"], name=f"{p}/w6"),
         helper.make_node("Transpose", [f"{p}/w6"], [f"{p}/w6t"], perm=_PERM, name=f"{p}/perm"),
         helper.make_node("Reshape", [f"{p}/w6t", inits[1].name], [f"{p}/w"], name=f"{p}/w"),
         helper.make_node(
             "ReorderInput", [node.input[0]], [f"{p}/x"], name=f"{p}/x", domain=NCHWC_DOMAIN
         ),
     ]
-    conv = helper.make_node(
-        "Conv",
-        [f"{p}/x", f"{p}/w", *node.input[2:]],
-        [f"{p}/y"],
-        name=f"{p}/conv",
-        domain=NCHWC_DOMAIN,
-    )
+    inputs = [f"{p}/x", f"{p}/w"] + ([bias] if bias else [])
+    conv = helper.make_node("Conv", inputs, [f"{p}/y"], name=f"{p}/conv", domain=NCHWC_DOMAIN)
     conv.attribute.extend(node.attribute)
+    if fuse.relu:
+        conv.attribute.append(helper.make_attribute("activation", "Relu"))
     nodes.append(conv)
     nodes.append(
         helper.make_node(
             "ReorderOutput",
             [f"{p}/y"],
-            list(node.output),
+            [fuse.output],
             name=f"{p}/y",
             domain=NCHWC_DOMAIN,
             channels=o,
@@ -158,8 +245,16 @@ def _rewrite(node: onnx.NodeProto, shape: list[int], block: int, tag: str) -> tu
 def _walk(graph: onnx.GraphProto, block: int, inside: bool, counter: list[int]) -> None:
     consts = {t.name for t in graph.initializer}
     consts |= {o for n in graph.node if n.op_type == "Constant" for o in n.output}
+    uses = _consumers(graph)
+    consumer = {}  # tensor -> (index, node) of its first consumer
+    for idx, n in enumerate(graph.node):
+        for name in n.input:
+            consumer.setdefault(name, (idx, n))
     out: list[onnx.NodeProto] = []
-    for node in graph.node:
+    skip: set[int] = set()
+    for idx, node in enumerate(graph.node):
+        if idx in skip:
+            continue
         for attr in node.attribute:
             for sub in [attr.g] if attr.HasField("g") else list(attr.graphs):
                 _walk(sub, block, True, counter)
@@ -167,7 +262,9 @@ def _walk(graph: onnx.GraphProto, block: int, inside: bool, counter: list[int]) 
         if shape is None:
             out.append(node)
             continue
-        nodes, inits = _rewrite(node, shape, block, str(counter[0]))
+        fuse = _Fusion(node, graph, uses, consumer)
+        skip |= fuse.skip
+        nodes, inits = _rewrite(node, shape, block, str(counter[0]), fuse)
         counter[0] += 1
         out.extend(nodes)
         graph.initializer.extend(inits)

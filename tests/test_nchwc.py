@@ -99,6 +99,52 @@ def test_loop_conv_becomes_reorder_nchwc_conv_reorder_with_equal_outputs():
     np.testing.assert_allclose(_run(model, {"input": x, "w": w}), ref, rtol=1e-5, atol=1e-4)
 
 
+def _with_bn_relu(model: onnx.ModelProto, c: int) -> None:
+    """Append ``BatchNormalization -> Relu`` (constant, non-trivial parameters) after the body's
+    Conv, in place."""
+    body = model.graph.node[0].attribute[0].g
+    rng = np.random.default_rng(2)
+    params = {
+        "bn_scale": rng.uniform(0.5, 2.0, c),
+        "bn_b": rng.normal(0, 0.5, c),
+        "bn_mean": rng.normal(0, 0.5, c),
+        "bn_var": rng.uniform(0.5, 2.0, c),
+    }
+    body.initializer.extend(
+        numpy_helper.from_array(v.astype(np.float32), k) for k, v in params.items()
+    )
+    body.node[1].output[0] = "conv_out"
+    body.node.extend(
+        [
+            helper.make_node("BatchNormalization", ["conv_out", *params], ["bn_out"], epsilon=1e-5),
+            helper.make_node("Relu", ["bn_out"], ["y"]),
+        ]
+    )
+
+
+@needs_nchwc
+def test_batchnorm_and_relu_after_a_loop_conv_fold_into_it():
+    """BatchNormalization on constants folds into the per-sample filter and bias
+    (``a = scale / sqrt(var + eps)``, ``c = B - mean * a``) and the Relu becomes the NCHWc
+    Conv's activation; outputs equal the unrewritten graph's."""
+    model, w = _loop()
+    _with_bn_relu(model, 16)
+    x = np.random.default_rng(1).standard_normal((4, 16, 6, 6)).astype(np.float32)
+    ref = _run(model, {"input": x, "w": w})
+    assert nchwc_loop_convs(model) == 1
+    body = model.graph.node[0].attribute[0].g
+    ops = [n.op_type for n in body.node]
+    assert "BatchNormalization" not in ops and "Relu" not in ops
+    conv = next(n for n in body.node if n.domain == NCHWC_DOMAIN and n.op_type == "Conv")
+    assert (
+        helper.get_attribute_value(next(a for a in conv.attribute if a.name == "activation"))
+        == b"Relu"
+    )
+    assert body.node[-1].output == ["y"]
+    assert (ref > 0).mean() < 0.9 and (ref == 0).any()  # the Relu matters for this input
+    np.testing.assert_allclose(_run(model, {"input": x, "w": w}), ref, rtol=1e-4, atol=1e-4)
+
+
 @needs_nchwc
 @pytest.mark.parametrize(
     "kwargs",
@@ -121,17 +167,21 @@ def test_block_zero_rewrites_nothing():
 
 
 class _Net(nn.Module):
-    """Bayesian CNN with a 16 -> 16 3x3 convolution in the middle (eligible), [B, 1, 6, 6]."""
+    """Bayesian CNN with a 16 -> 16 3x3 convolution + BatchNorm + Relu in the middle (eligible,
+    folded and fused), [B, 1, 6, 6]."""
 
     def __init__(self) -> None:
         super().__init__()
         self.c1 = Conv2dReparameterization(1, 16, 3, padding=1, posterior_rho_init=-3.0)
         self.c2 = Conv2dReparameterization(16, 16, 3, padding=1, posterior_rho_init=-3.0)
+        self.bn = nn.BatchNorm2d(16)
+        self.bn.running_mean.uniform_(-0.5, 0.5)
+        self.bn.running_var.uniform_(0.5, 2.0)
         self.fc = LinearReparameterization(16 * 36, 4, posterior_rho_init=-3.0)
 
     def forward(self, x):
         h = torch.relu(self.c1(x)[0])
-        h = torch.relu(self.c2(h)[0])
+        h = torch.relu(self.bn(self.c2(h)[0]))
         return self.fc(h.flatten(1))[0]
 
 
@@ -151,6 +201,9 @@ def test_weight_mode_graph_on_the_cpu_provider_uses_nchwc_with_unchanged_outputs
     np.testing.assert_allclose(runs["all"], runs["extended"], atol=1e-4)
     rewritten = onnx.load(str(path))
     assert nchwc_loop_convs(rewritten) == 1  # c2 only: c1 has one input channel
+    scan = next(n for n in rewritten.graph.node if n.op_type == "Scan")
+    body_ops = [n.op_type for n in scan.attribute[0].g.node]
+    assert "BatchNormalization" not in body_ops  # folded into c2's per-sample filter
 
 
 def test_the_rewrite_is_active_on_x86_cpus_with_avx2():
