@@ -15,10 +15,10 @@ with graph ops (``Reshape -> Transpose -> Reshape``, a few thousand values per s
 NCHWc kernel runs on it. A following inference BatchNormalization on constant parameters is
 folded into the per-sample filter and bias (ONNX Runtime folds it only into constant filters)
 and a following Relu becomes the NCHWc Conv's fused activation. The block size is read from
-ONNX Runtime itself (:func:`block_size` lets it optimize a one-Conv model and checks which reorder its filter matches), so the
-rewrite follows the machine the session runs on; where ONNX Runtime has no NCHWc kernels
-(block size 0) nothing is rewritten. The rewrite is a session-time, machine-specific step:
-the file on disk stays portable ONNX.
+ONNX Runtime itself (:func:`block_size` lets it optimize a one-Conv model and checks which
+reorder its filter matches), so the rewrite follows the machine the session runs on; where
+ONNX Runtime has no NCHWc kernels (block size 0) nothing is rewritten. The rewrite is a
+session-time, machine-specific step: the file on disk stays portable ONNX.
 """
 
 from __future__ import annotations
