@@ -316,6 +316,8 @@ def export_model(
     _set_head(built, head_e)
     _check_last_layer(model, family, built, x)
     apply_bn_policy(model, family, mode, exporter, built, x, bn_update, task_e, head_e)
+    if refusal is not None and "first axis" in str(refusal):
+        raise refusal  # the batch axis: before the probe, whose message would mislead
     ref = _probe(built, x)
     out_dim = _heteroscedastic(built, ref, task_e, heteroscedastic)
     if head_e.shape:  # classes on axis 1 of [B, C, *spatial]; a Bernoulli head has 2

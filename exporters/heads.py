@@ -195,7 +195,37 @@ def inspect_output(net: nn.Module, x: torch.Tensor, task: Task) -> OutputForm:
             "needs the first axis of input and output to be the batch (one row per example); "
             "permute batch-second models (e.g. nn.LSTM without batch_first=True) in forward"
         )
+    _check_rows_independent(net, x, pred)
     return OutputForm(tuple(pred.shape), pair, pred, end)
+
+
+def _first_tensor(out):
+    return out[0] if isinstance(out, (tuple, list)) and out else out
+
+
+def _check_rows_independent(net: nn.Module, x: torch.Tensor, pred: torch.Tensor) -> None:
+    """Refuse a network whose output row ``i`` depends on other input rows (a time-major or
+    batch-second model given ``[T, B, ...]``): with the rows of ``x`` reversed, a model that is
+    deterministic in eval mode must return its rows reversed. Stochastic-in-eval models
+    (Bayesian layers) and single-row inputs are not checked."""
+    if x.shape[0] < 2 or not pred.is_floating_point():
+        return
+    with torch.random.fork_rng():
+        torch.manual_seed(1)
+        again = _first_tensor(_run_eval(net, x)[0])
+        torch.manual_seed(1)
+        flipped = _first_tensor(_run_eval(net, x.flip(0))[0])
+    if not isinstance(flipped, torch.Tensor) or not torch.equal(again, pred):
+        return  # draws noise in eval mode: row order changes the noise, not a batch problem
+    gap = float((flipped.flip(0) - pred).abs().max()) if flipped.shape == pred.shape else 1.0
+    if gap > 1e-4 * (1.0 + float(pred.abs().max())):
+        raise UnsupportedLayerError(
+            f"the model's output for one example depends on the other rows of the batch (with "
+            f"the {x.shape[0]} input rows reversed its output rows change by up to {gap:.3g}): "
+            "qbnn needs the first axis of input and output to be the batch (one row per "
+            "example); permute batch-second models (e.g. nn.LSTM without batch_first=True) "
+            "in forward"
+        )
 
 
 def _split_tuple(out, b: int, task: Task) -> tuple[torch.Tensor, bool]:
