@@ -6,10 +6,10 @@ statistics are stale for it; the SWAG authors (Maddox et al., 2019, ``utils.bn_u
 ``wjmaddox/swa_gaussian``) therefore recompute them per draw with one pass over training data.
 A graph that samples weights in place cannot do that (it has no training data), so qbnn:
 
-* measures the effect at export: :func:`measure_effect` takes 8 exact draws of the posterior,
-  evaluates each with the stored statistics and with statistics recomputed on the ``bn_update``
-  data (or, without it, on the example input) and reports the largest change of the predictive
-  (``mean_probs`` or ``pred_mean``) as a warning;
+* warns at export; given ``bn_update`` data (training inputs) with a mode that samples in the
+  graph, :func:`measure_effect` takes 8 exact draws of the posterior, evaluates each with the
+  stored statistics and with statistics recomputed on the data, and the warning states the
+  largest change of the predictive (``mean_probs`` or ``pred_mean``) on the example input;
 * for ``frozen:K`` with ``bn_update`` data, recomputes the statistics of every stored draw
   (:func:`recompute`), with :func:`torch.optim.swa_utils.update_bn` (the same cumulative
   average as the authors' ``bn_update``), so the graph is the authors' predictive.
@@ -39,7 +39,9 @@ log = logging.getLogger("qbnn.export")
 #: families whose every draw changes the whole network's weights
 BN_FAMILIES = ("swag", "gaussian", "laplace", "meanfield", "flipout")
 _MEASURE_DRAWS = 8
-_BATCH = 256  # rows per update_bn batch
+#: rows per batch when ``bn_update`` is one tensor (the SWAG authors' CIFAR batch size); the
+#: statistics are a cumulative average over batches, so pass your own batches to match a loader
+BN_BATCH = 128
 
 
 def has_batchnorm(net: nn.Module | None) -> bool:
@@ -50,14 +52,25 @@ def has_batchnorm(net: nn.Module | None) -> bool:
     )
 
 
-def _batches(data: torch.Tensor) -> Iterable[torch.Tensor]:
-    return list(data.split(_BATCH))
+BnData = torch.Tensor | Iterable
 
 
-def recompute(members: list[nn.Module], data: torch.Tensor) -> None:
-    """Recompute every BatchNorm's running statistics of each member in place from ``data
-    [N, *F]`` (a cumulative average over one pass, as the SWAG authors' ``bn_update``);
-    members stay in eval mode. The global torch RNG is restored (dropout in train mode)."""
+def _batches(data: BnData) -> Iterable:
+    return list(data.split(BN_BATCH)) if isinstance(data, torch.Tensor) else data
+
+
+def _rows(data: BnData) -> int:
+    if isinstance(data, torch.Tensor):
+        return len(data)
+    return sum(len(b[0] if isinstance(b, (list, tuple)) else b) for b in data)
+
+
+def recompute(members: list[nn.Module], data: BnData) -> None:
+    """Recompute every BatchNorm's running statistics of each member in place from ``data``
+    (training inputs ``[N, *F]`` split into batches of :data:`BN_BATCH` rows, or the user's own
+    re-iterable batches such as a ``DataLoader``; ``(x, y)`` batches use ``x``): reset, then the
+    cumulative average over the batches of one pass in train mode, as the SWAG authors'
+    ``bn_update``. Members stay in eval mode; the global torch RNG is restored."""
     with torch.random.fork_rng():
         for m in members:
             torch.optim.swa_utils.update_bn(_batches(data), m)
@@ -99,29 +112,26 @@ def apply_bn_policy(
     task: Task,
     head: HeadSpec,
 ) -> None:
-    """Recompute (``frozen:K`` with ``bn_update``) or measure and warn (otherwise) for
-    whole-network posteriors over BatchNorm nets; adds notes to ``built``.
+    """BatchNorm statistics of whole-network posteriors over BatchNorm nets; adds notes.
 
-    Raises :class:`ConfigError` when ``bn_update`` is given for a model it cannot apply to.
+    ``frozen:K`` with ``bn_update`` data: every draw's statistics are recomputed. Other modes
+    with data: the effect of the stored statistics is measured and warned about. Without data:
+    a warning that the effect is unmeasured. Raises :class:`ConfigError` when ``bn_update`` is
+    given for a model it cannot apply to (no BatchNorm, last-layer or ensemble posteriors).
     """
     net = network_of(model)
     whole = family in BN_FAMILIES and not isinstance(built.module, LastLayerModel)
     if bn_update is not None:
         _check_data(bn_update, x)
-        if not (whole and has_batchnorm(net) and mode.name == "frozen"):
+        if not (whole and has_batchnorm(net)):
             raise ConfigError(
-                "bn_update recomputes BatchNorm statistics per stored draw: it applies to "
-                "sampling='frozen:K' of whole-network posteriors (swag, gaussian, laplace over "
-                "all weights, meanfield, flipout) on a network with BatchNorm; got posterior "
-                f"'{family}', sampling '{mode}'"
-                + ("" if has_batchnorm(net) else " and a network without BatchNorm")
+                "bn_update recomputes BatchNorm statistics per posterior draw: it applies to "
+                "whole-network posteriors (swag, gaussian, laplace over all weights, meanfield, "
+                f"flipout) of a network with BatchNorm; got posterior '{family}'"
+                + ("" if has_batchnorm(net) else " on a network without BatchNorm")
             )
     if not whole or not has_batchnorm(net):
         return
-    data = bn_update if bn_update is not None else x
-    where = f"bn_update data ({len(data)} rows)" if bn_update is not None else (
-        f"the example input ({len(x)} rows; pass bn_update training inputs for a real estimate)"
-    )
     if mode.name == "frozen" and bn_update is not None and built.members is not None:
         stored = _predictive(built.members, x, task, head)
         recompute(built.members, bn_update)
@@ -130,29 +140,46 @@ def apply_bn_policy(
             built.module.source = StackedDraws(stack_state_dicts(states))
         gap = float((_predictive(built.members, x, task, head) - stored).abs().max())
         built.notes.append(
-            f"BatchNorm statistics recomputed per draw on {len(bn_update)} rows (SWAG's "
+            f"BatchNorm statistics recomputed per draw on {_rows(bn_update)} rows (SWAG's "
             f"bn_update); the predictive moved by up to {gap:.3g} from the stored statistics"
         )
         return
-    probe = exporter.build(model, SamplingMode("frozen", _MEASURE_DRAWS), task=task, seed=0)
-    gap = measure_effect(probe.members or [], x, data, task, head)
-    what = "mean_probs" if task == Task.CLASSIFICATION else "pred_mean"
-    msg = (
+    head_msg = (
         f"the network has BatchNorm and the '{family}' posterior changes every weight, but each "
-        "draw reuses the stored BatchNorm statistics (the SWAG authors recompute them per draw):"
-        f" recomputing them on {where} changes {what} by up to {gap:.3g} over "
-        f"{_MEASURE_DRAWS} draws. For the authors' predictive export sampling='frozen:K' with "
+        "draw reuses the stored BatchNorm statistics (the SWAG authors recompute them per draw)"
+    )
+    fix = (
+        "for the authors' predictive export sampling='frozen:K' with "
         "bn_update=<training inputs> (--bn-update)"
     )
+    if bn_update is None:
+        msg = f"{head_msg}; the effect is not measured without training inputs: {fix}"
+    else:
+        probe = exporter.build(model, SamplingMode("frozen", _MEASURE_DRAWS), task=task, seed=0)
+        gap = measure_effect(probe.members or [], x, bn_update, task, head)
+        what = "mean_probs" if task == Task.CLASSIFICATION else "pred_mean"
+        msg = (
+            f"{head_msg}: recomputing them on the {_rows(bn_update)} bn_update rows changes {what} "
+            f"on the example input by up to {gap:.3g} ({_MEASURE_DRAWS} draws); {fix}"
+        )
     log.warning(msg)
     built.notes.append("warning: " + msg)
 
 
-def _check_data(data: torch.Tensor, x: torch.Tensor) -> None:
-    if not isinstance(data, torch.Tensor) or data.dim() < 1 or len(data) < 2:
-        got = getattr(data, "shape", type(data).__name__)
+def _check_data(data: BnData, x: torch.Tensor) -> None:
+    if not isinstance(data, torch.Tensor):
+        first = next(iter(data), None) if isinstance(data, Iterable) else None
+        first = first[0] if isinstance(first, (list, tuple)) and first else first
+        if not isinstance(first, torch.Tensor):
+            raise ConfigError(
+                "bn_update must be training inputs: a tensor [N >= 2, *feature_shape] or "
+                f"re-iterable batches of them (a DataLoader); got {type(data).__name__}"
+            )
+        data = first
+    if data.dim() < 1 or len(data) < 2:
         raise ConfigError(
-            f"bn_update must be a tensor of training inputs [N >= 2, *feature_shape]; got {got}"
+            f"bn_update must be a tensor of training inputs [N >= 2, *feature_shape]; got "
+            f"{list(data.shape)}"
         )
     if tuple(data.shape[1:]) != tuple(x.shape[1:]):
         raise ConfigError(
