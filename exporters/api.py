@@ -109,7 +109,8 @@ def export(
     """Compile ``model`` to an ONNX graph obeying the qbnn contract; returns the written path.
 
     ``model``: a torch module (Bayesian-Torch layers, dropout) or a list of same-architecture
-    modules (ensemble). ``example_input``: ``[B, *feature_shape]`` float32. The graph takes
+    modules (ensemble). ``example_input``: ``[B, *feature_shape]``, float (exported as float32)
+    or integer token ids (int64 / int32, kept: the graph's ``input`` has that dtype). The graph takes
     ``input [B', *feature_shape]`` (any B') and an optional int64 scalar ``num_samples``
     (default ``num_samples``) and returns ``probs [S, B', C]``, ``mean_probs [B', C]``,
     ``predictive_entropy``, ``expected_entropy``, ``mutual_information`` ``[B']``
@@ -119,8 +120,12 @@ def export(
     :class:`~qbnn.exporters.swag.SwagPosterior`, :class:`~qbnn.exporters.ensemble.WeightSamples`
     (SG-MCMC draws) or a :class:`~qbnn.exporters.weightgaussian.WeightGaussian`. ``head``:
     what a classifier's forward returns (``logits``, ``probs``, ``log_probs``; None detects it
-    from the output on ``example_input``). See :func:`export_model` for the full result and
-    the regression options.
+    from the output on ``example_input``; one-column outputs are Bernoulli heads, ``[B, C,
+    *spatial]`` dense heads). Exact posteriors (ensembles, weight samples, ``frozen:K``) give
+    summaries uniform over their K members for any ``num_samples``. ``bn_update``: training
+    inputs (tensor or batches) to recompute BatchNorm statistics per ``frozen:K`` draw of a
+    whole-network posterior (see :mod:`qbnn.exporters.bnstats`). See :func:`export_model` for
+    the full result and the regression options.
     """
     return export_model(
         model,
