@@ -110,8 +110,8 @@ def export(
 
     ``model``: a torch module (Bayesian-Torch layers, dropout) or a list of same-architecture
     modules (ensemble). ``example_input``: ``[B, *feature_shape]``, float (exported as float32)
-    or integer token ids (int64 / int32, kept: the graph's ``input`` has that dtype). The graph takes
-    ``input [B', *feature_shape]`` (any B') and an optional int64 scalar ``num_samples``
+    or integer token ids (int64 / int32, kept: the graph's ``input`` has that dtype). The graph
+    takes ``input [B', *feature_shape]`` (any B') and an optional int64 scalar ``num_samples``
     (default ``num_samples``) and returns ``probs [S, B', C]``, ``mean_probs [B', C]``,
     ``predictive_entropy``, ``expected_entropy``, ``mutual_information`` ``[B']``
     (regression: ``mean [S, B', D]``, ``pred_mean``, ``pred_variance [B', D]``).
