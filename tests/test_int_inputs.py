@@ -115,6 +115,8 @@ def test_predict_validate_quantize_take_ids(text_model, tmp_path):
     assert pred.info.input_dtype == "int64"
     out = pred.predict(x.astype(np.int32), 8)  # any integer dtype, cast to the model's
     assert out.mean_probs.shape == (48, 3)
+    ov = Predictor(text_model, provider="openvino", seed=0).predict(x, 256)  # native OpenVINO
+    assert np.abs(ov.mean_probs - pred.predict(x, 256).mean_probs).max() < 0.1
     with pytest.raises(RuntimeInputError, match=r"takes integer ids \(int64\); got float32"):
         pred.predict(x.astype(np.float32), 8)
     y = out.mean_probs.argmax(1)
