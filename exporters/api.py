@@ -33,9 +33,20 @@ from . import (  # noqa: F401  (register the exporters)
     swag,
     weightgaussian,
 )
+from .bnstats import apply_bn_policy
 from .btlayers import FLIPOUT_TYPES, REPARAM_TYPES, check_supported
 from .graph import finalize
-from .heads import HEAD_KEY, Head, PairHead, inspect_output, network_of, resolve_head
+from .heads import (
+    HEAD_KEY,
+    OUTPUT_SHAPE_KEY,
+    Head,
+    HeadSpec,
+    PairHead,
+    head_spec,
+    inspect_output,
+    network_of,
+    resolve_head,
+)
 from .quiet import quiet_export
 from .registry import BuiltModel, get_exporter, known_families, task_of
 from .vectormodel import LastLayerModel
@@ -93,12 +104,14 @@ def export(
     heteroscedastic: bool = False,
     noise_variance: float | None = None,
     head: str | None = None,
+    bn_update: torch.Tensor | None = None,
 ) -> Path:
     """Compile ``model`` to an ONNX graph obeying the qbnn contract; returns the written path.
 
     ``model``: a torch module (Bayesian-Torch layers, dropout) or a list of same-architecture
-    modules (ensemble). ``example_input``: ``[B, *feature_shape]`` float32. The graph takes
-    ``input [B', *feature_shape]`` (any B') and an optional int64 scalar ``num_samples``
+    modules (ensemble). ``example_input``: ``[B, *feature_shape]``, float (exported as float32)
+    or integer token ids (int64 / int32, kept: the graph's ``input`` has that dtype). The graph
+    takes ``input [B', *feature_shape]`` (any B') and an optional int64 scalar ``num_samples``
     (default ``num_samples``) and returns ``probs [S, B', C]``, ``mean_probs [B', C]``,
     ``predictive_entropy``, ``expected_entropy``, ``mutual_information`` ``[B']``
     (regression: ``mean [S, B', D]``, ``pred_mean``, ``pred_variance [B', D]``).
@@ -107,8 +120,12 @@ def export(
     :class:`~qbnn.exporters.swag.SwagPosterior`, :class:`~qbnn.exporters.ensemble.WeightSamples`
     (SG-MCMC draws) or a :class:`~qbnn.exporters.weightgaussian.WeightGaussian`. ``head``:
     what a classifier's forward returns (``logits``, ``probs``, ``log_probs``; None detects it
-    from the output on ``example_input``). See :func:`export_model` for the full result and
-    the regression options.
+    from the output on ``example_input``; one-column outputs are Bernoulli heads, ``[B, C,
+    *spatial]`` dense heads). Exact posteriors (ensembles, weight samples, ``frozen:K``) give
+    summaries uniform over their K members for any ``num_samples``. ``bn_update``: training
+    inputs (tensor or batches) to recompute BatchNorm statistics per ``frozen:K`` draw of a
+    whole-network posterior (see :mod:`qbnn.exporters.bnstats`). See :func:`export_model` for
+    the full result and the regression options.
     """
     return export_model(
         model,
@@ -126,6 +143,7 @@ def export(
         heteroscedastic=heteroscedastic,
         noise_variance=noise_variance,
         head=head,
+        bn_update=bn_update,
     ).path
 
 
@@ -133,7 +151,8 @@ def _check_args(example_input, path: Path, num_samples: int, verify_samples: int
     if not isinstance(example_input, torch.Tensor) or example_input.dim() < 2:
         shape = getattr(example_input, "shape", type(example_input).__name__)
         raise ConfigError(
-            f"example_input must be a float tensor [B, *feature_shape] with B >= 1; got {shape}"
+            "example_input must be a tensor [B, *feature_shape] with B >= 1 (float, or int64 "
+            f"token ids); got {shape}"
         )
     if not path.parent.is_dir():
         raise ConfigError(f"output directory {path.parent} does not exist")
@@ -260,6 +279,7 @@ def export_model(
     heteroscedastic=False,
     noise_variance=None,
     head=None,
+    bn_update=None,
 ) -> ExportResult:
     """Like :func:`export` but returns an :class:`ExportResult` with the self-check numbers.
 
@@ -281,14 +301,14 @@ def export_model(
     family = resolve_family(model, posterior)
     exporter = get_exporter(family)
     mode = exporter.parse_mode(sampling, num_samples)
-    x = example_input.detach().float()
+    x = _as_input(example_input)
     net = network_of(model)
     refusal: UnsupportedLayerError | None = None
     try:
         form = inspect_output(net, x, task_e) if net is not None else None
     except UnsupportedLayerError as exc:  # raised after the posterior's own checks below
         form, refusal = None, exc
-    head_e = resolve_head(head, form, task_e)
+    head_e = head_spec(resolve_head(head, form, task_e), form, task_e)
     if form is not None and form.pair:
         heteroscedastic = True
         model = _pair_model(model, family)
@@ -300,8 +320,13 @@ def export_model(
     built = exporter.build(model, mode, task=task_e, seed=seed)
     _set_head(built, head_e)
     _check_last_layer(model, family, built, x)
+    apply_bn_policy(model, family, mode, exporter, built, x, bn_update, task_e, head_e)
+    if refusal is not None and "first axis" in str(refusal):
+        raise refusal  # the batch axis: before the probe, whose message would mislead
     ref = _probe(built, x)
     out_dim = _heteroscedastic(built, ref, task_e, heteroscedastic)
+    if head_e.shape:  # classes on axis 1 of [B, C, *spatial]; a Bernoulli head has 2
+        out_dim = 2 if head_e.binary else head_e.shape[0]
     noise_var = _noise_variance(model, family, task_e, heteroscedastic, noise_variance)
     if refusal is not None:
         raise refusal
@@ -323,6 +348,7 @@ def export_model(
     }
     if task_e == Task.CLASSIFICATION:
         meta[HEAD_KEY] = head_e.value
+        meta[OUTPUT_SHAPE_KEY] = ",".join(map(str, head_e.shape or (out_dim,)))
     if noise_var:
         meta[MetaKey.NOISE_VARIANCE] = repr(noise_var)
     finalize(proto, _TEMPLATE, num_samples, seed, {str(k): v for k, v in meta.items()})
@@ -348,9 +374,9 @@ def _pair_model(model, family: str):
     )
 
 
-def _set_head(built: BuiltModel, head: Head) -> None:
+def _set_head(built: BuiltModel, head: HeadSpec) -> None:
     """Record the head on the export module; last-layer posteriors keep logits only."""
-    if head != Head.LOGITS and isinstance(built.module, LastLayerModel):
+    if head.form != Head.LOGITS and isinstance(built.module, LastLayerModel):
         raise ConfigError(
             f"the model outputs {head.value}, but a last-layer posterior replaces the last Linear "
             "and drops every op after it (softmax / log_softmax); not supported yet: fit the "
@@ -379,8 +405,15 @@ def _check_last_layer(model, family: str, built: BuiltModel, x: torch.Tensor) ->
         )
 
 
+def _as_input(example_input: torch.Tensor) -> torch.Tensor:
+    """The example input as the graph will take it: floating point as float32, integer ids
+    (token ids for an embedding) and booleans keep their dtype (int64 / int32 / bool)."""
+    x = example_input.detach()
+    return x if x.dtype in (torch.int64, torch.int32, torch.bool) else x.float()
+
+
 def _write(
-    proto, path, built, x, task_e, verify, verify_samples, family, mode, head=Head.LOGITS
+    proto, path, built, x, task_e, verify, verify_samples, family, mode, head=HeadSpec()
 ) -> ExportResult:
     fidelity = None
     with atomic_path(path) as tmp:

@@ -116,7 +116,8 @@ def _build_frozen(model: nn.Module, k: int, *, task: Task, seed: int | None) -> 
         members.append(member)
     notes = [f"{k} posterior draws frozen at export time"]
     if k <= UNROLL_MAX:
-        return BuiltModel(EnsembleModel(members, task), member_sampler(members), True, notes=notes)
-    notes.append(f"K > {UNROLL_MAX}: draws stored stacked and run in the sample loop")
-    module = SampleLoopModel(net, source, task)
-    return BuiltModel(module, member_sampler(members), exact=True, notes=notes)
+        module: nn.Module = EnsembleModel(members, task)
+    else:
+        notes.append(f"K > {UNROLL_MAX}: draws stored stacked and run in the sample loop")
+        module = SampleLoopModel(net, source, task)
+    return BuiltModel(module, member_sampler(members), True, notes=notes, members=members)

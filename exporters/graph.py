@@ -111,7 +111,8 @@ def self_contained_scans(model: onnx.ModelProto) -> None:
             body.input.insert(states + k, info)
             body.node.append(helper.make_node("Identity", [inner], [f"{inner}/out"]))
             body.output.insert(states + k, helper.make_tensor_value_info(f"{inner}/out", 1, None))
-    used = {i for n in g.node for i in n.input} | {o.name for o in g.output}
+    # subgraph bodies (Loop / If, e.g. nn.EmbeddingBag's Loop) may read outer initializers too
+    used = {i for n in _all_nodes(g) for i in n.input} | {o.name for o in g.output}
     kept = [t for t in g.initializer if t.name in used]
     del g.initializer[:]
     g.initializer.extend(kept)

@@ -10,8 +10,15 @@ model returns is refused, never silently re-normalized.
 Tuple outputs: a scalar second element is Bayesian-Torch's KL term (element 0 is the
 prediction); a batch-shaped second element is a second head, and for regression
 ``(mean [B, D], log_var [B, D])`` is a heteroscedastic head (the two are concatenated to
-``[B, 2D]`` by :class:`PairHead`). Dense classification outputs ``[B, C, *spatial]`` are
-refused (not supported yet).
+``[B, 2D]`` by :class:`PairHead`).
+
+Layouts (:class:`HeadSpec`): a classifier's output per row is ``[C]``, or ``[C, *spatial]`` for
+dense prediction (segmentation: the class axis is axis 1 of ``[B, C, *spatial]`` and the softmax
+runs over it only, per position), or one column ``[1]`` / ``[]`` for a binary classifier (a
+Bernoulli head: ``p = sigmoid(logit)``, or the probability itself, or ``exp`` of its log). A
+Bernoulli head is reported as two classes ``[1 - p, p]`` so every downstream metric (ECE, NLL,
+AUROC, argmax) works unchanged; its entropy and mutual information are the Bernoulli ones
+(the two-class entropy of ``[1 - p, p]`` is ``H(p)``).
 """
 
 from __future__ import annotations
@@ -27,9 +34,12 @@ from qbnn.runtimes.errors import ConfigError, UnsupportedLayerError
 
 __all__ = [
     "Head",
+    "HeadSpec",
     "OutputForm",
     "PairHead",
+    "as_spec",
     "detect_head",
+    "head_spec",
     "inspect_output",
     "network_of",
     "resolve_head",
@@ -37,6 +47,7 @@ __all__ = [
 ]
 
 HEAD_KEY = "qbnn.head"  # graph metadata key recording the head
+OUTPUT_SHAPE_KEY = "qbnn.output_shape"  # the network's per-row output shape, e.g. "3,8,8"
 
 
 class Head(StrEnum):
@@ -45,6 +56,34 @@ class Head(StrEnum):
     LOGITS = "logits"
     PROBS = "probs"
     LOG_PROBS = "log_probs"
+
+
+@dataclass(frozen=True)
+class HeadSpec:
+    """A classifier head: the ``form`` of the network's output and its per-row ``shape``
+    (``(C,)``, ``(C, *spatial)``, ``(1,)`` for a Bernoulli head; ``()`` = flat ``[C]``)."""
+
+    form: Head = Head.LOGITS
+    shape: tuple[int, ...] = ()
+
+    @property
+    def binary(self) -> bool:
+        """One output per row (or per position): a Bernoulli head."""
+        return len(self.shape) >= 1 and self.shape[0] == 1
+
+    @property
+    def dense(self) -> bool:
+        """``[B, C, *spatial]``: per-position classification."""
+        return len(self.shape) > 1
+
+    @property
+    def value(self) -> str:
+        return self.form.value
+
+
+def as_spec(head: Head | str | HeadSpec) -> HeadSpec:
+    """``head`` as a :class:`HeadSpec` (a bare form means a flat ``[C]`` output)."""
+    return head if isinstance(head, HeadSpec) else HeadSpec(Head(head))
 
 
 @dataclass(frozen=True)
@@ -59,17 +98,36 @@ class OutputForm:
     shape: tuple[int, ...]
     pair: bool
     prediction: torch.Tensor
+    end: str | None = None  # type name of the module whose output is the model's output
+
+    @property
+    def row_shape(self) -> tuple[int, ...]:
+        """Per-row shape of the prediction; a ``[B]`` output is one column ``(1,)``."""
+        return tuple(self.shape[1:]) or (1,)
 
 
-def to_probs(per_sample: torch.Tensor, head: Head | str) -> torch.Tensor:
-    """Per-sample probabilities ``[S, B, C]`` from the network's outputs ``[S, B, C]``:
-    ``softmax`` of logits, probabilities unchanged, ``exp`` of log-probabilities."""
-    head = Head(head)
-    if head == Head.PROBS:
+def to_probs(per_sample: torch.Tensor, head: Head | str | HeadSpec) -> torch.Tensor:
+    """Per-sample probabilities from the network's outputs ``[S, B, ...]`` (float32/64).
+
+    The output is reshaped to ``[S, B, *head.shape]`` and converted over the class axis (axis 2):
+    ``softmax`` of logits, probabilities unchanged, ``exp`` of log-probabilities. A Bernoulli
+    head (one column) becomes two classes ``[1 - p, p]`` with ``p = sigmoid(logit)`` (computed
+    as ``[sigmoid(-z), sigmoid(z)]``), ``p``, or ``exp(log p)``. Returns ``[S, B, C, *spatial]``
+    (``C = 2`` for a Bernoulli head).
+    """
+    spec = as_spec(head)
+    if spec.shape:
+        per_sample = per_sample.reshape(*per_sample.shape[:2], *spec.shape)
+    if spec.binary:
+        if spec.form == Head.LOGITS:
+            return torch.cat([torch.sigmoid(-per_sample), torch.sigmoid(per_sample)], dim=2)
+        p = per_sample if spec.form == Head.PROBS else torch.exp(per_sample)
+        return torch.cat([1.0 - p, p], dim=2)
+    if spec.form == Head.PROBS:
         return per_sample
-    if head == Head.LOG_PROBS:
+    if spec.form == Head.LOG_PROBS:
         return torch.exp(per_sample)
-    return torch.softmax(per_sample, dim=-1)
+    return torch.softmax(per_sample, dim=2)
 
 
 def network_of(model: object) -> nn.Module | None:
@@ -84,26 +142,41 @@ def network_of(model: object) -> nn.Module | None:
 
 
 def _run_eval(net: nn.Module, x: torch.Tensor):
-    """``net(x)`` once in eval mode under no_grad, restoring train flags and the global RNG."""
+    """``net(x)`` once in eval mode under no_grad, restoring train flags and the global RNG.
+
+    Returns ``(output, end)``: ``end`` is the type name of the innermost module that returned
+    the output tensor itself (``Sigmoid``, ``Softmax``, ...), None when forward computed it
+    inline."""
     flags = [(m, m.training) for m in net.modules()]
+    seen: list[tuple[object, str]] = []
+
+    def hook(mod, _inp, out):
+        seen.append((out, type(mod).__name__))
+
+    handles = [m.register_forward_hook(hook) for m in net.modules()]
     try:
         with torch.no_grad(), torch.random.fork_rng():
             net.eval()
-            return net(x)
+            out = net(x)
     finally:
+        for h in handles:
+            h.remove()
         for m, training in flags:
             m.training = training
+    pred = out[0] if isinstance(out, (tuple, list)) and out else out
+    end = next((name for o, name in seen if o is pred), None)
+    return out, end
 
 
 def inspect_output(net: nn.Module, x: torch.Tensor, task: Task) -> OutputForm:
     """Run ``net`` on ``x [B, *F]`` and classify its output; refuse forms qbnn cannot export.
 
     Raises :class:`UnsupportedLayerError` for tuples that are neither ``(prediction, KL
-    scalar)`` nor ``(prediction, batch-shaped second head)``, a second head on a classifier,
-    dense classification outputs ``[B, C, *spatial]`` and one-column classifiers.
+    scalar)`` nor ``(prediction, batch-shaped second head)``, a second head on a classifier and
+    outputs whose first axis is not the batch.
     """
     try:
-        out = _run_eval(net, x)
+        out, end = _run_eval(net, x)
     except Exception:  # the sampler probe reports a model that rejects the input
         return OutputForm((), False, torch.empty(0))
     b = x.shape[0]
@@ -116,9 +189,43 @@ def inspect_output(net: nn.Module, x: torch.Tensor, task: Task) -> OutputForm:
             "[B, ...] or a tuple (prediction, KL scalar | second head)"
         )
     pred = out.detach()
-    if task == Task.CLASSIFICATION:
-        _check_classifier_shape(tuple(pred.shape))
-    return OutputForm(tuple(pred.shape), pair, pred)
+    if pred.dim() == 0 or pred.shape[0] != b:
+        raise UnsupportedLayerError(
+            f"the model maps an input of shape {list(x.shape)} to shape {list(pred.shape)}: qbnn "
+            "needs the first axis of input and output to be the batch (one row per example); "
+            "permute batch-second models (e.g. nn.LSTM without batch_first=True) in forward"
+        )
+    _check_rows_independent(net, x, pred)
+    return OutputForm(tuple(pred.shape), pair, pred, end)
+
+
+def _first_tensor(out):
+    return out[0] if isinstance(out, (tuple, list)) and out else out
+
+
+def _check_rows_independent(net: nn.Module, x: torch.Tensor, pred: torch.Tensor) -> None:
+    """Refuse a network whose output row ``i`` depends on other input rows (a time-major or
+    batch-second model given ``[T, B, ...]``): with the rows of ``x`` reversed, a model that is
+    deterministic in eval mode must return its rows reversed. Stochastic-in-eval models
+    (Bayesian layers) and single-row inputs are not checked."""
+    if x.shape[0] < 2 or not pred.is_floating_point():
+        return
+    with torch.random.fork_rng():
+        torch.manual_seed(1)
+        again = _first_tensor(_run_eval(net, x)[0])
+        torch.manual_seed(1)
+        flipped = _first_tensor(_run_eval(net, x.flip(0))[0])
+    if not isinstance(flipped, torch.Tensor) or not torch.equal(again, pred):
+        return  # draws noise in eval mode: row order changes the noise, not a batch problem
+    gap = float((flipped.flip(0) - pred).abs().max()) if flipped.shape == pred.shape else 1.0
+    if gap > 1e-4 * (1.0 + float(pred.abs().max())):
+        raise UnsupportedLayerError(
+            f"the model's output for one example depends on the other rows of the batch (with "
+            f"the {x.shape[0]} input rows reversed its output rows change by up to {gap:.3g}): "
+            "qbnn needs the first axis of input and output to be the batch (one row per "
+            "example); permute batch-second models (e.g. nn.LSTM without batch_first=True) "
+            "in forward"
+        )
 
 
 def _split_tuple(out, b: int, task: Task) -> tuple[torch.Tensor, bool]:
@@ -145,31 +252,60 @@ def _split_tuple(out, b: int, task: Task) -> tuple[torch.Tensor, bool]:
     )
 
 
-def _check_classifier_shape(shape: tuple[int, ...]) -> None:
-    if len(shape) > 2:
-        raise UnsupportedLayerError(
-            f"the classifier returns shape {list(shape)}: dense prediction [B, C, *spatial] "
-            "(softmax over the class axis per position) is not supported yet; return [B, C]"
-        )
-    if len(shape) == 2 and shape[1] == 1:
-        raise UnsupportedLayerError(
-            f"the classifier returns shape {list(shape)}: one-output binary heads (sigmoid / one "
-            "logit) are not supported yet; return two logits [B, 2]"
-        )
+_BINARY_ENDS = {"Sigmoid": Head.PROBS, "LogSigmoid": Head.LOG_PROBS}
 
 
-def detect_head(pred: torch.Tensor, atol: float = 1e-3) -> Head:
-    """``probs`` when every row ``[B, C]`` lies in [0, 1] and sums to 1, ``log_probs`` when
-    every row is <= 0 and its ``exp`` sums to 1, else ``logits``."""
-    rows = pred.reshape(pred.shape[0], -1).double()
-    ones = torch.ones(rows.shape[0], dtype=rows.dtype)
-    if not torch.isfinite(rows).all():
+def detect_head(pred: torch.Tensor, atol: float = 1e-3, end: str | None = None) -> Head:
+    """The form of a classifier output ``pred [B, C, *spatial]`` (class axis 1).
+
+    ``C > 1``: ``probs`` when every value lies in [0, 1] and sums to 1 over the class axis,
+    ``log_probs`` when every value is <= 0 and its ``exp`` sums to 1, else ``logits``.
+    One column (``[B]``, ``[B, 1, ...]``, a Bernoulli head): the module that produced the
+    output decides when it is ``nn.Sigmoid`` (probs) or ``nn.LogSigmoid`` (log_probs); else
+    values outside [0, 1] and not all <= 0 are logits, and values that fit two forms raise
+    :class:`ConfigError` asking for ``head=``.
+    """
+    v = pred.double()
+    if v.dim() == 1:
+        v = v.unsqueeze(1)
+    if not torch.isfinite(v).all():
         return Head.LOGITS
-    if rows.min() >= 0 and rows.max() <= 1 and torch.allclose(rows.sum(-1), ones, atol=atol):
+    if v.shape[1] == 1:
+        if end in _BINARY_ENDS:
+            return _BINARY_ENDS[end]
+        in_unit = bool(v.min() >= 0 and v.max() <= 1)
+        non_pos = bool(v.max() <= 0)
+        if not in_unit and not non_pos:
+            return Head.LOGITS
+        other = "probs (a sigmoid probability)" if in_unit else "log_probs (a log-sigmoid)"
+        span, alt = ("[0, 1]", "probs") if in_unit else ("(-inf, 0]", "log_probs")
+        raise ConfigError(
+            f"the binary classifier's one output per row lies in {span} on the example input, "
+            f"so it could be logits or {other}; pass head='logits' or head='{alt}' (--head) to "
+            "say which"
+        )
+    ones = torch.ones_like(v.sum(1))
+    if v.min() >= 0 and v.max() <= 1 and torch.allclose(v.sum(1), ones, atol=atol):
         return Head.PROBS
-    if rows.max() <= atol and torch.allclose(rows.exp().sum(-1), ones, atol=atol):
+    if v.max() <= atol and torch.allclose(v.exp().sum(1), ones, atol=atol):
         return Head.LOG_PROBS
     return Head.LOGITS
+
+
+def _fits(pred: torch.Tensor, head: Head) -> bool:
+    """Whether a one-column output can be ``head`` (probabilities in [0, 1], log <= 0)."""
+    if head == Head.PROBS:
+        return bool(pred.min() >= 0 and pred.max() <= 1)
+    if head == Head.LOG_PROBS:
+        return bool(pred.max() <= 0)
+    return True
+
+
+def head_spec(head: Head, form: OutputForm | None, task: Task) -> HeadSpec:
+    """The head with its layout: per-row shape ``(C,)``, ``(C, *spatial)`` or ``(1,)``."""
+    if task != Task.CLASSIFICATION or form is None or form.prediction.numel() == 0:
+        return HeadSpec(head)
+    return HeadSpec(head, form.row_shape)
 
 
 def resolve_head(requested: str | None, form: OutputForm | None, task: Task) -> Head:
@@ -189,7 +325,15 @@ def resolve_head(requested: str | None, form: OutputForm | None, task: Task) -> 
         return Head.LOGITS
     if form is None or form.prediction.numel() == 0:
         return req or Head.LOGITS
-    found = detect_head(form.prediction)
+    pred = form.prediction
+    if form.row_shape[0] == 1 and req is not None and _fits(pred, req):
+        return req  # a Bernoulli head the user named and the values allow
+    if form.row_shape[0] == 1 and req is not None:
+        raise ConfigError(
+            f"head='{req.value}' contradicts the binary classifier's output on the example input "
+            f"(values in [{float(pred.min()):.3g}, {float(pred.max()):.3g}]); use head='logits'"
+        )
+    found = detect_head(pred, end=form.end)
     if req is not None and req != found:
         raise ConfigError(
             f"head='{req.value}' contradicts the model's output on the example input, which "

@@ -47,6 +47,9 @@ class BuiltModel:
     convolutions): spread mismatches are then reported, not raised.
     ``reference_head``: the form of ``reference``'s outputs when it is fixed by the trainer
     (laplace-torch's predictive returns log-probabilities); None means the model's own head.
+    ``members``: the K deterministic networks of a ``frozen:K`` export of a whole-network
+    posterior (the same objects the graph module and ``reference`` use), for BatchNorm
+    statistics recomputed per draw (:mod:`qbnn.exporters.bnstats`).
     """
 
     module: nn.Module
@@ -55,6 +58,7 @@ class BuiltModel:
     approximate: str | None = None
     notes: list[str] = field(default_factory=list)
     reference_head: str | None = None
+    members: list[nn.Module] | None = None
 
 
 @dataclass(frozen=True)

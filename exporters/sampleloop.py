@@ -28,7 +28,7 @@ from qbnn.runtimes.contract import Task
 
 from .heads import Head
 from .noise import normal_like
-from .wrapper import _first, uncertainty_head
+from .wrapper import _first, exact_head, uncertainty_head
 
 #: ``frozen:K`` graphs with K up to this many draws hold K copies of the network with constant
 #: weights (the fastest kernels and static int8 apply); above it the draws are stored stacked and
@@ -87,8 +87,11 @@ class StackedDraws(ParamSource):
         return int(self.stack_0.shape[0])
 
     def forward(self, template: torch.Tensor) -> list[torch.Tensor]:
-        stacks = [getattr(self, f"stack_{i}") for i in range(len(self.names))]
-        return [gather_samples(stack, template) for stack in stacks]
+        return [gather_samples(stack, template) for stack in self.stacks()]
+
+    def stacks(self) -> list[torch.Tensor]:
+        """The K parameter sets, stacked ``[K, *shape]`` per name."""
+        return [getattr(self, f"stack_{i}") for i in range(len(self.names))]
 
     def member_states(self) -> list[dict[str, torch.Tensor]]:
         """The K parameter sets as ``{name: tensor}`` dicts."""
@@ -150,7 +153,8 @@ class SampleLoopModel(nn.Module):
 
     ``forward(x [B, *F], template [S])``: ``source(template)`` gives the stacked parameters
     ``[S, *shape]``; the Scan body runs ``net(x)`` with sample ``s``'s parameters and emits
-    ``[B, C]``; the stacked ``[S, B, C]`` go through :func:`uncertainty_head`.
+    ``[B, C]``; the stacked ``[S, B, C]`` go through :func:`uncertainty_head`. Exact sources
+    (:class:`StackedDraws`) run the Scan over all K sets and go through :func:`exact_head`.
     """
 
     def __init__(self, net: nn.Module, source: ParamSource, task: Task) -> None:
@@ -164,7 +168,9 @@ class SampleLoopModel(nn.Module):
 
     def per_sample(self, x: torch.Tensor, template: torch.Tensor) -> torch.Tensor:
         """Network outputs ``[S, B, C]`` (pre-softmax)."""
-        stacked = self.source(template)
+        return self._scan(x, self.source(template))
+
+    def _scan(self, x: torch.Tensor, stacked: list[torch.Tensor]) -> torch.Tensor:
         net, unpack, b = self.net, self.source.unpack, x.shape[0]
 
         def body(carry: torch.Tensor, params: list[torch.Tensor]):
@@ -175,6 +181,11 @@ class SampleLoopModel(nn.Module):
         return outs
 
     def forward(self, x: torch.Tensor, template: torch.Tensor):
+        if isinstance(self.source, StackedDraws):  # exact: all K members, uniform summaries
+            out = self._scan(x, self.source.stacks())
+            return exact_head(
+                out, template, self.task, self.heteroscedastic, self.noise_variance, self.head
+            )
         out = self.per_sample(x, template)
         return uncertainty_head(
             out, self.task, self.heteroscedastic, self.noise_variance, self.head

@@ -25,7 +25,7 @@ from qbnn.runtimes.errors import UnsupportedLayerError
 from .heads import Head
 from .layers import SampleContext
 from .sampleloop import ParamSource, gather_samples
-from .wrapper import _first, uncertainty_head
+from .wrapper import _first, exact_head, uncertainty_head
 
 __all__ = [
     "VectorSource",
@@ -171,15 +171,20 @@ class LastLayerModel(nn.Module):
 
     def forward(self, x: torch.Tensor, template: torch.Tensor):
         self.ctx.template = template
-        s = template.shape[0]
         feats = _first(self.body(x))
         feats = feats.reshape(feats.shape[0], self.in_features)  # [B, in]
-        theta = self.sampler()  # [S, P]
+        frozen = isinstance(self.sampler, FrozenTable)
+        theta = self.sampler.draws if frozen else self.sampler()  # [K, P] or [S, P]
+        s = theta.shape[0]
         o, i = self.out_features, self.in_features
         w = theta[:, : o * i].reshape(s, o, i)
         out = torch.matmul(feats.unsqueeze(0), w.transpose(1, 2))  # [S, B, out]
         if self.bias:
             out = out + theta[:, o * i : o * i + o].unsqueeze(1)
+        if frozen:  # exact: all K draws, uniform summaries
+            return exact_head(
+                out, template, self.task, self.heteroscedastic, self.noise_variance, self.head
+            )
         return uncertainty_head(
             out, self.task, self.heteroscedastic, self.noise_variance, self.head
         )

@@ -20,7 +20,7 @@ from qbnn.runtimes.contract import INPUT, NUM_SAMPLES, Task
 from qbnn.runtimes.errors import VerificationError
 from qbnn.runtimes.seeding import reseed
 
-from .heads import Head, to_probs
+from .heads import Head, HeadSpec, to_probs
 from .registry import BuiltModel
 
 __all__ = ["FidelityReport", "verify_export"]
@@ -59,7 +59,7 @@ def verify_export(
     example: torch.Tensor,
     task: Task,
     *,
-    head: Head | str = Head.LOGITS,
+    head: Head | str | HeadSpec = Head.LOGITS,
     samples: int = 64,
     seed: int = 0,
     z_tol: float = 5.0,

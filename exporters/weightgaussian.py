@@ -187,7 +187,9 @@ def build_weight_gaussian(
                 net = copy.deepcopy(post.model).eval()
                 module = SampleLoopModel(net, StackedDraws(stacks), task)
             notes = [f"{mode.k} frozen draws"]
-            return BuiltModel(module, member_sampler(members), exact=True, notes=notes)
+            return BuiltModel(
+                module, member_sampler(members), exact=True, notes=notes, members=members
+            )
         net = copy.deepcopy(post.model).eval()
         module = SampleLoopModel(net, VectorSource(VectorSampler(gauss, ctx), ctx, slots), task)
     ref = reference or draw_reference(post, gauss.sample)

@@ -12,10 +12,10 @@ from torch import nn
 
 from qbnn.runtimes.contract import Task
 
-from .heads import Head, to_probs
+from .heads import Head, HeadSpec, to_probs
 from .layers import SampleContext
 
-__all__ = ["EnsembleModel", "SampledModel", "uncertainty_head"]
+__all__ = ["EnsembleModel", "SampledModel", "exact_head", "uncertainty_head"]
 
 
 def _first(out):
@@ -23,8 +23,8 @@ def _first(out):
     return out[0] if isinstance(out, (tuple, list)) else out
 
 
-def _entropy(p: torch.Tensor) -> torch.Tensor:
-    return -(p * torch.log(torch.clamp(p, min=1e-12))).sum(-1)
+def _entropy(p: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    return -(p * torch.log(torch.clamp(p, min=1e-12))).sum(dim)
 
 
 def uncertainty_head(
@@ -32,13 +32,17 @@ def uncertainty_head(
     task: Task,
     heteroscedastic: bool = False,
     noise_variance: float = 0.0,
-    head: Head | str = Head.LOGITS,
+    head: Head | str | HeadSpec = Head.LOGITS,
 ) -> tuple[torch.Tensor, ...]:
     """Contract outputs from per-sample network outputs ``[S, B, C]`` or ``[S, B, D]``.
 
     Classification: ``probs [S,B,C], mean_probs [B,C], predictive_entropy [B],
     expected_entropy [B], mutual_information [B]``; ``head`` says what the network returns
     (logits, probs or log_probs) and ``probs`` is :func:`~qbnn.exporters.heads.to_probs` of it.
+    With a :class:`~qbnn.exporters.heads.HeadSpec` layout the per-sample outputs (flattened
+    ``[S, B, N]``) are read as ``[S, B, *shape]``: dense heads give ``probs [S, B, C, *spatial]``,
+    ``mean_probs [B, C, *spatial]`` and entropy / MI maps ``[B, *spatial]`` (class axis only); a
+    Bernoulli head gives two classes ``[1 - p, p]``.
     Regression: ``mean [S,B,D], pred_mean [B,D], pred_variance [B,D]``. Heteroscedastic heads
     output ``[S, B, 2D]`` (mean, log-variance) and add ``variance [S,B,D]``; then
     ``pred_variance = E[variance] + Var[mean]`` (law of total variance). Homoscedastic heads add
@@ -56,12 +60,34 @@ def uncertainty_head(
         if noise_variance:
             pred_var = pred_var + noise_variance
         return per_sample, pred_mean, pred_var
-    probs = to_probs(per_sample, head)
+    probs = to_probs(per_sample, head)  # [S, B, C, *spatial], class axis 2
     mean_probs = probs.mean(0)
-    pe = _entropy(mean_probs)
-    ee = _entropy(probs).mean(0)
+    pe = _entropy(mean_probs, 1)
+    ee = _entropy(probs, 2).mean(0)
     mi = torch.clamp(pe - ee, min=0.0)
     return probs, mean_probs, pe, ee, mi
+
+
+def exact_head(
+    members: torch.Tensor,
+    template: torch.Tensor,
+    task: Task,
+    heteroscedastic: bool = False,
+    noise_variance: float = 0.0,
+    head: Head | str | HeadSpec = Head.LOGITS,
+) -> tuple[torch.Tensor, ...]:
+    """Contract outputs of an exact posterior (ensemble members, SG-MCMC samples, ``frozen:K``
+    draws) from the outputs of **all** K members ``[K, B, ...]``.
+
+    The summaries (``mean_probs``, entropies, MI; ``pred_mean``, ``pred_variance``) are the
+    ensemble's own: uniform over the K members whatever S is (Lakshminarayanan et al., 2017,
+    eq. 2). Only the per-sample outputs (``probs`` / ``mean`` / ``variance``) have S = length of
+    ``template [S]`` rows, row ``s`` being member ``s mod K``.
+    """
+    outs = uncertainty_head(members, task, heteroscedastic, noise_variance, head)
+    idx = torch.remainder(torch.arange(template.shape[0]), members.shape[0])
+    per_sample = 2 if task == Task.REGRESSION and heteroscedastic else 1
+    return tuple(o[idx] if i < per_sample else o for i, o in enumerate(outs))
 
 
 class SampledModel(nn.Module):
@@ -92,7 +118,8 @@ class SampledModel(nn.Module):
 
 
 class EnsembleModel(nn.Module):
-    """K deterministic members; the sample axis walks the members (sample s uses s mod K)."""
+    """K deterministic members, all evaluated; summaries are uniform over the members and the
+    per-sample outputs walk them (sample s is member s mod K), see :func:`exact_head`."""
 
     def __init__(self, members: list[nn.Module], task: Task) -> None:
         super().__init__()
@@ -105,8 +132,6 @@ class EnsembleModel(nn.Module):
     def forward(self, x: torch.Tensor, template: torch.Tensor):
         b = x.shape[0]
         outs = torch.stack([_first(m(x)).reshape(b, -1) for m in self.members])  # [K, B, C]
-        k = len(self.members)
-        idx = torch.remainder(torch.arange(template.shape[0]), k)
-        return uncertainty_head(
-            outs[idx], self.task, self.heteroscedastic, self.noise_variance, self.head
+        return exact_head(
+            outs, template, self.task, self.heteroscedastic, self.noise_variance, self.head
         )

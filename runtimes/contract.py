@@ -21,11 +21,16 @@ __all__ = [
 ]
 
 FORMAT_VERSION = "1"
+#: the data input ``[B, *feature_shape]``: float32, or the model's integer dtype (token ids)
 INPUT = "input"
+#: int64 scalar S: MC samples of a sampled posterior. Exact posteriors (ensembles, weight
+#: samples, ``frozen:K``) evaluate all K members and their summaries are uniform over the
+#: members whatever S is; S only sets the rows of the per-sample outputs (member ``s mod K``)
 NUM_SAMPLES = "num_samples"
 META_PREFIX = "qbnn."
 
-#: probs [S, B, C], mean_probs [B, C], predictive/expected entropy and MI [B]
+#: probs [S, B, C], mean_probs [B, C], predictive/expected entropy and MI [B]; dense heads
+#: add the spatial axes: probs [S, B, C, *spatial], mean_probs [B, C, *spatial], maps [B, *spatial]
 CLASSIFICATION_OUTPUTS = (
     "probs",
     "mean_probs",

@@ -137,8 +137,12 @@ class Predictor:
         return self.info
 
     def check_input(self, x: np.ndarray) -> np.ndarray:
-        """Validate ``x [B, *feature_shape]`` and return it as contiguous float32."""
+        """Validate ``x [B, *feature_shape]`` and return it contiguous in the model's input
+        dtype: float32, or the integer dtype of a model taking token ids (int64 / int32)."""
         x = np.asarray(x)
+        want = np.dtype(self.info.input_dtype)
+        if np.issubdtype(want, np.integer):
+            return self._check_ids(x, want)
         if not np.issubdtype(x.dtype, np.floating):
             raise RuntimeInputError(f"input dtype must be float32, got {x.dtype}")
         fs = self.info.feature_shape
@@ -157,6 +161,20 @@ class Predictor:
                     "clean the data or pass allow_nonfinite"
                 )
         return x
+
+    def _check_ids(self, x: np.ndarray, want: np.dtype) -> np.ndarray:
+        """Integer inputs (token ids): integer dtype, the model's shape, cast to ``want``."""
+        if not np.issubdtype(x.dtype, np.integer):
+            raise RuntimeInputError(
+                f"this model takes integer ids ({want.name}); got {x.dtype} input: pass the "
+                "token ids themselves, not floats"
+            )
+        if not self.info.accepts(x.shape):
+            fs = ", ".join(map(str, self.info.feature_shape))
+            raise RuntimeInputError(
+                f"input shape {list(x.shape)} does not match the model's [B, {fs}]"
+            )
+        return np.ascontiguousarray(x, dtype=want)
 
     def _samples(self, num_samples: int | None) -> int:
         if not self.info.takes_num_samples and num_samples not in (None, 1):

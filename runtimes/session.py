@@ -48,6 +48,8 @@ class ModelInfo:
     takes_num_samples: bool
     stochastic: bool
     meta: dict[str, str]
+    #: numpy dtype name of the data input: ``float32``, or ``int64`` / ``int32`` for token ids
+    input_dtype: str = "float32"
 
     def accepts(self, shape: tuple[int, ...]) -> bool:
         """Whether an input of ``shape`` (``[N >= 1, *feature_shape]``) fits the model;
@@ -91,7 +93,16 @@ def model_info(model: onnx.ModelProto) -> ModelInfo:
         takes_num_samples=NUM_SAMPLES in inits or NUM_SAMPLES in {i.name for i in inputs},
         stochastic=bool(random_nodes(model)),
         meta=meta,
+        input_dtype=_dtype_name(inp),
     )
+
+
+def _dtype_name(value: onnx.ValueInfoProto) -> str:
+    """numpy dtype name of a graph input (``float32`` when undeclared)."""
+    elem = value.type.tensor_type.elem_type
+    if not elem:
+        return "float32"
+    return onnx.helper.tensor_dtype_to_np_dtype(elem).name
 
 
 @dataclass(frozen=True)

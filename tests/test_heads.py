@@ -81,19 +81,6 @@ class TwoHeads(nn.Module):
         return self.fc2(h), h
 
 
-class SegNet(nn.Module):
-    """The issue's segmentation net: conv -> dropout2d -> 1x1 conv to 3 classes, [B, 3, 8, 8]."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.conv, self.drop = nn.Conv2d(1, 8, 3, padding=1), nn.Dropout2d(0.2)
-        self.out = nn.Conv2d(8, 3, 1)
-
-    def forward(self, x):
-        return self.out(self.drop(torch.relu(self.conv(x))))
-
-
 def _torch_mc(model: nn.Module, x: torch.Tensor, s: int, seed: int = 7) -> torch.Tensor:
     """The user's own MC inference: ``s`` forward passes with dropout on -> ``[S, B, ...]``."""
     net = mc_mode(model)
@@ -257,16 +244,14 @@ def test_meanfield_probability_head_in_every_construction(tmp_path, mode):
     [
         (TwoHeads(), "classification", r"tuple of shapes \[\[4, 3\], \[4, 8\]\]: a classifier"),
         (TwoHeads(), "regression", r"a regression pair must be \(mean, log_var\) of the same"),
-        (SegNet(), "classification", r"shape \[4, 3, 8, 8\]: dense prediction .* not supported"),
     ],
 )
 def test_unsupported_forms_refused_by_name(tmp_path, model, task, match):
-    shape = (1, 8, 8) if isinstance(model, SegNet) else (6,)
     with pytest.raises(UnsupportedLayerError, match=match):
-        export_model(model, example(shape), tmp_path / "m.onnx", task=task)
+        export_model(model, example((6,)), tmp_path / "m.onnx", task=task)
 
 
-def test_three_tuple_and_one_column_refused():
+def test_three_tuple_refused_one_column_accepted():
     x = example((6,))
 
     class Three(nn.Module):
@@ -275,8 +260,8 @@ def test_three_tuple_and_one_column_refused():
 
     with pytest.raises(UnsupportedLayerError, match=r"tuple of shapes \[\[4, 3\], \[4, 3\], \[4"):
         inspect_output(Three(), x, Task.REGRESSION)
-    with pytest.raises(UnsupportedLayerError, match=r"shape \[4, 1\]: one-output binary heads"):
-        inspect_output(nn.Linear(6, 1), x, Task.CLASSIFICATION)
+    # one column is a Bernoulli head now (tests/test_heads_dense.py)
+    assert inspect_output(nn.Linear(6, 1), x, Task.CLASSIFICATION).shape == (4, 1)
 
 
 @pytest.mark.parametrize(

@@ -93,6 +93,19 @@ class PlainMLP(nn.Module):
         return self.l2(torch.relu(self.l1(x)))
 
 
+class SegNet(nn.Module):
+    """The issue's segmentation net: conv -> dropout2d -> 1x1 conv to 3 classes, [B, 3, 8, 8]."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv, self.drop = nn.Conv2d(1, 8, 3, padding=1), nn.Dropout2d(0.2)
+        self.out = nn.Conv2d(8, 3, 1)
+
+    def forward(self, x):
+        return self.out(self.drop(torch.relu(self.conv(x))))
+
+
 def _seeded(fn):
     def make(*args, **kwargs):
         torch.manual_seed(0)

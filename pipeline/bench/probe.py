@@ -44,7 +44,8 @@ _TIMEOUT_S = 900
 
 def make_feed(info: ModelInfo, batch: int, samples: int, seed: int = 0) -> dict[str, np.ndarray]:
     """Session feed for one cell: ``input [batch, *feature_shape]`` float32 standard normal
-    (seeded) and, for qbnn models, ``num_samples`` int64 scalar = ``samples``."""
+    (seeded; integer-input models get token ids 0 and 1, valid for any embedding with two or
+    more rows) and, for qbnn models, ``num_samples`` int64 scalar = ``samples``."""
     dims = info.feature_shape
     if not all(isinstance(d, int) and d > 0 for d in dims):
         raise ConfigError(
@@ -52,7 +53,12 @@ def make_feed(info: ModelInfo, batch: int, samples: int, seed: int = 0) -> dict[
             "dimension; bench needs a fixed feature shape (export with a static feature shape)"
         )
     rng = np.random.default_rng(seed)
-    feed = {info.input_name: rng.standard_normal((batch, *dims)).astype(np.float32)}
+    want = np.dtype(info.input_dtype)
+    if np.issubdtype(want, np.integer):
+        x = rng.integers(0, 2, (batch, *dims)).astype(want)
+    else:
+        x = rng.standard_normal((batch, *dims)).astype(np.float32)
+    feed = {info.input_name: x}
     if info.takes_num_samples:
         feed[NUM_SAMPLES] = np.array(samples, dtype=np.int64)
     return feed

@@ -20,6 +20,7 @@ _SPELLING = (
     (re.compile(r"\bheteroscedastic=True\b"), "--heteroscedastic"),
     (re.compile(r"\bpass noise_variance\b"), "pass --noise-variance"),
     (re.compile(r"\bpass num_samples\b"), "pass --samples"),
+    (re.compile(r"\bbn_update=<training inputs> \(--bn-update\)"), "--bn-update <npz>"),
 )
 
 
@@ -72,9 +73,25 @@ def export_cmd(
     trust_checkpoint: Annotated[
         bool, typer.Option(help="allow full unpickling of --weights (trusted files only)")
     ] = False,
+    example_data: Annotated[
+        Path | None,
+        typer.Option(
+            "--example",
+            help="npz with key 'x' [B, *feature_shape]: the example input, in its own dtype "
+            "(int64 token ids for text models); default: --batch standard-normal rows",
+        ),
+    ] = None,
+    bn_update: Annotated[
+        Path | None,
+        typer.Option(
+            "--bn-update",
+            help="npz with key 'x' (training inputs): recompute BatchNorm statistics per "
+            "frozen:K draw (SWAG's bn_update)",
+        ),
+    ] = None,
 ) -> None:
     """Export a trained torch BNN to a stochastic ONNX graph."""
-    from ..common import check_output_file, importable, require
+    from ..common import check_output_file, importable, load_npz, require
 
     require(("torch",), "qbnn export")
     check_output_file(output)
@@ -88,6 +105,11 @@ def export_cmd(
         net = load_model(model, weights, trust=trust_checkpoint)
     gen = torch.Generator().manual_seed(0)
     example = torch.randn((max(batch, 1), *shape), generator=gen)
+    if example_data is not None:
+        example = torch.from_numpy(load_npz(example_data, require=("x",))["x"])
+    bn_data = None
+    if bn_update is not None:
+        bn_data = torch.from_numpy(load_npz(bn_update, require=("x",))["x"]).float()
     try:
         result = export_model(
             net,
@@ -102,6 +124,7 @@ def export_cmd(
             heteroscedastic=heteroscedastic,
             noise_variance=noise_variance,
             head=head,
+            bn_update=bn_data,
         )
     except QbnnError as exc:
         message = cli_spelling(str(exc))
@@ -112,4 +135,7 @@ def export_cmd(
         typer.echo(result.fidelity.summary())
         for w in result.fidelity.warnings:
             typer.echo(f"warning: {w}", err=True)
+    for note in result.notes:
+        if note.startswith("warning: ") or note.startswith("BatchNorm"):
+            typer.echo(note if note.startswith("warning") else f"note: {note}", err=True)
     typer.echo(f"exported {result.family} ({result.sampling}) -> {result.path}")

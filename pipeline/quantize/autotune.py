@@ -75,7 +75,7 @@ def autotune_model(
             path = _with_num_samples(model_path, Path(tmp))
             pred = Predictor(path, provider="cpu", seed=cfg.guard.seed)
             s = tune.num_samples if pred.info.takes_num_samples else None
-            out = pred.predict(val["x"].astype(np.float32), s)
+            out = pred.predict(val["x"], s)  # the predictor casts to the input dtype
             return score(tune.metric, out.mean_probs, val["y"])
 
         tcfg = tuning.TuningConfig(

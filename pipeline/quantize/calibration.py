@@ -12,7 +12,8 @@ __all__ = ["make_reader"]
 def make_reader(
     x: np.ndarray, *, batch_size: int, num_samples: int, stochastic: bool, input_name: str = INPUT
 ):
-    """A calibration reader over ``x [N, *feature_shape]`` float32.
+    """A calibration reader over ``x [N, *feature_shape]`` float32 (integer token ids keep
+    their integer dtype).
 
     Each batch feeds ``input`` and, for stochastic graphs, ``num_samples`` so that activation
     ranges are collected over S noisy copies of every input. Works with INC and ONNX Runtime.
@@ -26,7 +27,8 @@ def make_reader(
         def get_next(self):
             if self.i >= len(x):
                 return None
-            batch = np.ascontiguousarray(x[self.i : self.i + batch_size], dtype=np.float32)
+            dtype = x.dtype if np.issubdtype(x.dtype, np.integer) else np.float32
+            batch = np.ascontiguousarray(x[self.i : self.i + batch_size], dtype=dtype)
             self.i += batch_size
             feed = {input_name: batch}
             if stochastic:

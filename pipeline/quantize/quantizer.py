@@ -80,6 +80,14 @@ def _calibration_inputs(calib: np.ndarray | str | Path, info, size: int) -> np.n
             f"calibration data shape {list(x.shape)} does not match the model input "
             f"[N, {', '.join(map(str, info.feature_shape))}]"
         )
+    want = np.dtype(info.input_dtype)
+    if np.issubdtype(want, np.integer):  # token ids: integers in, the model's dtype
+        if not np.issubdtype(x.dtype, np.integer):
+            raise ConfigError(
+                f"the model takes integer ids ({want.name}); the calibration data is {x.dtype}: "
+                "save the token ids themselves"
+            )
+        return np.ascontiguousarray(x[:size], dtype=want)
     if not np.isfinite(x).all():
         raise ConfigError("calibration data contains NaN or inf values")
     return np.ascontiguousarray(x[:size], dtype=np.float32)

@@ -86,6 +86,8 @@ class Outputs:
     Regression: ``pred_mean [N, D]``, ``pred_variance [N, D]``, ``epistemic_variance [N, D]``
     (variance of the per-sample means: the posterior's share).
     ``num_samples``: the MC sample count S actually used (1 for plain models).
+    Dense classifiers (:mod:`~qbnn.pipeline.validate.dense`): one row per pixel, ``spatial``
+    the per-input map shape and ``maps`` the first images' uncertainty maps.
     """
 
     num_samples: int
@@ -97,6 +99,8 @@ class Outputs:
     pred_mean: np.ndarray | None = None
     pred_variance: np.ndarray | None = None
     epistemic_variance: np.ndarray | None = None
+    spatial: tuple[int, ...] = ()
+    maps: dict | None = None
 
     @property
     def is_classifier(self) -> bool:

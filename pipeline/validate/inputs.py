@@ -174,7 +174,9 @@ def check_models(
     if len(set(declared.values())) > 1:
         raise ConfigError(f"models predict different numbers of classes: {declared}")
     n_classes = next(iter(declared.values()), None)
-    if n_classes is not None:
+    if n_classes is not None and y.ndim > 1:  # class maps of a dense classifier (or wrong)
+        check_labels(y.reshape(-1), y.size, n_classes, source)
+    elif n_classes is not None:
         check_labels(y, len(x), n_classes, source)
     return task, n_classes
 

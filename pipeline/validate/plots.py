@@ -10,6 +10,8 @@ Files of a classification report:
 - ``entropy_hist.png``: predictive-entropy histograms, correct vs wrong (and OOD), per model.
 - ``referral.png``: accuracy on retained inputs vs referred fraction, all models on one axis.
 - ``ood_roc.png``: OOD ROC curves of all models, scored by entropy and by MI (with OOD data).
+- ``uncertainty_maps.png`` (dense prediction with 2-D maps): per model and for the first
+  images, the predicted class map, the predictive-entropy map and the mutual-information map.
 
 Files of a regression report:
 
@@ -262,6 +264,30 @@ def _regression(plt, report, out: Path) -> list[Path]:
     return paths
 
 
+def _uncertainty_maps(plt, report, out: Path) -> Path:
+    rows = []
+    for m in report.models:
+        maps = m.curves["uncertainty_maps"]
+        for i in range(len(maps["prediction"])):
+            rows.append((m, i, maps))
+    kinds = (("prediction", "predicted class", "tab10"), ("entropy", "entropy [nats]", "magma"),
+             ("mutual_information", "MI [nats]", "viridis"))  # fmt: skip
+    fig, axes = plt.subplots(len(rows), 3, figsize=(9, 2.8 * len(rows)), squeeze=False)
+    for r, (m, i, maps) in enumerate(rows):
+        for c, (key, title, cmap) in enumerate(kinds):
+            ax = axes[r][c]
+            im = ax.imshow(np.asarray(maps[key][i]), cmap=cmap, interpolation="nearest")
+            ax.set_title(f"{m.name} #{i}: {title}", fontsize=8)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    fig.suptitle("Per-pixel uncertainty maps")
+    fig.tight_layout()
+    path = _save(fig, out / "uncertainty_maps.png")
+    plt.close(fig)
+    return path
+
+
 def save_plots(report, out_dir: str | Path) -> list[Path]:
     """Write the PNGs described in the module docstring into ``out_dir``; returns their paths.
 
@@ -278,4 +304,13 @@ def save_plots(report, out_dir: str | Path) -> list[Path]:
     ]
     if all("roc_entropy" in m.curves for m in report.models):
         paths.append(_ood_roc(plt, report, out))
+    if any("uncertainty_maps" in m.curves for m in report.models):
+        paths.append(_uncertainty_maps(plt, _with_maps(report), out))
     return paths
+
+
+def _with_maps(report):
+    """The report restricted to models that kept uncertainty maps."""
+    from dataclasses import replace
+
+    return replace(report, models=[m for m in report.models if "uncertainty_maps" in m.curves])

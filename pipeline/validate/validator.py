@@ -38,6 +38,7 @@ import numpy as np
 from qbnn.runtimes import Predictor, PredictorOptions, Task
 from qbnn.runtimes.errors import ConfigError
 
+from . import dense as D
 from . import evaluation as E
 from .config import MAX_SAMPLES, ValidateConfig
 from .gates import GateResult, Gates, GateSpec, evaluate_gates, gate_specs, gate_statistic
@@ -74,14 +75,18 @@ def _predict(pred: Predictor, x: np.ndarray, x_ood: np.ndarray | None, s: int) -
             epistemic_variance=r.epistemic_variance,
         )
     o = pred.predict(x_ood, samples) if x_ood is not None else None
-    return E.Outputs(
-        r.num_samples,
+    fields = (
         r.mean_probs,
         r.predictive_entropy,
         r.mutual_information,
         None if o is None else o.predictive_entropy,
         None if o is None else o.mutual_information,
     )
+    if not D.is_dense(r.mean_probs):
+        return E.Outputs(r.num_samples, *fields)
+    maps = D.uncertainty_maps(*fields[:3])  # pixels become rows, the metric code is shared
+    spatial = tuple(r.mean_probs.shape[2:])
+    return E.Outputs(r.num_samples, *D.flatten_pixels(*fields), spatial=spatial, maps=maps)
 
 
 def _info(pred: Predictor, out: E.Outputs) -> dict:
@@ -188,7 +193,14 @@ def validate(
     outs = {e.name: _predict(preds[e.name], x, x_ood, cfg.num_samples) for e in entries}
     if task == Task.CLASSIFICATION:
         n_classes = _common_classes(outs, n_classes)
-        y = check_labels(y, len(x), n_classes, source)
+        ref_out = outs[entries[0].name]
+        if ref_out.spatial:
+            y = D.pixel_labels(y, ref_out.spatial, source)
+            notes.append(
+                f"dense prediction: metrics over {len(y)} pixels ({len(x)} inputs of "
+                f"{list(ref_out.spatial)}); bootstrap intervals resample pixels"
+            )
+        y = check_labels(y, len(ref_out.mean_probs), n_classes, source)
     else:
         y = check_targets(y, outs)
     results, per_model = _measure(entries, preds, outs, x, x_ood, y, cfg)
@@ -273,8 +285,10 @@ def _measure(entries, preds, outs, x, x_ood, y, cfg: ValidateConfig):
     metrics per seed}})``.
     """
     core = partial(E.core_metrics, n_bins=cfg.n_bins, targets=cfg.referral_targets)
-    n_ood = None if x_ood is None else len(x_ood)
-    indices = E.bootstrap_indices(len(x), n_ood, cfg.bootstrap, cfg.seed)
+    ref_out = outs[entries[0].name]  # rows: inputs, or pixels of a dense classifier
+    n = len(ref_out.mean_probs) if ref_out.is_classifier else len(x)
+    n_ood = None if x_ood is None else len(ref_out.ood_entropy)
+    indices = E.bootstrap_indices(n, n_ood, cfg.bootstrap, cfg.seed)
     per_model = {}
     for e in entries:
         out, pred = outs[e.name], preds[e.name]
@@ -311,5 +325,6 @@ def _result(e: ModelEntry, pred, out, measured: dict, ref: dict, y, cfg) -> Mode
             if k in metrics and boot
         },
         mc_noise=_mc_noise(measured["mc"]),
-        curves=E.curves(out, y, n_bins=cfg.n_bins),
+        curves=E.curves(out, y, n_bins=cfg.n_bins)
+        | ({"uncertainty_maps": out.maps} if out.maps else {}),
     )
