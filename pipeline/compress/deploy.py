@@ -208,7 +208,8 @@ def _deploy_layer(model, lay: Layer, lp: LayerPlan, probe: Probe, quantized, pru
     nbytes, codes_all = 0, []
     if lp.weight_bits < 32:
         for w in lay.weights:
-            codes, scale = weight_grid(_arr(model, w), lp.weight_bits, lay.out_axis, lp.weight_range)
+            arr = _arr(model, w)
+            codes, scale = weight_grid(arr, lp.weight_bits, lay.out_axis, lp.weight_range)
             nbytes += replace_with_dq(model, w, codes, scale, lay.out_axis)
             codes_all.append(codes.ravel())
     else:

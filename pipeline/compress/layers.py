@@ -3,14 +3,12 @@
 A *layer* is one module of the trained network (``conv1``, ``layer1.0.conv2``). Supported
 graphs keep the posterior's tensors as initializers:
 
-==========================  ===============================================  ==============
-graph                       initializers of layer ``L``                      posterior
-==========================  ===============================================  ==============
-``frozen:K``, ensembles     ``members.<k>.L.weight`` / ``.bias``             mean / std of the K draws
-``weight`` mode             ``source.mu__L__weight``, ``source.sigma__L__..``  mu, sigma
-``lrt`` mode                ``net.L.mu_w``, ``net.L.var_w`` (+ ``_b``)        mu, sqrt(var)
-deterministic, MC dropout   any weight read directly by Conv/Gemm/MatMul     none (mu only)
-==========================  ===============================================  ==============
+- ``frozen:K`` and ensembles: ``members.<k>.L.weight`` / ``.bias``; posterior = mean and std
+  of the K draws;
+- ``weight`` mode: ``source.mu__L__weight`` and ``source.sigma__L__weight``; mu, sigma;
+- ``lrt`` mode: ``net.L.mu_w`` and ``net.L.var_w`` (and ``_b``); mu, sqrt(var);
+- deterministic and MC-dropout graphs: any weight read directly by Conv/Gemm/MatMul; no
+  posterior scale (mu only).
 
 Laplace, SWAG and other ``gaussian`` graphs draw weights from factors; they are refused.
 """
@@ -102,15 +100,17 @@ def find_layers(model: onnx.ModelProto) -> dict[str, Layer]:
         elif m := _LRT.match(name):
             lay = get(m.group(1))
             lay.role, lay.scale_kind = "mu", "var"
-            {"mu_w": lay.weights, "var_w": lay.scales, "mu_b": lay.biases, "var_b": lay.bias_scales}[
-                m.group(2)
-            ].append(name)
+            slots = {"mu_w": lay.weights, "var_w": lay.scales}
+            slots |= {"mu_b": lay.biases, "var_b": lay.bias_scales}
+            slots[m.group(2)].append(name)
         elif m := _SOURCE.match(name):
             lay = get(m.group(2).replace("__", "."))
             lay.role, lay.scale_kind = "mu", "sigma"
             mu, w = m.group(1) == "mu", m.group(3) == "weight"
-            target = (lay.weights if mu else lay.scales) if w else (
-                lay.biases if mu else lay.bias_scales
+            target = (
+                (lay.weights if mu else lay.scales)
+                if w
+                else (lay.biases if mu else lay.bias_scales)
             )
             target.append(name)
     if not layers:  # deterministic / MC dropout: weights read directly by a heavy op
@@ -146,15 +146,12 @@ def _attach_nodes(lay: Layer, cons) -> None:
             if n.op_type in HEAVY_OPS and i == 1:
                 lay.nodes.append(n.name)
                 if n.op_type == "MatMul" or (
-                    n.op_type == "Gemm"
-                    and not any(a.name == "transB" and a.i for a in n.attribute)
+                    n.op_type == "Gemm" and not any(a.name == "transB" and a.i for a in n.attribute)
                 ):
                     lay.out_axis = 1
 
 
-def layer_posterior(
-    model: onnx.ModelProto, lay: Layer
-) -> tuple[np.ndarray, np.ndarray | None]:
+def layer_posterior(model: onnx.ModelProto, lay: Layer) -> tuple[np.ndarray, np.ndarray | None]:
     """``(mu, sigma)`` of a layer's weights, float32 of the weight's shape; ``sigma`` is None
     for a model without a posterior over this layer (one deterministic weight).
 

@@ -39,9 +39,7 @@ ACT_BITS = (2, 4, 8, 16, 32)
 
 def _one_of(name: str, value: Any, allowed: tuple[int, ...]) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value not in allowed:
-        raise ConfigError(
-            f"{name}: {value!r} is not one of {', '.join(map(str, allowed))}"
-        )
+        raise ConfigError(f"{name}: {value!r} is not one of {', '.join(map(str, allowed))}")
 
 
 def _range(name: str, value: Any) -> tuple[float, float] | None:
@@ -98,9 +96,7 @@ class LayerPlan:
         known = [f.name for f in fields(cls)]
         for key in data:
             if key not in known:
-                raise ConfigError(
-                    f"{where}.{key}: unknown key; valid keys: {', '.join(known)}"
-                )
+                raise ConfigError(f"{where}.{key}: unknown key; valid keys: {', '.join(known)}")
         try:
             return cls(**dict(data))
         except ConfigError as exc:

@@ -170,7 +170,9 @@ def deploy_codebook(model: onnx.ModelProto, lay: Layer, shared: SharedLayer) -> 
             total += idx.size
         g.initializer.append(t)
         nodes += [
-            helper.make_node("Cast", [cast_in], [f"{p}/i64"], name=f"{p}/Cast", to=TensorProto.INT64),
+            helper.make_node(
+                "Cast", [cast_in], [f"{p}/i64"], name=f"{p}/Cast", to=TensorProto.INT64
+            ),
             helper.make_node("Gather", [cb, f"{p}/i64"], [name], name=f"{p}/Gather", axis=0),
         ]
     for k, n in enumerate(nodes):
