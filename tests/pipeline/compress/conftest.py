@@ -17,7 +17,7 @@ from compress_tiny import TinyCNN, data, members
 __all__ = ["TinyCNN"]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def ensemble_model(tmp_path_factory) -> tuple[Path, list[TinyCNN]]:
     """The exported 2-member ensemble (fp32) and its torch members."""
     ms = members()
@@ -26,7 +26,7 @@ def ensemble_model(tmp_path_factory) -> tuple[Path, list[TinyCNN]]:
     return path, ms
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def arrays(tmp_path_factory) -> dict[str, Path]:
     """calib / test / ood npz files."""
     d = tmp_path_factory.mktemp("data")
