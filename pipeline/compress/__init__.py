@@ -11,12 +11,24 @@ storage, Q/DQ), ``prune``, ``share``, ``probe`` (MACs, ranges, relative BOPs), `
 ``report`` (``compress.json``, plots) and ``stage``.
 """
 
+from .auto import AutoConfig, Trial, auto_plan, search
+from .bayesbits import QuantizerState, bits_from_gates, plan_from_bayesian_bits
 from .deploy import COMPRESSION_KEY, CompressResult, LayerReport, deploy_plan, deploy_share
 from .plan import ACT_BITS, WEIGHT_BITS, LayerPlan, Plan, load_plan
 from .share import ShareConfig, SharedLayer
+from .stage import CompressOutcome, compress
 
 __all__ = [
     "ACT_BITS",
+    "AutoConfig",
+    "CompressOutcome",
+    "QuantizerState",
+    "Trial",
+    "auto_plan",
+    "bits_from_gates",
+    "compress",
+    "plan_from_bayesian_bits",
+    "search",
     "COMPRESSION_KEY",
     "WEIGHT_BITS",
     "CompressResult",

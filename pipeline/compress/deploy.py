@@ -26,6 +26,7 @@ from qbnn.runtimes.loading import load_onnx, set_metadata
 from ..common import atomic_path, load_npz
 from .layers import HEAVY_OPS, Layer, find_layers
 from .lowbit import ensure_opset, insert_activation_qdq, replace_with_dq, weight_grid
+from .nested import insert_nested_activation
 from .plan import LayerPlan, Plan
 from .probe import Probe, probe_model
 from .prune import prune_channels
@@ -224,7 +225,10 @@ def _deploy_layer(model, lay: Layer, lp: LayerPlan, probe: Probe, quantized, pru
             )
         for n in lay.nodes:
             lo, hi = lp.act_range or probe.ranges[n]
-            insert_activation_qdq(model, n, lp.act_bits, lo, hi)
+            if lp.act_rounding == "nested":
+                insert_nested_activation(model, n, lp.act_bits, lo, hi)
+            else:
+                insert_activation_qdq(model, n, lp.act_bits, lo, hi)
     unique, ent = _entropy(np.concatenate(codes_all))
     note = "" if lp.weight_bits == 0 else "b-bit storage; the op runs in fp32 (size, not speed)"
     rep = LayerReport(lay.name, lp.weight_bits, lp.act_bits, "dq", pruned, prune_mode, unique,

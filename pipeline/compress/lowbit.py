@@ -8,7 +8,8 @@ container that holds them: INT4 / UINT4 (two codes per byte, low nibble first, a
 runs these DequantizeLinear nodes on its CPU provider (checked in the tests); the op after them
 computes in fp32, so 2/4/16-bit layers gain file size, not speed.
 
-Activations: ``Clip -> QuantizeLinear -> DequantizeLinear`` in front of the layer's op, with the
+Activations: ``QuantizeLinear -> DequantizeLinear`` (clipped first when narrower than the
+container) in front of the layer's op, with the
 unsigned grid ``s = (hi - lo) / (2**bits - 1)`` of a fixed or calibrated range ``[lo, hi]``.
 """
 
@@ -47,8 +48,10 @@ def weight_grid(
     """Round ``w`` onto a ``bits``-bit grid: ``(codes int64 [w.shape], scale float32)``.
 
     With ``rng=(lo, hi)`` (a learned range, Bayesian Bits): one scale
-    ``s = (hi - lo) / (2**bits - 1)`` and ``codes = round(clip(w, lo, hi) / s)`` (round half to
-    even, as ``torch.round`` and ONNX ``QuantizeLinear``); ``scale`` has shape ``[]``.
+    ``s = (hi - lo) / (2**bits - 1)`` and codes rounded the way Bayesian Bits' residual
+    decomposition rounds them (:func:`_nested_grid`): ``round(clip(w, lo, hi) / s)`` except at
+    ties (such as the clip edges), where the nested rounding decides; ``scale`` has shape
+    ``[]``.
     Without: symmetric per output channel, ``s_c = max|w_c| / (2**(bits-1) - 1)`` and codes in
     ``[-(2**(bits-1) - 1), 2**(bits-1) - 1]``; ``scale`` has shape ``[C_out]``.
     ``bits == 0``: all codes 0 (the layer is pruned). ``w * 0 + codes * scale`` is the
@@ -57,9 +60,7 @@ def weight_grid(
     if bits == 0:
         return np.zeros(w.shape, np.int64), np.ones((), np.float32)
     if rng is not None:
-        lo, hi = rng
-        s = np.float32((hi - lo) / (2**bits - 1))
-        return np.round(np.clip(w, lo, hi) / s).astype(np.int64), np.asarray(s, np.float32)
+        return _nested_grid(w, bits, *rng)
     qmax = 2 ** (bits - 1) - 1
     axes = tuple(i for i in range(w.ndim) if i != out_axis)
     amax = np.abs(w).max(axis=axes) if w.ndim > 1 else np.abs(w)
@@ -68,6 +69,26 @@ def weight_grid(
     shape[out_axis] = -1
     codes = np.clip(np.round(w / s.reshape(shape)), -qmax, qmax).astype(np.int64)
     return codes, s
+
+
+def _nested_grid(w: np.ndarray, bits: int, lo: float, hi: float) -> tuple[np.ndarray, np.ndarray]:
+    """Bayesian Bits' rounding in float32, as its quantizer computes it: ``x_2 = s_2 round(x /
+    s_2)``, residual ``r = x - x_2``, then per level ``s <- s / (2**b + 1)``, ``c = round(r /
+    s)``, ``r <- r - s c``; the code accumulates as ``k <- k (2**b + 1) + c`` so the value is
+    ``s_bits * k``. ``bits`` must be 2, 4, 8 or 16."""
+    f32 = np.float32
+    x = np.clip(w.astype(f32), f32(lo), f32(hi))
+    s = (f32(hi) - f32(lo)) / f32(3)  # grid_scale's chain, step by step
+    k = np.round(x / s)
+    r = x - s * k
+    level = 2
+    while level < bits:
+        s = s / f32(2**level + 1)
+        c = np.round(r / s)
+        r = r - s * c
+        k = k * f32(2**level + 1) + c
+        level *= 2
+    return k.astype(np.int64), np.asarray(s, f32)
 
 
 def container(codes: np.ndarray) -> tuple[int, int, type, int]:
@@ -131,34 +152,51 @@ def replace_with_dq(
     return len(q.raw_data) or codes.size * np.dtype(dt).itemsize
 
 
+def grid_scale(lo: float, hi: float, bits: int) -> np.float32:
+    """``(hi - lo) / (2**bits - 1)`` computed in float32 as Bayesian Bits' nested scales are:
+    ``s_2 = (hi - lo) / 3``, then ``s <- s / (2**b + 1)`` per level (bits in 2, 4, 8, 16)."""
+    f32 = np.float32
+    s = (f32(hi) - f32(lo)) / f32(3)
+    level = 2
+    while level < bits:
+        s = s / f32(2**level + 1)
+        level *= 2
+    return f32(s)
+
+
 def activation_grid(lo: float, hi: float, bits: int) -> tuple[float, int, float, float]:
     """Unsigned ``bits``-bit grid of ``[lo, hi]`` (``lo <= 0`` is widened to include 0):
     ``(scale, zero_point, clip_lo, clip_hi)``; grid values are ``(q - zp) * scale``,
-    ``q in [0, 2**bits - 1]``."""
+    ``q in [0, 2**bits - 1]``. For bits in (2, 4, 8, 16) the scale is :func:`grid_scale`
+    (Bayesian Bits' float32 nested scale), otherwise ``(hi - lo) / (2**bits - 1)``."""
     lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
     levels = 2**bits - 1
-    s = (hi - lo) / levels if hi > lo else 1.0
+    if hi <= lo:
+        s = 1.0
+    elif bits in (2, 4, 8, 16):
+        s = float(grid_scale(lo, hi, bits))
+    else:
+        s = float(np.float32((hi - lo) / levels))
     zp = int(np.clip(np.round(-lo / s), 0, levels))
-    return float(s), zp, (0 - zp) * s, (levels - zp) * s
+    return s, zp, (0 - zp) * s, (levels - zp) * s
 
 
 def insert_activation_qdq(
     model: onnx.ModelProto, node_name: str, bits: int, lo: float, hi: float
 ) -> None:
     """Quantize input 0 of node ``node_name`` to ``bits`` bits on ``[lo, hi]`` (fake-quant
-    ``Clip -> QuantizeLinear -> DequantizeLinear``, feeding only that node)."""
+    ``QuantizeLinear -> DequantizeLinear`` feeding only that node; grids narrower than their
+    container (UINT8 up to 8 bits, else UINT16) are clipped first)."""
     g = model.graph
     node = next(n for n in g.node if n.name == node_name)
     src = node.input[0]
     s, zp, clo, chi = activation_grid(lo, hi, bits)
-    tp = TensorProto.UINT4 if bits <= 4 else TensorProto.UINT8 if bits <= 8 else TensorProto.UINT16
+    # UINT8 / UINT16 containers: ONNX Runtime 1.32 moves Q/DQ pairs across MaxPool/Reshape
+    # and then fails on UINT4 tensors there, and its Clip+QuantizeLinear fusion fails on UINT4
+    # zero points; a narrower grid in a wider container computes the same values.
     dt = np.uint8 if bits <= 8 else np.uint16
     p = f"qbnn/compress/act/{node_name}"
-    zpt = (
-        helper.make_tensor(f"{p}/zp", tp, [], [zp])
-        if bits <= 4
-        else numpy_helper.from_array(np.asarray(zp, dt), f"{p}/zp")
-    )
+    zpt = numpy_helper.from_array(np.asarray(zp, dt), f"{p}/zp")
     g.initializer.extend(
         [
             numpy_helper.from_array(np.float32(clo), f"{p}/lo"),
@@ -167,9 +205,17 @@ def insert_activation_qdq(
             zpt,
         ]
     )
-    nodes = [
-        helper.make_node("Clip", [src, f"{p}/lo", f"{p}/hi"], [f"{p}/clip"], name=f"{p}/Clip"),
-        helper.make_node("QuantizeLinear", [f"{p}/clip", f"{p}/s", f"{p}/zp"], [f"{p}/q"],
+    nodes = []
+    q_in = src
+    if bits not in (8, 16):  # QuantizeLinear saturates to the container; narrower grids
+        # are clipped first
+        nodes += [
+            helper.make_node("Max", [src, f"{p}/lo"], [f"{p}/max"], name=f"{p}/Max"),
+            helper.make_node("Min", [f"{p}/max", f"{p}/hi"], [f"{p}/clip"], name=f"{p}/Min"),
+        ]
+        q_in = f"{p}/clip"
+    nodes += [
+        helper.make_node("QuantizeLinear", [q_in, f"{p}/s", f"{p}/zp"], [f"{p}/q"],
                          name=f"{p}/Q"),
         helper.make_node("DequantizeLinear", [f"{p}/q", f"{p}/s", f"{p}/zp"], [f"{p}/dq"],
                          name=f"{p}/DQ"),

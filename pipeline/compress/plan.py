@@ -16,7 +16,9 @@ YAML (every key optional; layers are named by module, e.g. ``conv1``, ``layer1.0
 per tensor. Without it, the grid is symmetric per output channel, ``s = max|w_c| / (2**(b-1) - 1)``.
 ``act_range`` ``[lo, hi]``: a fixed activation range, else calibrated (min/max over the
 calibration data, every MC sample path). ``prune_channels``: output channels forced to zero and
-removed from the graph when the structure allows (see :mod:`.prune`).
+removed from the graph when the structure allows (see :mod:`.prune`). ``act_rounding``:
+``direct`` (QuantizeLinear/DequantizeLinear) or ``nested`` (Bayesian Bits' residual rounding,
+bit-exact with its quantizer, as fp32 ops; needs ``act_range``; see :mod:`.nested`).
 """
 
 from __future__ import annotations
@@ -61,9 +63,16 @@ class LayerPlan:
     weight_range: tuple[float, float] | None = None
     act_range: tuple[float, float] | None = None
     prune_channels: tuple[int, ...] = ()
+    act_rounding: str = "direct"
 
     def __post_init__(self) -> None:
         _one_of("weight_bits", self.weight_bits, WEIGHT_BITS)
+        if self.act_rounding not in ("direct", "nested"):
+            raise ConfigError(f"act_rounding: {self.act_rounding!r} is not one of direct, nested")
+        if self.act_rounding == "nested" and (
+            self.act_range is None or self.act_bits not in (2, 4, 8, 16)
+        ):
+            raise ConfigError("act_rounding: nested needs act_range and act_bits in 2, 4, 8, 16")
         _one_of("act_bits", self.act_bits, ACT_BITS)
         object.__setattr__(self, "weight_range", _range("weight_range", self.weight_range))
         object.__setattr__(self, "act_range", _range("act_range", self.act_range))
@@ -110,6 +119,8 @@ class LayerPlan:
             out["act_range"] = list(self.act_range)
         if self.prune_channels:
             out["prune_channels"] = list(self.prune_channels)
+        if self.act_rounding != "direct":
+            out["act_rounding"] = self.act_rounding
         return out
 
 

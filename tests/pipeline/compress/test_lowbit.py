@@ -105,7 +105,7 @@ def test_weight_grid_rules():
     assert not codes.any()
 
 
-@pytest.mark.parametrize("bits", [2, 4, 8])
+@pytest.mark.parametrize("bits", [2, 3, 4, 8, 16])
 def test_activation_qdq_matches_numpy_fake_quant(bits, tmp_path):
     w = np.eye(6, dtype=np.float32)
     m = _matmul_model(w)
