@@ -13,6 +13,7 @@ storage, Q/DQ), ``prune``, ``share``, ``probe`` (MACs, ranges, relative BOPs), `
 
 from .auto import AutoConfig, Trial, auto_plan, search
 from .bayesbits import QuantizerState, bits_from_gates, plan_from_bayesian_bits
+from .config import CompressConfig, CompressMode
 from .deploy import COMPRESSION_KEY, CompressResult, LayerReport, deploy_plan, deploy_share
 from .plan import ACT_BITS, WEIGHT_BITS, LayerPlan, Plan, load_plan
 from .share import ShareConfig, SharedLayer
@@ -21,6 +22,8 @@ from .stage import CompressOutcome, compress
 __all__ = [
     "ACT_BITS",
     "AutoConfig",
+    "CompressConfig",
+    "CompressMode",
     "CompressOutcome",
     "QuantizerState",
     "Trial",

@@ -22,7 +22,12 @@ def test_share_with_gates_writes_the_report(ensemble_model, arrays, tmp_path):
     assert out.is_file() and "compressed ->" in r.output
     assert rec["relative_bops"] is None and rec["max_unique_per_layer"] <= 16
     assert rec["size_bytes"] == out.stat().st_size
-    assert {g["name"] for g in rec["gates"]} >= {"accuracy_drop", "ece_delta", "mi_ratio", "ood_auroc_mi_drop"}
+    assert {g["name"] for g in rec["gates"]} >= {
+        "accuracy_drop",
+        "ece_delta",
+        "mi_ratio",
+        "ood_auroc_mi_drop",
+    }
     assert (rep / "validate" / "report.json").is_file()
 
 
