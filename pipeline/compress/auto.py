@@ -7,7 +7,9 @@ noise has variance step**2 / 12). Layers without a posterior scale get 8 bits.
 Pruning (the "Bayesian compression" criterion, Louizos et al. 2017, per output channel): a
 channel whose signal-to-noise ``||mu_c|| / ||sigma_c||`` is below ``t`` is pruned; the last
 layer (the logits) is never pruned, and at least half of a layer's channels stay.
-Search: every ``(f, t)`` candidate is deployed, ordered by its relative BOPs, and validated
+Variance matching (``m``, for ``frozen:K`` / ensemble layers below 8 bits): see
+``LayerPlan.match_variance``.
+Search: every ``(f, t, m)`` candidate is deployed, ordered by its relative BOPs, and validated
 against the fp32 model with ``validate``'s gates in that order; the first that passes is the
 smallest relative BOPs that passes (within ``budget`` when given).
 """
@@ -39,11 +41,14 @@ _BITS = (2, 4, 8, 16)
 @dataclass(frozen=True, kw_only=True)
 class AutoConfig:
     """``fractions``: the noise-to-posterior-variance fractions f tried; ``snr``: channel
-    SNR thresholds t tried (0 = no pruning); ``act_bits``: activation bits of every layer;
-    ``budget``: largest relative BOPs accepted (None = any); ``max_trials``: validations."""
+    SNR thresholds t tried (0 = no pruning); ``match``: variance-matching strengths m tried
+    for layers of K draws below 8 bits (``LayerPlan.match_variance``); ``act_bits``:
+    activation bits of every layer; ``budget``: largest relative BOPs accepted (None = any);
+    ``max_trials``: validations."""
 
     fractions: tuple[float, ...] = (0.05, 0.25, 1.0, 4.0)
     snr: tuple[float, ...] = (0.0, 1.0, 2.0)
+    match: tuple[float, ...] = (0.8, 1.0, 0.0)
     act_bits: int = 8
     budget: float | None = None
     max_trials: int = 12
@@ -51,6 +56,9 @@ class AutoConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "fractions", tuple(self.fractions))
         object.__setattr__(self, "snr", tuple(self.snr))
+        object.__setattr__(self, "match", tuple(self.match))
+        if not self.match or any(not 0 <= m <= 1 for m in self.match):
+            raise ConfigError(f"auto.match: {list(self.match)} must be numbers in [0, 1]")
         if not self.fractions or any(not f > 0 for f in self.fractions):
             raise ConfigError(f"auto.fractions: {list(self.fractions)} must be positive numbers")
         if any(t < 0 for t in self.snr) or not self.snr:
@@ -85,7 +93,9 @@ def channel_snr(mu: np.ndarray, sigma: np.ndarray, out_axis: int = 0) -> np.ndar
     return np.linalg.norm(m, axis=1) / np.maximum(np.linalg.norm(s, axis=1), 1e-30)
 
 
-def auto_plan(model: onnx.ModelProto, fraction: float, snr: float, act_bits: int = 8) -> Plan:
+def auto_plan(
+    model: onnx.ModelProto, fraction: float, snr: float, act_bits: int = 8, match: float = 0.0
+) -> Plan:
     """The plan the rules in the module docstring give for one ``(fraction, snr)``."""
     layers = find_layers(model)
     names = list(layers)
@@ -101,7 +111,10 @@ def auto_plan(model: onnx.ModelProto, fraction: float, snr: float, act_bits: int
             r = channel_snr(mu, sigma, lay.out_axis)
             low = np.argsort(r)[: len(r) // 2]
             prune = tuple(int(c) for c in low if r[c] < snr)
-        out[name] = LayerPlan(weight_bits=bits, act_bits=act_bits, prune_channels=prune)
+        out[name] = LayerPlan(
+            weight_bits=bits, act_bits=act_bits, prune_channels=prune,
+            match_variance=match if lay.role == "draws" and bits < 8 else 0.0,
+        )  # fmt: skip
     return Plan(layers=out)
 
 
@@ -112,6 +125,7 @@ class Trial:
 
     fraction: float
     snr: float
+    match: float
     plan: Plan
     relative_bops: float
     size_bytes: int
@@ -135,24 +149,25 @@ def search(
     passes to ``dst``. ``evaluate(path) -> (passed, accuracy, ece)`` runs ``validate``'s gates
     against the fp32 model. Returns ``(result or None when none passed, trials)``."""
     model = load_onnx(src)
-    plans: dict[str, tuple[float, float, Plan]] = {}
+    plans: dict[str, tuple[float, float, float, Plan]] = {}
     for f in cfg.fractions:
         for t in cfg.snr:
-            p = auto_plan(model, f, t, cfg.act_bits)
-            plans.setdefault(p.to_yaml(), (f, t, p))
+            for m in cfg.match:
+                p = auto_plan(model, f, t, cfg.act_bits, m)
+                plans.setdefault(p.to_yaml(), (f, t, m, p))
     trials: list[Trial] = []
     with tempfile.TemporaryDirectory(prefix="qbnn-search-") as tmp:
         built = []
-        for i, (f, t, p) in enumerate(plans.values()):
+        for i, (f, t, m, p) in enumerate(plans.values()):
             path = Path(tmp) / f"cand{i}.onnx"
             res = deploy_plan(src, path, p, calib=calib, num_samples=num_samples,
                               quant_config=quant_config)  # fmt: skip
-            built.append((res.relative_bops, i, f, t, p, res))
+            built.append((res.relative_bops, i, f, t, m, p, res))
         built.sort(key=lambda b: (b[0], b[1]))
         chosen = None
         checked = 0
-        for rel, _, f, t, p, res in built:
-            trial = Trial(f, t, p, rel, res.size_bytes)
+        for rel, _, f, t, m, p, res in built:
+            trial = Trial(f, t, m, p, rel, res.size_bytes)
             if (
                 (cfg.budget is not None and rel > cfg.budget)
                 or checked >= cfg.max_trials
@@ -163,7 +178,7 @@ def search(
             checked += 1
             passed, acc, ece = evaluate(res.path)
             verdict = "pass" if passed else "FAIL"
-            log(f"relative BOPs {rel:.4f} (f={f:g}, snr={t:g}): gates {verdict}")
+            log(f"relative BOPs {rel:.4f} (f={f:g}, snr={t:g}, match={m:g}): gates {verdict}")
             trials.append(replace(trial, accuracy=acc, ece=ece, passed=passed))
             if passed:
                 chosen = res

@@ -208,8 +208,9 @@ def _deploy_layer(model, lay: Layer, lp: LayerPlan, probe: Probe, quantized, pru
         return rep, {}
     nbytes, codes_all = 0, []
     if lp.weight_bits < 32:
+        shrunk = _match_variance(model, lay, lp) if lp.match_variance else {}
         for w in lay.weights:
-            arr = _arr(model, w)
+            arr = shrunk.get(w, _arr(model, w))
             codes, scale = weight_grid(arr, lp.weight_bits, lay.out_axis, lp.weight_range)
             nbytes += replace_with_dq(model, w, codes, scale, lay.out_axis)
             codes_all.append(codes.ravel())
@@ -234,6 +235,24 @@ def _deploy_layer(model, lay: Layer, lp: LayerPlan, probe: Probe, quantized, pru
     rep = LayerReport(lay.name, lp.weight_bits, lp.act_bits, "dq", pruned, prune_mode, unique,
                       ent, nbytes, 0.0, note)  # fmt: skip
     return rep, {n: (lp.weight_bits, lp.act_bits) for n in lay.nodes}
+
+
+def _match_variance(model, lay: Layer, lp: LayerPlan) -> dict[str, np.ndarray]:
+    """Draws with deviations shrunk before rounding (see ``LayerPlan.match_variance``):
+    ``w' = mu + c (w - mu)``, ``c**2 = max(0, 1 - m step**2 / (12 sigma**2))`` per weight with
+    ``m = match_variance``; ``{}`` for layers that are not K >= 2 draws."""
+    if lay.role != "draws" or len(lay.weights) < 2 or lp.weight_bits in (0, 32):
+        return {}
+    draws = np.stack([_arr(model, w).astype(np.float32) for w in lay.weights])
+    mu, sigma = draws.mean(0), draws.std(0, ddof=1)
+    _, step = weight_grid(mu, lp.weight_bits, lay.out_axis, lp.weight_range)
+    shape = [1] * mu.ndim
+    if step.ndim:
+        shape[lay.out_axis] = -1
+    noise = lp.match_variance * step.reshape(shape).astype(np.float64) ** 2 / 12
+    c = np.sqrt(np.clip(1 - noise / np.maximum(sigma.astype(np.float64) ** 2, 1e-30), 0, 1))
+    out = mu + c.astype(np.float32) * (draws - mu)
+    return {w: out[i] for i, w in enumerate(lay.weights)}
 
 
 def _inc_codes(model: onnx.ModelProto, weight: str) -> np.ndarray | None:

@@ -56,6 +56,7 @@ def compress_record(
             {
                 "fraction": t.fraction,
                 "snr": t.snr,
+                "match": t.match,
                 "relative_bops": t.relative_bops,
                 "size_bytes": t.size_bytes,
                 "accuracy": t.accuracy,
@@ -96,15 +97,16 @@ def to_markdown(rec: dict[str, Any]) -> str:
     if rec["search"]:
         lines += [
             "",
-            "| f | snr | relative BOPs | accuracy | ECE | gates |",
-            "|---|---|---|---|---|---|",
+            "| f | snr | match | relative BOPs | accuracy | ECE | gates |",
+            "|---|---|---|---|---|---|---|",
         ]
         for t in rec["search"]:
             acc = "" if t["accuracy"] is None else f"{t['accuracy']:.4f}"
             ece = "" if t["ece"] is None else f"{t['ece']:.4f}"
             verdict = {True: "pass", False: "FAIL", None: "not validated"}[t["passed"]]
             lines.append(
-                f"| {t['fraction']:g} | {t['snr']:g} | {t['relative_bops']:.4f} | {acc} | {ece} "
+                f"| {t['fraction']:g} | {t['snr']:g} | {t['match']:g} | {t['relative_bops']:.4f} | "
+                f"{acc} | {ece} "
                 f"| {verdict} |"
             )
     return "\n".join(lines) + "\n"
