@@ -6,7 +6,8 @@ compressed four ways, each validated against the fp32 export with ``validate``'s
 
 * int8 everywhere (INC static int8, the ``quantize`` stage): the reference, 6.25 % relative BOPs;
 * ``--auto``: plan from the posterior, searched for the smallest relative BOPs that passes;
-* ``--share`` with 16 and 32 shared values per layer (4- and 8-bit indices).
+* ``--share`` with 16 (4-bit indices; without and with variance matching of the draws) and 32
+  shared values per layer (8-bit indices).
 
 Recorded: relative BOPs, unique weights per layer, file bytes vs fp32 and vs the int8 file,
 accuracy, ECE, OOD AUROC, MI ratio and every gate verdict. Usage:
@@ -85,7 +86,8 @@ def main() -> None:
         np.savez(d / "ood.npz", x=data.x_ood)
         fp32 = d / "bnn.onnx"
         export(model, torch.from_numpy(data.x_train[:4]), fp32,
-               sampling=f"frozen:{args.draws}", num_samples=args.draws, verify=False)  # fmt: skip
+               sampling=f"frozen:{args.draws}", num_samples=args.draws, seed=args.seed,
+               verify=False)  # fmt: skip
         fp32_bytes = fp32.stat().st_size
         int8 = d / "bnn.int8.onnx"
         quantize_model(fp32, int8, calib=d / "calib.npz")
@@ -113,12 +115,14 @@ def main() -> None:
         if png.is_file():
             (RESULTS / "compress_search.png").write_bytes(png.read_bytes())
         share_layers = {}
-        for k in (16, 32):
-            sh = compress(fp32, d / f"share{k}.onnx", share=ShareConfig(k=2.0, max_unique=k),
+        for k, match in ((16, 0.0), (16, 1.0), (32, 0.0)):
+            sh = compress(fp32, d / f"share{k}.onnx",
+                          share=ShareConfig(k=2.0, max_unique=k, match=match),
                           data=d / "test.npz", ood=d / "ood.npz", validate_config=vcfg)  # fmt: skip
-            rows.append(_row(f"--share, <= {k} values/layer", None, sh.record, sh.report,
-                             "compressed", fp32_bytes, int8_bytes))  # fmt: skip
-            share_layers[k] = sh.record["layers"]
+            label = f"--share, <= {k} values/layer, match {match:g}"
+            rows.append(_row(label, None, sh.record, sh.report, "compressed", fp32_bytes,
+                             int8_bytes))  # fmt: skip
+            share_layers[f"{k}, match {match:g}"] = sh.record["layers"]
     wall = time.perf_counter() - t0
     record = {
         "date": time.strftime("%Y-%m-%d"),

@@ -36,6 +36,9 @@ def compress_cmd(
     max_unique: Annotated[
         int, typer.Option("--max-unique", help="--share: shared values per layer")
     ] = 16,
+    match: Annotated[
+        float, typer.Option("--match", help="--share: variance matching of draws, 0-1")
+    ] = 0.0,
     samples: Annotated[int | None, typer.Option("--samples", help="validate MC samples")] = None,
     gates: Annotated[Path | None, typer.Option(help="gates YAML/JSON")] = None,
     report: Annotated[
@@ -62,7 +65,7 @@ def compress_cmd(
         output,
         plan=load_plan(plan) if plan is not None else None,
         auto=AutoConfig(budget=budget) if auto else None,
-        share=ShareConfig(k=k, max_unique=max_unique) if share else None,
+        share=ShareConfig(k=k, max_unique=max_unique, match=match) if share else None,
         calib=calib,
         data=data,
         ood=ood,

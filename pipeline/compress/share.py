@@ -37,18 +37,25 @@ class ShareConfig:
     """``k``: noise tolerance in posterior standard deviations; ``max_unique``: shared values
     per layer (<= 256; <= 16 gives 4-bit indices); ``candidates``: cluster-centre candidates
     tried per step; ``min_cover``: a power of two is taken only if it fixes at least this
-    fraction of the layer's weights."""
+    fraction of the layer's weights; ``match`` (``frozen:K`` draws): variance-matching
+    strength m in [0, 1] - before the final assignment each draw's deviation from the mean is
+    shrunk by ``c = sqrt(max(0, 1 - m gap**2 / (12 sigma**2)))``, ``gap`` the codebook spacing
+    around the mean, so moving draws to shared values does not inflate the spread between them
+    (as ``LayerPlan.match_variance`` does for grids)."""
 
     k: float = 2.0
     max_unique: int = 16
     candidates: int = 256
     min_cover: float = 0.01
+    match: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.k > 0:
             raise ConfigError(f"share.k: {self.k!r} must be > 0 (posterior standard deviations)")
         if not 2 <= self.max_unique <= 256:
             raise ConfigError(f"share.max_unique: {self.max_unique!r} must be in [2, 256]")
+        if not 0 <= self.match <= 1:
+            raise ConfigError(f"share.match: {self.match!r} must be in [0, 1]")
         if self.candidates < 2 or not 0 <= self.min_cover < 1:
             raise ConfigError(
                 f"share.candidates >= 2 and 0 <= share.min_cover < 1; got {self.candidates}, "
@@ -126,7 +133,9 @@ def share_layer(model: onnx.ModelProto, lay: Layer, cfg: ShareConfig) -> SharedL
         if len(book) == before:
             break
     codebook = np.array(sorted(set(book)), np.float32)
-    # final assignment: nearest shared value within k sigma if any, else nearest overall
+    if cfg.match > 0 and lay.role == "draws" and len(tensors) > 1:
+        v = _shrink(v, tensors, sigma, codebook, cfg.match)
+    # final assignment: nearest shared value
     dist = np.abs(v[:, None] - codebook[None, :])
     idx = dist.argmin(1)
     beyond = float((dist[np.arange(v.size), idx] > tol).mean())
@@ -135,6 +144,19 @@ def share_layer(model: onnx.ModelProto, lay: Layer, cfg: ShareConfig) -> SharedL
         out.append(idx[start : start + t.size].reshape(t.shape).astype(np.int64))
         start += t.size
     return SharedLayer(lay.name, codebook, tuple(out), beyond, False)
+
+
+def _shrink(v, tensors, sigma, codebook, m) -> np.ndarray:
+    """Draws (flattened as ``v``, ``K * n``) with deviations from their mean shrunk so that
+    snapping to ``codebook`` keeps their spread (see ``ShareConfig.match``)."""
+    k = len(tensors)
+    draws = v.reshape(k, -1)
+    mu = draws.mean(0)
+    pos = np.clip(np.searchsorted(codebook, mu), 1, max(len(codebook) - 1, 1))
+    gap = (codebook[pos] - codebook[pos - 1]) if len(codebook) > 1 else np.ones_like(mu)
+    s2 = np.maximum(sigma.ravel().astype(np.float64) ** 2, 1e-30)
+    c = np.sqrt(np.clip(1 - m * gap.astype(np.float64) ** 2 / 12 / s2, 0, 1)).astype(np.float32)
+    return (mu + c * (draws - mu)).ravel()
 
 
 def deploy_codebook(model: onnx.ModelProto, lay: Layer, shared: SharedLayer) -> int:

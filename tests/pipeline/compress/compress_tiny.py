@@ -56,11 +56,18 @@ def data(n: int, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
 
 
 def run(
-    path: Path | str, x: np.ndarray, samples: int | None = None, config: dict | None = None
+    path: Path | str,
+    x: np.ndarray,
+    samples: int | None = None,
+    config: dict | None = None,
+    optimize: bool = True,
 ) -> dict[str, np.ndarray]:
-    """All outputs of a compiled model on ``x`` (CPU provider; ``config``: session entries)."""
+    """All outputs of a compiled model on ``x`` (CPU provider; ``config``: session entries;
+    ``optimize=False``: no graph optimizations)."""
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    if not optimize:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     for k, v in (config or {}).items():
         opts.add_session_config_entry(k, v)
     sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
