@@ -115,7 +115,15 @@ def main() -> None:
         if png.is_file():
             (RESULTS / "compress_search.png").write_bytes(png.read_bytes())
         share_layers = {}
-        for k, match in ((16, 0.0), (16, 1.0), (32, 0.0)):
+        for k, match in (
+            (16, 0.0),
+            (16, 0.5),
+            (16, 0.7),
+            (16, 0.85),
+            (16, 1.0),
+            (32, 0.0),
+            (32, 0.7),
+        ):
             sh = compress(fp32, d / f"share{k}.onnx",
                           share=ShareConfig(k=2.0, max_unique=k, match=match),
                           data=d / "test.npz", ood=d / "ood.npz", validate_config=vcfg)  # fmt: skip

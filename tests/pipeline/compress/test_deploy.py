@@ -190,3 +190,22 @@ def test_factor_posteriors_are_refused(ensemble_model, tmp_path):
     onnx.save(m, tmp_path / "lap.onnx")
     with pytest.raises(ConfigError, match="does not support the 'laplace' posterior"):
         deploy_plan(tmp_path / "lap.onnx", tmp_path / "x.onnx", Plan(), calib=data(8)[0])
+
+
+def test_variance_matching_shrinks_draws_before_rounding(ensemble_model, tmp_path):
+    from qbnn.pipeline.compress.layers import find_layers
+
+    src, _ = ensemble_model
+    x = data(16, seed=3)[0]
+    spread = {}
+    for m in (0.0, 1.0):
+        plan = Plan.from_dict({"layers": {"conv2": {"weight_bits": 2, "match_variance": m}}})
+        res = deploy_plan(src, tmp_path / f"v{m}.onnx", plan, calib=x, num_samples=2)
+        model = onnx.load(res.path)
+        inits = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
+        names = find_layers(onnx.load(src))["conv2"].weights
+        codes = np.stack([inits[f"{n}__q"].astype(np.int64) for n in names])
+        spread[m] = (codes[0] != codes[1]).mean()  # draws rounded to different codes
+    assert spread[1.0] < spread[0.0]
+    with pytest.raises(ConfigError, match="match_variance: 2 is not a number in"):
+        Plan.from_dict({"layers": {"conv2": {"match_variance": 2}}})

@@ -91,3 +91,12 @@ def test_no_posterior_scale_is_refused(ensemble_model, tmp_path):
     with pytest.raises(ConfigError, match="no posterior scale: --share needs a posterior"):
         deploy_share(path, tmp_path / "x.onnx", ShareConfig(max_unique=4))
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_variance_matching_narrows_the_spread_between_shared_draws(ensemble_model, tmp_path):
+    src, _ = ensemble_model
+    spreads = {}
+    for m in (0.0, 1.0):
+        _, layers = deploy_share(src, tmp_path / f"m{m}.onnx", ShareConfig(max_unique=4, match=m))
+        spreads[m] = float(np.stack(layers["conv2"].weights()).var(0).mean())
+    assert spreads[1.0] < spreads[0.0]
