@@ -5,15 +5,15 @@ range ``[lo, hi]`` by a residual decomposition with gates ``z_2, z_4, z_8, z_16,
 ``x_2 = s_2 round(x / s_2)`` with ``s_2 = (hi - lo) / (2**2 - 1)``, then
 ``eps_2b = s_2b round((x - x_b) / s_2b)`` with the nested scale ``s_2b = s_b / (2**b + 1)``,
 and ``x_q = z_2 (x_2 + z_4 (eps_4 + z_8 (eps_8 + z_16 (eps_16 + z_32 eps_32))))``. Because
-``s_2b`` divides ``s_b`` (``2**b + 1`` times), ``x_2 + eps_4 + ... + eps_b = s_b round(x / s_b)``
-with ``s_b = (hi - lo) / (2**b - 1)`` except at rounding ties (the clip edges of a symmetric
-range are ties, and float32 residuals tip near-ties): the model computes a b-bit grid, where
-``b`` is the last bit width whose gate (and every gate before it) is on; ``z_2 = 0`` prunes
-the tensor (0 bits). That grid is what :func:`~qbnn.pipeline.compress.lowbit.weight_grid` deploys for a
-layer with ``weight_range = (lo, hi)`` and :func:`~.lowbit.activation_grid` for activations
-with ``act_range = (0, hi)`` (unsigned, ``lo = 0``) and ``act_rounding: nested`` (the residual
-chain itself, :mod:`.nested`), so the deployed network computes what was trained. 32 bits
-deploys as fp32 (the int32 grid's step is below float32 resolution).
+``s_2b`` divides ``s_b`` (``2**b + 1`` times), ``x_2 + eps_4 + ... + eps_b`` is the b-bit grid
+``s_b round(x / s_b)`` with ``s_b = (hi - lo) / (2**b - 1)``, except at rounding ties (the
+clip edges of a symmetric range are ties, and float32 residuals tip near-ties). ``b`` is the
+last bit width whose gate (and every gate before it) is on; ``z_2 = 0`` prunes the tensor
+(0 bits). The plan deploys weights with ``weight_range = (lo, hi)``, rounded by
+:func:`~qbnn.pipeline.compress.lowbit.weight_grid` the nested way, and activations with
+``act_range = (0, hi)`` (unsigned) and ``act_rounding: nested`` (the residual chain itself,
+:mod:`.nested`), so the deployed network computes what was trained. 32 bits deploys as fp32
+(the int32 grid's step is below float32 resolution).
 """
 
 from __future__ import annotations
