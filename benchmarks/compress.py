@@ -212,6 +212,36 @@ def _markdown(rec: dict, wall: float) -> str:
                 f"{lay['note']} |"
             )
     lines += ["", "Plot of the search: `compress_search.png` (accuracy and ECE vs relative BOPs)."]
+    return "\n".join(lines) + "\n" + _targets(rec)
+
+
+def _targets(rec: dict) -> str:
+    """The issue's targets on this model, met or missed, from the rows above."""
+    auto = next(r for r in rec["rows"] if r["model"].startswith("--auto"))
+    shares = [r for r in rec["rows"] if r["model"].startswith("--share")]
+    passing = [r for r in shares if r["gates_passed"] and r["max_unique_per_layer"] <= 32]
+    best = min(passing, key=lambda r: r["size_vs_fp32"], default=None)
+    met_auto = auto["relative_bops"] <= 0.03 and auto["gates_passed"]
+    lines = [
+        "",
+        "## Targets",
+        "",
+        f"- Posterior-planned mixed precision, relative BOPs <= 3 % with every gate passing: "
+        f"**{'met' if met_auto else 'missed'}** ({auto['relative_bops']:.4f}).",
+    ]
+    if best is None:
+        lines.append(
+            "- Weight sharing, <= 32 values per layer with every gate passing: **missed**."
+        )
+    else:
+        size_ok = best["size_vs_fp32"] <= 0.15
+        lines.append(
+            f"- Weight sharing, <= 32 values per layer with every gate passing: **met** "
+            f"({best['model']}); file <= 0.15x fp32: **{'met' if size_ok else 'missed'}** "
+            f"({best['size_vs_fp32']:.3f}x: 4-bit indices are 0.125x of the weights, and the "
+            "graph, the fp32 biases and the codebook lookups add the rest)."
+        )
+    lines.append("- Bayesian ResNet-20: not run (time).")
     return "\n".join(lines) + "\n"
 
 

@@ -141,7 +141,7 @@ def deploy_plan(
     x = _calib(calib)
     layers = find_layers(model)
     plan.check_layers(list(layers))
-    nodes = [n for lay in layers.values() for n in lay.nodes]
+    nodes = [n for lay in layers.values() for n in lay.nodes + lay.scale_nodes]
     n_out = {k: _arr(model, v.weights[0]).shape[v.out_axis] for k, v in layers.items()}
     base = probe_model(model, nodes, x, num_samples)
     modes = {}
@@ -168,7 +168,10 @@ def deploy_plan(
     if any(r.route == "dq" for r in reports):
         ensure_opset(model)
     total = sum(base.macs.values()) or 1.0
-    rel = _bops(base, {n: probe.macs[n] for n in nodes}, bits)
+    for n in {n for lay in layers.values() for n in lay.scale_nodes} & quantized:
+        bits[n] = (8, 8)  # a variance-path op INC quantized with its layer
+    # no op reads a weight directly (weight mode): BOPs are not defined for the plan
+    rel = _bops(base, {n: probe.macs[n] for n in nodes}, bits) if nodes else None
     reports = [replace(r, macs_share=_share(layers[r.name], probe, total)) for r in reports]
     return _write(model, src, dst, "plan", rel, reports, plan=plan, stored=stored)
 
@@ -183,7 +186,7 @@ def _bops(base: Probe, used: dict[str, float], bits: dict[str, tuple[int, int]])
 
 
 def _share(lay: Layer, probe: Probe, total: float) -> float:
-    return sum(probe.macs.get(n, 0.0) for n in lay.nodes) / total
+    return sum(probe.macs.get(n, 0.0) for n in lay.nodes + lay.scale_nodes) / total
 
 
 def _deploy_layer(model, lay: Layer, lp: LayerPlan, probe: Probe, quantized, prune_mode: str,
@@ -197,8 +200,13 @@ def _deploy_layer(model, lay: Layer, lp: LayerPlan, probe: Probe, quantized, pru
         vals = [v for v in vals if v is not None] or [_arr(model, w) for w in lay.weights]
         unique, ent = _entropy(np.concatenate([v.ravel() for v in vals]))
         nbytes = sum(v.size * v.itemsize for v in vals)
+        why = (
+            "INC kept it in fp32 (erasure guard)"
+            if lay.nodes
+            else ("its op reads a weight drawn at run time: static int8 cannot quantize it")
+        )
         rep = LayerReport(lay.name, wb, wb, route, pruned, prune_mode, unique, ent, nbytes, 0.0,
-                          "" if done else "INC kept it in fp32 (erasure guard)")  # fmt: skip
+                          "" if done else why)  # fmt: skip
         return rep, {n: (wb, wb) for n in lay.nodes}
     if lp.weight_bits == 32 and lp.act_bits == 32:
         vals = np.concatenate([_arr(model, w).ravel() for w in lay.weights])

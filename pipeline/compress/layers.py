@@ -43,7 +43,8 @@ class Layer:
     ``scales``: posterior scales kept beside them (``sigma`` or ``var`` tensors, ``scale_kind``);
     ``biases`` / ``bias_scales``: the matching bias tensors; ``nodes``: Conv/Gemm/MatMul nodes
     reading a weight directly (input 1), one per weight (empty in ``weight`` mode, where weights
-    are drawn at run time).
+    are drawn at run time); ``scale_nodes``: ops reading a scale directly (the variance path of
+    ``lrt`` graphs), counted in relative BOPs at the bits they run with.
     """
 
     name: str
@@ -53,6 +54,7 @@ class Layer:
     biases: list[str] = field(default_factory=list)
     bias_scales: list[str] = field(default_factory=list)
     nodes: list[str] = field(default_factory=list)
+    scale_nodes: list[str] = field(default_factory=list)
     out_axis: int = 0
     role: str = "weight"  # draws | mu | weight
 
@@ -141,6 +143,8 @@ def _member_key(name: str) -> tuple[int, str]:
 
 
 def _attach_nodes(lay: Layer, cons) -> None:
+    for t in lay.scales:
+        lay.scale_nodes += [n.name for n, i in cons.get(t, []) if n.op_type in HEAVY_OPS and i == 1]
     for w in lay.weights:
         for n, i in cons.get(w, []):
             if n.op_type in HEAVY_OPS and i == 1:
