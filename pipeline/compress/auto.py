@@ -44,7 +44,8 @@ class AutoConfig:
     SNR thresholds t tried (0 = no pruning); ``match``: variance-matching strengths m tried
     for layers of K draws below 8 bits (``LayerPlan.match_variance``); ``act_bits``:
     activation bits of every layer; ``budget``: largest relative BOPs accepted (None = any);
-    ``max_trials``: validations."""
+    ``max_trials``: validations; ``explore``: candidates validated after the answer, only to
+    draw the accuracy / ECE vs relative BOPs curve."""
 
     fractions: tuple[float, ...] = (0.05, 0.25, 1.0, 4.0)
     snr: tuple[float, ...] = (0.0, 1.0, 2.0)
@@ -52,6 +53,7 @@ class AutoConfig:
     act_bits: int = 8
     budget: float | None = None
     max_trials: int = 12
+    explore: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "fractions", tuple(self.fractions))
@@ -69,8 +71,10 @@ class AutoConfig:
             raise ConfigError(
                 f"--budget: {self.budget} must be a relative BOPs fraction in (0, 1], e.g. 0.03"
             )
-        if self.max_trials < 1:
-            raise ConfigError(f"auto.max_trials: {self.max_trials} must be >= 1")
+        if self.max_trials < 1 or self.explore < 0:
+            raise ConfigError(
+                f"auto.max_trials >= 1 and auto.explore >= 0; got {self.max_trials}, {self.explore}"
+            )
 
 
 def layer_bits(mu: np.ndarray, sigma: np.ndarray, fraction: float, out_axis: int = 0) -> int:
@@ -165,10 +169,12 @@ def search(
             built.append((res.relative_bops, i, f, t, m, p, res))
         built.sort(key=lambda b: (b[0], b[1]))
         chosen = None
-        checked = 0
+        checked = extra = 0
         for rel, _, f, t, m, p, res in built:
             trial = Trial(f, t, m, p, rel, res.size_bytes)
-            if (
+            if chosen is not None and extra < cfg.explore:
+                extra += 1  # beyond the answer, for the accuracy / ECE vs BOPs curve only
+            elif (
                 (cfg.budget is not None and rel > cfg.budget)
                 or checked >= cfg.max_trials
                 or (chosen is not None)
@@ -180,7 +186,7 @@ def search(
             verdict = "pass" if passed else "FAIL"
             log(f"relative BOPs {rel:.4f} (f={f:g}, snr={t:g}, match={m:g}): gates {verdict}")
             trials.append(replace(trial, accuracy=acc, ece=ece, passed=passed))
-            if passed:
+            if passed and chosen is None:
                 chosen = res
         if chosen is None:
             return None, trials

@@ -87,7 +87,7 @@ class BBLayer(nn.Module):
     def __init__(self, layer: nn.Module, w_alpha, a_alpha) -> None:
         super().__init__()
         self.layer = layer
-        self.wq = BBQuantizer(float(layer.weight.abs().max()) * 0.9, True, w_alpha)
+        self.wq = BBQuantizer(layer.weight.detach().abs().max().item() * 0.9, True, w_alpha)
         self.aq = BBQuantizer(1.0, False, a_alpha)
 
     def forward(self, x):
