@@ -7,6 +7,7 @@ graphs keep the posterior's tensors as initializers:
   of the K draws;
 - ``weight`` mode: ``source.mu__L__weight`` and ``source.sigma__L__weight``; mu, sigma;
 - ``lrt`` mode: ``net.L.mu_w`` and ``net.L.var_w`` (and ``_b``); mu, sqrt(var);
+- ``flipout``: ``net.L.mu_w`` and ``net.L.sigma_w``; mu, sigma;
 - deterministic and MC-dropout graphs: any weight read directly by Conv/Gemm/MatMul; no
   posterior scale (mu only).
 
@@ -29,7 +30,7 @@ __all__ = ["HEAVY_OPS", "Layer", "find_layers", "layer_posterior"]
 HEAVY_OPS = ("Conv", "Gemm", "MatMul")
 REFUSED = ("laplace", "swag", "gaussian")
 _DRAW = re.compile(r"^members\.(\d+)\.(.+)\.(weight|bias)$")
-_LRT = re.compile(r"^net\.(.+)\.(mu_w|var_w|mu_b|var_b)$")
+_LRT = re.compile(r"^net\.(.+)\.(mu_w|var_w|sigma_w|mu_b|var_b|sigma_b)$")
 _SOURCE = re.compile(r"^source\.(mu|sigma)__(.+)__(weight|bias)$")
 _PREFIXES = ("net.", "model.", "module.")
 
@@ -101,9 +102,11 @@ def find_layers(model: onnx.ModelProto) -> dict[str, Layer]:
             (lay.weights if m.group(3) == "weight" else lay.biases).append(name)
         elif m := _LRT.match(name):
             lay = get(m.group(1))
-            lay.role, lay.scale_kind = "mu", "var"
-            slots = {"mu_w": lay.weights, "var_w": lay.scales}
-            slots |= {"mu_b": lay.biases, "var_b": lay.bias_scales}
+            lay.role = "mu"
+            if m.group(2)[:-2] in ("var", "sigma"):
+                lay.scale_kind = m.group(2)[:-2]
+            slots = {"mu_w": lay.weights, "var_w": lay.scales, "sigma_w": lay.scales}
+            slots |= {"mu_b": lay.biases, "var_b": lay.bias_scales, "sigma_b": lay.bias_scales}
             slots[m.group(2)].append(name)
         elif m := _SOURCE.match(name):
             lay = get(m.group(2).replace("__", "."))
