@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 
-from . import bench, demo, export, predict, quantize, run, validate
+from . import bench, compress, demo, export, predict, quantize, run, validate
 from .common import QbnnCommand, app
 
 __all__ = ["COMMANDS", "app", "main"]
@@ -18,6 +18,7 @@ __all__ = ["COMMANDS", "app", "main"]
 COMMANDS = {
     "export": export.export_cmd,
     "quantize": quantize.quantize_cmd,
+    "compress": compress.compress_cmd,
     "predict": predict.predict_cmd,
     "validate": validate.validate_cmd,
     "bench": bench.bench_cmd,

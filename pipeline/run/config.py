@@ -16,6 +16,7 @@ from qbnn.runtimes.errors import ConfigError
 
 from ..bench import BenchConfig
 from ..common import coerce_enums, load_config
+from ..compress import CompressConfig, CompressMode
 from ..quantize import QuantConfig
 from ..validate import ValidateConfig
 
@@ -27,6 +28,12 @@ class Stage(StrEnum):
     QUANTIZE = "quantize"
     VALIDATE = "validate"
     BENCH = "bench"
+    #: optional, runs only when listed (between quantize and validate in ``stages``)
+    COMPRESS = "compress"
+
+
+#: the stages ``qbnn run`` runs when ``stages`` is not given
+DEFAULT_STAGES = (Stage.EXPORT, Stage.QUANTIZE, Stage.VALIDATE, Stage.BENCH)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -77,10 +84,11 @@ class RunConfig:
     model: ModelSource
     baseline: ModelSource | None = None
     data: DataConfig = field(default_factory=DataConfig)
-    stages: tuple[Stage, ...] = tuple(Stage)
+    stages: tuple[Stage, ...] = DEFAULT_STAGES
     quantize: QuantConfig = field(default_factory=QuantConfig)
     validate: ValidateConfig = field(default_factory=ValidateConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
+    compress: CompressConfig = field(default_factory=CompressConfig)
 
     def __post_init__(self) -> None:
         coerce_enums(self)
@@ -88,6 +96,11 @@ class RunConfig:
         if not self.name or "/" in self.name or self.name.startswith("."):
             raise ConfigError(f"'name' must be a plain folder name, got '{self.name}'")
         needs = {Stage.QUANTIZE: ("calib",), Stage.VALIDATE: ("test",)}
+        needs[Stage.COMPRESS] = {
+            CompressMode.PLAN: ("calib",),
+            CompressMode.AUTO: ("calib", "test"),
+            CompressMode.SHARE: (),
+        }[self.compress.mode]
         for stage, keys in needs.items():
             for key in keys:
                 if stage in self.stages and not getattr(self.data, key):

@@ -21,13 +21,21 @@ from ..common import to_dict
 from .config import RunConfig, Stage, load_run_config
 from .manifest import Manifest, sha256_file, stage_key
 from .preflight import preflight
-from .stages import StageContext, bench_stage, export_stage, quantize_stage, validate_stage
+from .stages import (
+    StageContext,
+    bench_stage,
+    compress_stage,
+    export_stage,
+    quantize_stage,
+    validate_stage,
+)
 
 __all__ = ["RunResult", "load_manifest", "run"]
 
 log = logging.getLogger("qbnn.run")
 _STAGES = {Stage.EXPORT: export_stage, Stage.QUANTIZE: quantize_stage,
-           Stage.VALIDATE: validate_stage, Stage.BENCH: bench_stage}  # fmt: skip
+           Stage.VALIDATE: validate_stage, Stage.BENCH: bench_stage,
+           Stage.COMPRESS: compress_stage}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -59,6 +67,7 @@ def _inputs(ctx: StageContext, stage: Stage) -> dict[str, str]:
         Stage.QUANTIZE: [cfg.data.calib],
         Stage.VALIDATE: [cfg.data.test, cfg.data.ood],
         Stage.BENCH: [],
+        Stage.COMPRESS: [cfg.data.calib, cfg.data.test, cfg.data.ood, cfg.compress.plan],
     }[stage]
     for value in filter(None, named):
         p = Path(value) if Path(value).is_absolute() else ctx.base / value

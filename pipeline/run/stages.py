@@ -21,6 +21,7 @@ __all__ = [
     "StageContext",
     "StageOutput",
     "bench_stage",
+    "compress_stage",
     "export_stage",
     "quantize_stage",
     "validate_stage",
@@ -182,3 +183,31 @@ def bench_stage(ctx: StageContext) -> StageOutput:
         save_plot(result, out_dir / "bench.png"),
     ]
     return StageOutput(files, {ctx.rel(f): "model.int8.onnx" for f in files})
+
+
+def compress_stage(ctx: StageContext) -> StageOutput:
+    """``model.compressed.onnx`` and ``compress/`` (compress.json, compress.md, plan.yaml, the
+    search plot, the validate report against fp32) from ``model.fp32.onnx``; the manifest
+    records the plan and the totals."""
+    from ..compress import AutoConfig, CompressMode, ShareConfig, compress, load_plan
+
+    cfg, c = ctx.cfg, ctx.cfg.compress
+    fp32 = _need(ctx, ctx.root / "model.fp32.onnx", "compress", "export")
+    calib = ctx.path(cfg.data.calib, "data.calib") if cfg.data.calib else None
+    test = ctx.path(cfg.data.test, "data.test") if cfg.data.test else None
+    ood = ctx.path(cfg.data.ood, "data.ood") if cfg.data.ood and test else None
+    out_dir = ctx.root / "compress"
+    res = compress(
+        fp32, ctx.root / "model.compressed.onnx",
+        plan=load_plan(ctx.path(c.plan, "compress.plan")) if c.mode == CompressMode.PLAN else None,
+        auto=AutoConfig(budget=c.budget) if c.mode == CompressMode.AUTO else None,
+        share=ShareConfig(k=c.k, max_unique=c.max_unique) if c.mode == CompressMode.SHARE else None,
+        calib=calib if c.mode != CompressMode.SHARE else None, data=test, ood=ood,
+        validate_config=cfg.validate, quant_config=cfg.quantize, num_samples=c.num_samples,
+        report_dir=out_dir,
+    )  # fmt: skip
+    files = [res.result.path] + sorted(p for p in out_dir.rglob("*") if p.is_file())
+    rec = res.record
+    extra = {k: rec[k] for k in ("relative_bops", "unique_weights", "size_bytes", "gates_passed")}
+    extra["plan"] = rec["plan"]
+    return StageOutput(files, {ctx.rel(f): "model.fp32.onnx" for f in files}, extra)

@@ -1,0 +1,49 @@
+"""The ``compress`` section of ``pipeline.yaml`` (the optional ``compress`` stage of ``qbnn run``).
+
+YAML example::
+
+    stages: [export, quantize, compress, validate, bench]
+    compress:
+      mode: auto            # plan (needs 'plan') | auto (needs data.calib, data.test) | share
+      plan: plan.yaml       # mode plan: a precision plan, relative to pipeline.yaml
+      budget: 0.03          # mode auto: largest relative BOPs accepted (null = any)
+      k: 2.0                # mode share: tolerance in posterior standard deviations
+      max_unique: 16        # mode share: shared values per layer
+      num_samples: 8        # MC samples per calibration input
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from qbnn.runtimes.errors import ConfigError
+
+from ..common import coerce_enums
+
+__all__ = ["CompressConfig", "CompressMode"]
+
+
+class CompressMode(StrEnum):
+    PLAN = "plan"
+    AUTO = "auto"
+    SHARE = "share"
+
+
+@dataclass(frozen=True, kw_only=True)
+class CompressConfig:
+    """How the ``compress`` stage compresses ``model.fp32.onnx`` (see the module docstring)."""
+
+    mode: CompressMode = CompressMode.AUTO
+    plan: str = ""
+    budget: float | None = None
+    k: float = 2.0
+    max_unique: int = 16
+    num_samples: int = 8
+
+    def __post_init__(self) -> None:
+        coerce_enums(self)
+        if self.mode == CompressMode.PLAN and not self.plan:
+            raise ConfigError("compress.mode 'plan' needs 'compress.plan' (a plan YAML file)")
+        if self.num_samples < 1:
+            raise ConfigError(f"compress.num_samples: {self.num_samples} must be >= 1")
