@@ -6,9 +6,11 @@ until ``max_batch`` rows, groups them by MC sample count S (one run per S), runs
 the inference thread pool and splits the :class:`~qbnn.runtimes.Prediction` back by rows.
 Requests that arrive while a batch runs wait for the next one, so batches grow with load.
 
-MC noise: a merged batch is one ``session.run``; each row sees the noise of its position in
-that run, which depends on the other requests in the batch. Results of unseeded requests are
-therefore draws from the same predictive distribution as running alone, not the same numbers.
+MC noise: a merged batch is one ``session.run``, so its rows share that run's noise (for
+weight-sampling models the same S weight draws), exactly like the rows of one
+``Predictor.predict`` call; which draws a request sees depends on what it was merged with.
+Unseeded results are therefore fresh draws from the model's predictive distribution, not
+reproducible numbers, and two identical rows merged into one run get identical outputs.
 Seeded requests never enter a batcher (:mod:`qbnn.serve.models`).
 """
 
