@@ -43,7 +43,7 @@ def __getattr__(name: str):
 
         return deploy_ray
     if name in ("ScoreConfig", "score", "shard_seed"):
-        from . import score
+        from . import scoring
 
-        return getattr(score, name)
+        return getattr(scoring, name)
     raise AttributeError(f"module 'qbnn.serve' has no attribute {name!r}")

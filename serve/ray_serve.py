@@ -14,6 +14,7 @@ import signal
 import time
 
 from .config import ServeConfig
+from .rayinit import ensure_ray
 
 __all__ = ["build_app", "deploy_ray", "wait_forever"]
 
@@ -44,12 +45,9 @@ def build_app(config: ServeConfig, replicas: int, *, max_ongoing: int = 64):
 def deploy_ray(config: ServeConfig, replicas: int, *, address: str | None = None) -> None:
     """Start Ray (local with ``replicas`` CPUs, or join ``address``), Ray Serve's proxy on
     ``config.host:config.port`` and the app; returns once every replica is up."""
-    import ray
     from ray import serve
 
-    if not ray.is_initialized():
-        kwargs = {"num_cpus": replicas} if address is None else {"address": address}
-        ray.init(include_dashboard=False, logging_level="WARNING", **kwargs)
+    ensure_ray(replicas, address)
     serve.start(http_options={"host": config.host, "port": config.port})
     serve.run(build_app(config, replicas), name=APP_NAME, route_prefix="/", blocking=False)
 

@@ -25,6 +25,7 @@ import numpy as np
 
 from qbnn.runtimes.errors import ConfigError
 
+from .rayinit import ensure_ray
 from .shards import find_shards, read_identity, read_shard, write_scores
 
 __all__ = ["ScoreConfig", "ScoreResult", "score", "shard_seed"]
@@ -134,10 +135,7 @@ def score(
     skipped = tuple(p.name for p in shards if p not in todo)
     if not todo:
         return ScoreResult((), skipped, 0, time.perf_counter() - start)
-    started = not ray.is_initialized()
-    if started:
-        kwargs = {"num_cpus": cfg.workers} if cfg.address is None else {"address": cfg.address}
-        ray.init(include_dashboard=False, logging_level="WARNING", **kwargs)
+    started = ensure_ray(cfg.workers, cfg.address)
     try:
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False
