@@ -3,7 +3,7 @@
 Requests queue on an asyncio queue; one worker task takes the first waiting request, then
 gathers more for at most ``max_delay`` seconds (requests already waiting are taken at once)
 until ``max_batch`` rows, groups them by MC sample count S (one run per S), runs each group in
-the inference thread pool and splits the :class:`~qbnn.runtimes.Prediction` back by rows.
+the inference thread pool (at most ``concurrency`` runs at once) and splits the :class:`~qbnn.runtimes.Prediction` back by rows.
 Requests that arrive while a batch runs wait for the next one, so batches grow with load.
 
 MC noise: a merged batch is one ``session.run``, so its rows share that run's noise (for
@@ -55,12 +55,15 @@ class _Item:
     num_samples: int
     keep: bool
     future: asyncio.Future = field(repr=False)
+    arrived: float = 0.0
 
 
 class DynamicBatcher:
     """Merge concurrent ``submit`` calls into runs of ``run(x [B, ...], S, keep) ->
     Prediction`` of at most ``max_batch`` rows (a single request may be larger; it runs alone).
 
+    At most ``concurrency`` merged runs are in flight at once (one per inference thread);
+    while they run, new requests queue and form the next batch.
     ``on_batch(rows)`` is called with the row count of every run (for metrics). The worker
     task starts on the first ``submit``; :meth:`close` finishes every queued request first.
     """
@@ -73,6 +76,7 @@ class DynamicBatcher:
         max_batch: int,
         max_delay_s: float,
         max_queue_rows: int,
+        concurrency: int = 1,
         on_batch: Callable[[int], None] | None = None,
     ) -> None:
         self._run, self._executor = run, executor
@@ -86,6 +90,9 @@ class DynamicBatcher:
         self._task: asyncio.Task | None = None
         self.queued_rows = 0
         self._held: _Item | None = None
+        self.concurrency = concurrency
+        self._slots: asyncio.Semaphore | None = None
+        self._inflight: set[asyncio.Task] = set()
 
     async def submit(self, x: np.ndarray, num_samples: int, keep: bool) -> Prediction:
         """Queue ``x [B, *feature_shape]`` float32; returns its rows' prediction. Raises
@@ -94,11 +101,12 @@ class DynamicBatcher:
             raise Overloaded(f"model queue is full ({self.queued_rows} rows waiting, "
                              f"max_queue_rows {self.max_queue_rows}); retry later")  # fmt: skip
         if self._task is None:
-            self._queue = asyncio.Queue()
+            self._queue, self._slots = asyncio.Queue(), asyncio.Semaphore(self.concurrency)
             self._task = asyncio.get_running_loop().create_task(self._work())
-        fut = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
         self.queued_rows += len(x)
-        await self._queue.put(_Item(x, num_samples, keep, fut))
+        await self._queue.put(_Item(x, num_samples, keep, fut, loop.time()))
         return await fut
 
     async def close(self) -> None:
@@ -111,7 +119,7 @@ class DynamicBatcher:
 
     async def _gather(self, first: _Item) -> tuple[list[_Item], bool]:
         batch, rows, stop = [first], len(first.x), False
-        deadline = asyncio.get_running_loop().time() + self.max_delay_s
+        deadline = first.arrived + self.max_delay_s
         while rows < self.max_batch:
             timeout = deadline - asyncio.get_running_loop().time()
             try:
@@ -139,18 +147,29 @@ class DynamicBatcher:
             if first is None:
                 first = await self._queue.get()
                 if first is None:
-                    return
+                    break
+            await self._slots.acquire()  # at most `concurrency` runs at once; others queue
             batch, stopped = await self._gather(first)
             stop = stop or stopped
-            groups: dict[tuple[int], list[_Item]] = {}
-            for item in batch:
-                groups.setdefault(item.num_samples, []).append(item)
-            for s, items in groups.items():
-                await self._run_group(s, items)
+            task = asyncio.get_running_loop().create_task(self._run_batch(batch))
+            self._inflight.add(task)
+            task.add_done_callback(self._inflight.discard)
+        if self._inflight:
+            await asyncio.gather(*self._inflight)
         while not self._queue.empty():  # requests queued behind the stop marker
             item = self._queue.get_nowait()
             if item is not None:
                 await self._run_group(item.num_samples, [item])
+
+    async def _run_batch(self, batch: list[_Item]) -> None:
+        try:
+            groups: dict[int, list[_Item]] = {}
+            for item in batch:
+                groups.setdefault(item.num_samples, []).append(item)
+            for s, items in groups.items():
+                await self._run_group(s, items)
+        finally:
+            self._slots.release()
 
     async def _run_group(self, s: int, items: list[_Item]) -> None:
         x = items[0].x if len(items) == 1 else np.concatenate([i.x for i in items])

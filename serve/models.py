@@ -63,7 +63,7 @@ class ServedModel:
         if config.batching:
             batcher = DynamicBatcher(
                 lambda x, s, keep: pred.predict(x, s, return_samples=keep), executor,
-                max_batch=config.max_batch,
+                max_batch=config.max_batch, concurrency=config.workers,
                 max_delay_s=config.max_delay_ms / 1000, max_queue_rows=config.max_queue_rows,
                 on_batch=lambda rows: on_batch(spec.name, rows),
             )  # fmt: skip
