@@ -3,7 +3,8 @@
 Requests queue on an asyncio queue; one worker task takes the first waiting request, then
 gathers more for at most ``max_delay`` seconds (requests already waiting are taken at once)
 until ``max_batch`` rows, groups them by MC sample count S (one run per S), runs each group in
-the inference thread pool (at most ``concurrency`` runs at once) and splits the :class:`~qbnn.runtimes.Prediction` back by rows.
+the inference thread pool (at most ``concurrency`` runs at once) and splits the
+:class:`~qbnn.runtimes.Prediction` back by rows.
 Requests that arrive while a batch runs wait for the next one, so batches grow with load.
 
 MC noise: a merged batch is one ``session.run``, so its rows share that run's noise (for
