@@ -103,6 +103,8 @@ def _identity(model: Path, cfg: ScoreConfig) -> dict[str, str]:
 
 
 def _todo(shards: list[Path], output: Path, identity: dict[str, str]) -> list[Path]:
+    for stale in output.glob(".*.parquet.*.tmp"):  # left by a run killed mid-write
+        stale.unlink(missing_ok=True)
     todo = []
     for shard in shards:
         out = output / f"{shard.stem}.parquet"
