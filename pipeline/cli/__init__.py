@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 
-from . import bench, compress, demo, export, predict, quantize, run, validate
+from . import bench, compress, demo, export, predict, quantize, run, score, serve, validate
 from .common import QbnnCommand, app
 
 __all__ = ["COMMANDS", "app", "main"]
@@ -23,6 +23,8 @@ COMMANDS = {
     "validate": validate.validate_cmd,
     "bench": bench.bench_cmd,
     "run": run.run_cmd,
+    "serve": serve.serve_cmd,
+    "score": score.score_cmd,
     "demo": demo.demo_cmd,
 }
 for _name, _fn in COMMANDS.items():

@@ -20,6 +20,7 @@ _LAPLACE = (
     "curvlinops-for-pytorch==3.0.1 && pip install 'qbnn[laplace]'"
 )
 _LAPLACE_DEPS = "pip install 'qbnn[laplace]'"
+_SERVE = "pip install 'qbnn[serve]'"
 
 #: top-level module -> (what it is, the command that installs it)
 INSTALL: dict[str, tuple[str, str]] = {
@@ -35,6 +36,11 @@ INSTALL: dict[str, tuple[str, str]] = {
     "unfoldNd": ("unfoldNd (a laplace-torch dependency)", _LAPLACE_DEPS),
     "einconv": ("einconv (a laplace-torch dependency)", _LAPLACE_DEPS),
     "linear_operator": ("linear-operator (a laplace-torch dependency)", _LAPLACE_DEPS),
+    "fastapi": ("FastAPI (qbnn serve)", _SERVE),
+    "uvicorn": ("uvicorn (qbnn serve)", _SERVE),
+    "prometheus_client": ("prometheus-client (qbnn serve)", _SERVE),
+    "ray": ("Ray (qbnn serve --ray, qbnn score)", _SERVE),
+    "pyarrow": ("pyarrow (qbnn score)", _SERVE),
 }
 
 

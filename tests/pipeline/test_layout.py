@@ -13,7 +13,12 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 PIPELINE = ROOT / "pipeline"
 SUBPACKAGES = sorted(p.parent.name for p in PIPELINE.glob("*/__init__.py"))
-TOP = {"pipeline": "qbnn.pipeline", "exporters": "qbnn.exporters", "runtimes": "qbnn.runtimes"}
+TOP = {
+    "pipeline": "qbnn.pipeline",
+    "exporters": "qbnn.exporters",
+    "runtimes": "qbnn.runtimes",
+    "serve": "qbnn.serve",
+}
 
 
 def _module_name(path: Path) -> str:

@@ -15,7 +15,18 @@ from qbnn.exporters.api import known_families
 from qbnn.pipeline.cli import COMMANDS, app
 
 runner = CliRunner()
-ORDER = ["export", "quantize", "compress", "predict", "validate", "bench", "run", "demo"]
+ORDER = [
+    "export",
+    "quantize",
+    "compress",
+    "predict",
+    "validate",
+    "bench",
+    "run",
+    "serve",
+    "score",
+    "demo",
+]
 
 
 def _help(*args: str, width: int = 120) -> str:
