@@ -37,6 +37,7 @@ from .btlayers import FLIPOUT_TYPES, REPARAM_TYPES, check_supported
 from .graph import finalize
 from .heads import HEAD_KEY, Head, PairHead, inspect_output, network_of, resolve_head
 from .quiet import quiet_export
+from .randomops import check_random_ops, own_random_ops
 from .registry import BuiltModel, get_exporter, known_families, task_of
 from .vectormodel import LastLayerModel
 from .verify import FidelityReport, verify_export
@@ -307,6 +308,7 @@ def export_model(
         raise refusal
     built.module.noise_variance = noise_var
     proto = _trace(built, x, task_e, opset, heteroscedastic)
+    built.notes.extend(own_random_ops(proto))  # the user's own random ops become qbnn's
     meta = {
         MetaKey.FORMAT_VERSION: FORMAT_VERSION,
         MetaKey.TASK: task_e.value,
@@ -326,6 +328,7 @@ def export_model(
     if noise_var:
         meta[MetaKey.NOISE_VARIANCE] = repr(noise_var)
     finalize(proto, _TEMPLATE, num_samples, seed, {str(k): v for k, v in meta.items()})
+    check_random_ops(proto)
     if not built.exact and not random_nodes(proto):
         raise ExportError(
             f"the '{family}' export produced no random op: no stochastic layer was reached in "
