@@ -37,6 +37,7 @@ from . import (  # noqa: F401  (register the exporters)
 from .btlayers import FLIPOUT_TYPES, REPARAM_TYPES, check_supported
 from .graph import finalize
 from .heads import HEAD_KEY, Head, PairHead, inspect_output, network_of, resolve_head
+from .hoist import hoist_scan_noise
 from .quiet import quiet_export
 from .randomops import check_random_ops, own_random_ops
 from .registry import BuiltModel, get_exporter, known_families, task_of
@@ -333,6 +334,7 @@ def export_model(
     built.module.noise_variance = noise_var
     proto = _trace(built, x, task_e, opset, heteroscedastic)
     built.notes.extend(own_random_ops(proto))  # the user's own random ops become qbnn's
+    hoist_scan_noise(proto)  # noise of the sample loop's body drawn for all samples at once
     meta = {
         MetaKey.FORMAT_VERSION: FORMAT_VERSION,
         MetaKey.TASK: task_e.value,

@@ -31,7 +31,7 @@ from qbnn.runtimes.contract import Task
 from qbnn.runtimes.errors import UnsupportedLayerError
 
 from .btlayers import bayesian_layers
-from .mcdropout import mc_mode
+from .mcdropout import _GraphDropoutNet, mc_mode
 from .registry import BuiltModel, SamplingMode, register_exporter
 from .sampleloop import ParamSource, SampleLoopModel
 from .sampling import loop_sampler
@@ -205,7 +205,9 @@ def build_stochastic(
             "in-place eps.normal_() cannot be traced); export it with posterior 'meanfield' or "
             "'flipout'"
         )
-    net = mc_mode(copy.deepcopy(model))
+    # functional dropout as qbnn's uniform masks (torch.export cannot trace aten dropout in a
+    # scan body); everything else random in forward is rewritten in the graph
+    net = _GraphDropoutNet(mc_mode(copy.deepcopy(model)))
     return BuiltModel(
         module=SampleLoopModel(_Unit(net), _Repeat(), task),
         reference=loop_sampler(mc_mode(copy.deepcopy(model))),
