@@ -41,7 +41,7 @@ from .hoist import hoist_scan_noise
 from .quiet import quiet_export
 from .randomops import check_random_ops, own_random_ops
 from .registry import BuiltModel, get_exporter, known_families, task_of
-from .stochastic import draws_own_noise, noise_census, shared_noise
+from .stochastic import check_traceable_noise, draws_own_noise, noise_census, shared_noise
 from .vectormodel import LastLayerModel
 from .verify import FidelityReport, verify_export
 from .weightgaussian import WeightGaussian, last_layer_gap
@@ -85,12 +85,17 @@ def resolve_family(model: object, posterior: str, example_input: torch.Tensor | 
     )
 
 
-def _check_shared_noise(model, family: str, x: torch.Tensor) -> None:
+def _check_noise(model, family: str, x: torch.Tensor) -> None:
     """``mcdropout`` runs forward once over the tiled batch ``[S * B]``: noise that does not
-    follow the batch (shaped like a weight) would be one draw shared by all S samples."""
-    if family != "mcdropout" or not isinstance(model, nn.Module):
+    follow the batch (shaped like a weight) would be one draw shared by all S samples.
+    ``stochastic`` traces forward: in-place draws into module state are refused by name."""
+    if family not in ("mcdropout", "stochastic") or not isinstance(model, nn.Module):
         return
-    shared = shared_noise(noise_census(model, x))
+    draws = noise_census(model, x)
+    if family == "stochastic":
+        check_traceable_noise(model, draws)
+        return
+    shared = shared_noise(draws)
     if shared:
         d = shared[0]
         raise UnsupportedLayerError(
@@ -305,7 +310,7 @@ def export_model(
     task_e = task_of(task)
     x = example_input.detach().float()
     family = resolve_family(model, posterior, x)
-    _check_shared_noise(model, family, x)
+    _check_noise(model, family, x)
     exporter = get_exporter(family)
     mode = exporter.parse_mode(sampling, num_samples)
     net = network_of(model)

@@ -36,7 +36,14 @@ from .registry import BuiltModel, SamplingMode, register_exporter
 from .sampleloop import ParamSource, SampleLoopModel
 from .sampling import loop_sampler
 
-__all__ = ["Draw", "build_stochastic", "draws_own_noise", "noise_census", "shared_noise"]
+__all__ = [
+    "Draw",
+    "build_stochastic",
+    "check_traceable_noise",
+    "draws_own_noise",
+    "noise_census",
+    "shared_noise",
+]
 
 _DROPOUT_FNS = ("dropout", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout",
                 "feature_alpha_dropout")  # fmt: skip
@@ -53,16 +60,17 @@ class Draw:
     shape: tuple[int, ...]
     dropout: bool
     per_row: bool
+    into_state: str = ""  # the buffer / parameter an in-place draw writes (``eps.normal_()``)
 
     def where(self) -> str:
         return f"module '{self.module}'" if self.module else "the model's own forward"
 
 
 class _Recorder(TorchDispatchMode):
-    def __init__(self, stack: list[tuple[str, nn.Module]], flags: dict[str, bool]) -> None:
+    def __init__(self, stack, flags: dict[str, bool], state: dict[int, str]) -> None:
         super().__init__()
-        self.stack, self.flags = stack, flags
-        self.draws: list[tuple[str, str, tuple[int, ...], bool]] = []
+        self.stack, self.flags, self.state = stack, flags, state
+        self.draws: list[tuple[str, str, tuple[int, ...], bool, str]] = []
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
@@ -70,7 +78,11 @@ class _Recorder(TorchDispatchMode):
             name, mod = self.stack[-1] if self.stack else ("", None)
             dropout = self.flags["dropout"] or isinstance(mod, nn.RNNBase)
             shape = tuple(out.shape) if isinstance(out, torch.Tensor) else ()
-            self.draws.append((name, str(func.overloadpacket.__name__), shape, dropout))
+            op = str(func.overloadpacket.__name__)
+            into = ""
+            if op.endswith("_") and args and isinstance(args[0], torch.Tensor):
+                into = self.state.get(args[0].untyped_storage().data_ptr(), "")
+            self.draws.append((name, op, shape, dropout, into))
         return out
 
 
@@ -98,7 +110,7 @@ def _dropout_flag(flags: dict[str, bool]):
             setattr(F, n, fn)
 
 
-def _record(net: nn.Module, x: torch.Tensor) -> list[tuple[str, str, tuple[int, ...], bool]]:
+def _record(net: nn.Module, x: torch.Tensor) -> list[tuple[str, str, tuple[int, ...], bool, str]]:
     stack: list[tuple[str, nn.Module]] = []
     flags = {"dropout": False}
     hooks = []
@@ -112,7 +124,9 @@ def _record(net: nn.Module, x: torch.Tensor) -> list[tuple[str, str, tuple[int, 
     for name, mod in net.named_modules():
         hooks.append(mod.register_forward_pre_hook(lambda m, a, n=name: enter(n, m)))
         hooks.append(mod.register_forward_hook(leave))
-    rec = _Recorder(stack, flags)
+    state = {t.untyped_storage().data_ptr(): n for n, t in net.named_buffers()}
+    state.update({p.untyped_storage().data_ptr(): n for n, p in net.named_parameters()})
+    rec = _Recorder(stack, flags, state)
     try:
         with torch.no_grad(), torch.random.fork_rng(), _dropout_flag(flags), rec:
             net(x)
@@ -137,10 +151,25 @@ def noise_census(model: nn.Module, x: torch.Tensor) -> list[Draw]:
         return []
     same_calls = len(first) == len(second)
     out = []
-    for i, (name, op, shape, dropout) in enumerate(first):
+    for i, (name, op, shape, dropout, into) in enumerate(first):
         per_row = not same_calls or second[i][2] != shape
-        out.append(Draw(name, op, shape, dropout, per_row))
+        out.append(Draw(name, op, shape, dropout, per_row, into))
     return out
+
+
+def check_traceable_noise(model: nn.Module, draws: Sequence[Draw]) -> None:
+    """Refuse in-place draws into module state (``self.eps.data.normal_()``, as blitz layers
+    do): torch.export cannot trace them, so name the module and the fix. Bayesian-Torch layers
+    are left to :func:`build_stochastic`, which names their own families."""
+    if any(True for _ in bayesian_layers(model)):
+        return
+    for d in draws:
+        if d.into_state:
+            raise UnsupportedLayerError(
+                f"{d.where()} draws noise in place into its state '{d.into_state}' ({d.op}); "
+                "the exporter traces functional draws only: draw it as a new tensor, e.g. "
+                "eps = torch.randn_like(mu)"
+            )
 
 
 def shared_noise(draws: Sequence[Draw]) -> list[Draw]:

@@ -131,3 +131,28 @@ def test_own_design_noisy_conv_net(tmp_path):
 def test_bayesian_torch_layers_are_sent_to_their_family(tmp_path):
     with pytest.raises(UnsupportedLayerError, match="posterior 'meanfield' or 'flipout'"):
         export_model(bayes_mlp(), example((6,)), tmp_path / "b.onnx", posterior="stochastic")
+
+
+def test_in_place_draws_into_module_state_are_refused_by_name(tmp_path):
+    """blitz-style layers draw into a buffer (``self.eps.data.normal_()``), which torch.export
+    cannot trace: one line naming the buffer and the functional fix instead of a trace dump."""
+
+    class Blitzish(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.mu = torch.nn.Parameter(torch.randn(3, 6))
+            self.rho = torch.nn.Parameter(torch.full((3, 6), -3.0))
+            self.register_buffer("eps", torch.zeros(3, 6))
+
+        def forward(self, x):
+            self.eps.data.normal_()
+            w = self.mu + torch.nn.functional.softplus(self.rho) * self.eps
+            return torch.nn.functional.linear(x, w)
+
+    msg = (
+        "the model's own forward draws noise in place into its state 'eps' (normal_); the "
+        "exporter traces functional draws only: draw it as a new tensor, e.g. "
+        "eps = torch.randn_like(mu)"
+    )
+    with pytest.raises(UnsupportedLayerError, match=re.escape(msg)):
+        export_model(Blitzish(), example((6,)), tmp_path / "z.onnx")
