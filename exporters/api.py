@@ -30,6 +30,7 @@ from . import (  # noqa: F401  (register the exporters)
     laplace,
     mcdropout,
     meanfield,
+    stochastic,
     swag,
     weightgaussian,
 )
@@ -47,8 +48,11 @@ from .heads import (
     network_of,
     resolve_head,
 )
+from .hoist import hoist_scan_noise
 from .quiet import quiet_export
+from .randomops import check_random_ops, own_random_ops
 from .registry import BuiltModel, get_exporter, known_families, task_of
+from .stochastic import check_traceable_noise, draws_own_noise, noise_census, shared_noise
 from .vectormodel import LastLayerModel
 from .verify import FidelityReport, verify_export
 from .weightgaussian import WeightGaussian, last_layer_gap
@@ -71,11 +75,15 @@ class ExportResult:
     notes: tuple[str, ...]
 
 
-def resolve_family(model: object, posterior: str) -> str:
-    """``posterior`` itself, or for ``auto`` the first registered family that detects ``model``."""
+def resolve_family(model: object, posterior: str, example_input: torch.Tensor | None = None) -> str:
+    """``posterior`` itself, or for ``auto`` the first registered family that detects ``model``;
+    with ``example_input`` a forward that draws its own noise (beyond dropout) is ``stochastic``."""
     if posterior != "auto":
         return get_exporter(posterior).family
     for order in ("laplace", "swag", "gaussian", "ensemble", "flipout", "meanfield", "mcdropout"):
+        own_noise = order == "mcdropout" and example_input is not None
+        if own_noise and draws_own_noise(model, example_input):
+            return "stochastic"
         if known_families()[order].detect(model):
             return order
     if isinstance(model, nn.Module):
@@ -83,8 +91,30 @@ def resolve_family(model: object, posterior: str) -> str:
     desc = "; ".join(f"{e.family}: {e.description}" for e in known_families().values())
     raise ExportError(
         f"no stochastic layer found in {type(model).__name__}; supported posteriors: {desc}. "
-        "For dropout written inline (F.dropout), pass posterior='mcdropout'"
+        "For dropout written inline (F.dropout), pass posterior='mcdropout'; for a forward "
+        "that draws its own noise (torch.randn_like), posterior='stochastic'"
     )
+
+
+def _check_noise(model, family: str, x: torch.Tensor) -> None:
+    """``mcdropout`` runs forward once over the tiled batch ``[S * B]``: noise that does not
+    follow the batch (shaped like a weight) would be one draw shared by all S samples.
+    ``stochastic`` traces forward: in-place draws into module state are refused by name."""
+    if family not in ("mcdropout", "stochastic") or not isinstance(model, nn.Module):
+        return
+    draws = noise_census(model, x)
+    if family == "stochastic":
+        check_traceable_noise(model, draws)
+        return
+    shared = shared_noise(draws)
+    if shared:
+        d = shared[0]
+        raise UnsupportedLayerError(
+            f"{d.where()} draws noise of shape {list(d.shape)} ({d.op}) that does not follow "
+            "the batch (shaped like a weight): posterior 'mcdropout' runs forward once for all "
+            "S samples, so every sample would share that draw; use posterior='stochastic' "
+            "(one forward per MC sample)"
+        )
 
 
 def export(
@@ -298,10 +328,11 @@ def export_model(
     path = Path(path)
     _check_args(example_input, path, num_samples, verify_samples)
     task_e = task_of(task)
-    family = resolve_family(model, posterior)
+    x = _as_input(example_input)
+    family = resolve_family(model, posterior, x)
+    _check_noise(model, family, x)
     exporter = get_exporter(family)
     mode = exporter.parse_mode(sampling, num_samples)
-    x = _as_input(example_input)
     net = network_of(model)
     refusal: UnsupportedLayerError | None = None
     try:
@@ -332,6 +363,8 @@ def export_model(
         raise refusal
     built.module.noise_variance = noise_var
     proto = _trace(built, x, task_e, opset, heteroscedastic)
+    built.notes.extend(own_random_ops(proto))  # the user's own random ops become qbnn's
+    hoist_scan_noise(proto)  # noise of the sample loop's body drawn for all samples at once
     meta = {
         MetaKey.FORMAT_VERSION: FORMAT_VERSION,
         MetaKey.TASK: task_e.value,
@@ -352,6 +385,7 @@ def export_model(
     if noise_var:
         meta[MetaKey.NOISE_VARIANCE] = repr(noise_var)
     finalize(proto, _TEMPLATE, num_samples, seed, {str(k): v for k, v in meta.items()})
+    check_random_ops(proto)
     if not built.exact and not random_nodes(proto):
         raise ExportError(
             f"the '{family}' export produced no random op: no stochastic layer was reached in "

@@ -17,7 +17,7 @@ from .btlayers import bayesian_layers, check_supported, gaussian_posterior, repl
 from .layers import FixedLayer, FlipoutLayer, LRTLayer, SampleContext
 from .registry import BuiltModel, SamplingMode
 from .sampleloop import UNROLL_MAX, GaussianSource, SampleLoopModel, StackedDraws
-from .sampling import export_generator, loop_sampler, member_sampler
+from .sampling import export_generator, loop_sampler
 from .wrapper import EnsembleModel, SampledModel
 
 __all__ = ["build_gaussian"]
@@ -115,9 +115,44 @@ def _build_frozen(model: nn.Module, k: int, *, task: Task, seed: int | None) -> 
         member.load_state_dict(state, strict=False)
         members.append(member)
     notes = [f"{k} posterior draws frozen at export time"]
+    ref = _user_at_draws(model, source.member_states())
     if k <= UNROLL_MAX:
         module: nn.Module = EnsembleModel(members, task)
     else:
         notes.append(f"K > {UNROLL_MAX}: draws stored stacked and run in the sample loop")
         module = SampleLoopModel(net, source, task)
-    return BuiltModel(module, member_sampler(members), True, notes=notes, members=members)
+    return BuiltModel(module, ref, True, notes=notes, members=members)
+
+
+def _user_at_draws(model: nn.Module, states: list[dict[str, torch.Tensor]]):
+    """The self-check's reference for frozen draws: the user's own Bayesian-Torch model with
+    each layer's posterior collapsed onto draw ``s mod K`` (``mu`` = the draw, ``rho`` = -200,
+    so ``sigma = softplus(rho)`` underflows to 0 and the layer's own forward is deterministic),
+    not qbnn's placeholder network. ``states``: ``{"<layer>.weight" | "<layer>.bias": [*shape]}``.
+    Returns ``sample(x [B, *F], S, gen) -> [S, B, C]``."""
+    net = copy.deepcopy(model).eval()
+    layers = dict(bayesian_layers(net))
+
+    def load(state: dict[str, torch.Tensor]) -> None:
+        for key, value in state.items():
+            name, _, kind = key.rpartition(".")
+            mod = layers[name]
+            if kind == "bias":
+                mu, rho = mod.mu_bias, mod.rho_bias
+            else:
+                w = "weight" if hasattr(mod, "mu_weight") else "kernel"
+                mu, rho = getattr(mod, f"mu_{w}"), getattr(mod, f"rho_{w}")
+            mu.copy_(value)
+            rho.fill_(-200.0)
+
+    def sample(x: torch.Tensor, s: int, gen: torch.Generator) -> torch.Tensor:
+        del gen
+        outs = []
+        with torch.no_grad():
+            for state in states:
+                load(state)
+                out = net(x)
+                outs.append((out[0] if isinstance(out, (tuple, list)) else out).reshape(len(x), -1))
+        return torch.stack([outs[i % len(outs)] for i in range(s)])
+
+    return sample

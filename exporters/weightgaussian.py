@@ -96,13 +96,6 @@ def _body(model: nn.Module, last_layer: str) -> nn.Module:
     return body
 
 
-def _head(feats: torch.Tensor, theta: torch.Tensor, o: int, i: int, bias: bool) -> torch.Tensor:
-    """``feats [B, i]``, ``theta [S, o*i (+o)]`` -> ``[S, B, o]`` (float64 reference math)."""
-    s = theta.shape[0]
-    out = torch.matmul(feats.unsqueeze(0), theta[:, : o * i].reshape(s, o, i).transpose(1, 2))
-    return out + theta[:, o * i : o * i + o].unsqueeze(1) if bias else out
-
-
 def last_layer_gap(model: nn.Module, last_layer: str, x: torch.Tensor) -> float:
     """Max |model(x) - last_layer(body(x))| relative to the largest |last_layer(body(x))| on
     ``x [B, *F]``: 0 when the last Linear's output *is* the model's output, > 0 when forward
@@ -120,27 +113,23 @@ def last_layer_gap(model: nn.Module, last_layer: str, x: torch.Tensor) -> float:
 
 
 def draw_reference(post: WeightGaussian, draws: Callable[[int, torch.Generator], torch.Tensor]):
-    """A torch sampler: ``draws(S, gen) -> theta [S, P]``, then the network (or head) per draw."""
-    if post.last_layer is not None:
-        head = post.model.get_submodule(post.last_layer)
-        body = _body(post.model, post.last_layer)
-        o, i = head.out_features, head.in_features
-
-        def sample_head(x: torch.Tensor, s: int, gen: torch.Generator) -> torch.Tensor:
-            with torch.no_grad():
-                feats = _first(body(x)).reshape(x.shape[0], i).double()
-                out = _head(feats, draws(s, gen).double(), o, i, head.bias is not None)
-            return out.float()
-
-        return sample_head
+    """A torch sampler: ``draws(S, gen) -> theta [S, P]``, then the user's whole network per
+    draw (its own forward with ``theta`` loaded), last-layer posteriors included: the self-check
+    compares the graph with the model itself, so a graph that drops an op of forward (after
+    the last layer, say) cannot pass."""
     slots = param_slots(post.model, post.param_names)
 
     def sample_net(x: torch.Tensor, s: int, gen: torch.Generator) -> torch.Tensor:
+        net = copy.deepcopy(post.model).eval()  # one copy, each draw loaded in turn
+        outs = []
         with torch.no_grad():
-            outs = []  # one network copy alive at a time
             for theta in draws(s, gen):
-                outs.append(_first(snapshot(post.model, slots, theta)(x)).reshape(x.shape[0], -1))
-            return torch.stack(outs)
+                for slot in slots:
+                    owner = net.get_submodule(slot.module) if slot.module else net
+                    value = theta[slot.start : slot.stop].reshape(slot.shape)
+                    getattr(owner, slot.attr).copy_(value)
+                outs.append(_first(net(x)).reshape(x.shape[0], -1).float())
+        return torch.stack(outs)
 
     return sample_net
 

@@ -27,9 +27,20 @@ RANDOM_OPS = frozenset(
 _SEED_LIMIT = 2**24  # seeds are float attributes: keep them exactly representable
 
 
+def _all_nodes(graph: onnx.GraphProto):
+    """Nodes of ``graph`` and of its subgraphs (``Scan`` / ``Loop`` / ``If`` bodies), depth
+    first."""
+    for node in graph.node:
+        yield node
+        for a in node.attribute:
+            if a.type == onnx.AttributeProto.GRAPH:
+                yield from _all_nodes(a.g)
+
+
 def random_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
-    """Random nodes of the main graph, in graph order."""
-    return [n for n in model.graph.node if n.op_type in RANDOM_OPS]
+    """Random nodes of the graph and its subgraphs (a random op in a ``Scan`` body draws
+    fresh noise per iteration), in depth-first graph order."""
+    return [n for n in _all_nodes(model.graph) if n.op_type in RANDOM_OPS]
 
 
 def _distinct_seeds(seed: int | None, n: int) -> list[int]:
@@ -53,19 +64,18 @@ def _export_order(name: str, position: int) -> tuple[int, int]:
 
 
 def reseed(model: onnx.ModelProto, seed: int | None) -> int:
-    """Give every random node a distinct ``seed`` attribute, in place; returns the node count.
+    """Give every random node (subgraphs included) a distinct ``seed`` attribute, in place;
+    returns the node count.
 
     ``seed=None`` draws the seeds from OS entropy (fresh noise per call of this function).
     Nodes named ``qbnn/random/<i>`` by the exporter get their seeds in ``<i>`` order, so a
     quantizer that reorders the graph keeps each node's noise stream: fp32 and int8 graphs run
     with the same ``seed`` draw the same noise, and comparisons between them are paired.
     """
-    idx = sorted(
-        (i for i, n in enumerate(model.graph.node) if n.op_type in RANDOM_OPS),
-        key=lambda i: _export_order(model.graph.node[i].name, i),
-    )
+    nodes = random_nodes(model)
+    idx = sorted(range(len(nodes)), key=lambda i: _export_order(nodes[i].name, i))
     for i, value in zip(idx, _distinct_seeds(seed, len(idx)), strict=True):
-        node = model.graph.node[i]
+        node = nodes[i]
         kept = [a for a in node.attribute if a.name != "seed"]
         del node.attribute[:]
         node.attribute.extend(kept)

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from qbnn.exporters import export_model, known_families
 from qbnn.exporters.mcdropout import mc_mode
 from qbnn.runtimes.contract import CLASSIFICATION_OUTPUTS, MetaKey
-from qbnn.runtimes.seeding import RANDOM_OPS
+from qbnn.runtimes.seeding import random_nodes
 
 from tiny_models import CASES, example, ort_session
 
@@ -34,6 +34,7 @@ EXPORTS = [
     ("flipout-cnn", "weight"),
     ("mcdropout-mlp", "dropout"),
     ("ensemble-mlp", "members"),
+    ("stochastic-bbb", "loop"),
 ]
 EXACT_MODES = ("frozen:4", "members")
 ids = [f"{c}[{m}]" for c, m in EXPORTS]
@@ -65,7 +66,7 @@ def _torch_samples(case: str, x: torch.Tensor, s: int) -> np.ndarray:
     """Independent torch reference: S forward passes as the trainer's users run them."""
     factory, _ = CASES[case]
     model = factory()
-    model = mc_mode(model) if case.startswith("mcdropout") else model.eval()
+    model = mc_mode(model) if case.startswith(("mcdropout", "stochastic")) else model.eval()
     torch.manual_seed(99)
     with torch.no_grad():
         outs = []
@@ -106,7 +107,7 @@ def test_graph_structure_and_contract(exported, case, mode):
     model = onnx.load(str(res.path))
     names = [n.name for n in model.graph.node]
     assert all(names) and len(names) == len(set(names)), "node names must be unique (INC)"
-    rand = [n for n in model.graph.node if n.op_type in RANDOM_OPS]
+    rand = random_nodes(model)  # subgraphs included (the sample loop's Scan body)
     assert (len(rand) == 0) == (mode in EXACT_MODES)
     assert all(n.op_type != "RandomNormalLike" for n in rand), "OpenVINO computes it wrongly"
     assert [o.name for o in model.graph.output] == list(CLASSIFICATION_OUTPUTS)

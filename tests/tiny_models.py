@@ -180,6 +180,60 @@ def resnet20_bnn() -> nn.Module:
     return net
 
 
+class BBBLinear(nn.Module):
+    """Hand-written Bayes-by-backprop Linear (issue 14): ``w = mu + softplus(rho) * eps``."""
+
+    def __init__(self, d_in: int, d_out: int, rho: float = -2.0) -> None:
+        super().__init__()
+        self.mu = nn.Parameter(torch.randn(d_out, d_in) * 0.5)
+        self.rho = nn.Parameter(torch.full((d_out, d_in), rho))
+        self.bias = nn.Parameter(torch.zeros(d_out))
+
+    def forward(self, x):
+        w = self.mu + F.softplus(self.rho) * torch.randn_like(self.mu)
+        return F.linear(x, w, self.bias)
+
+
+class BBBMLP(nn.Module):
+    """Two hand-written BBB layers. [B, 6] -> [B, 3]."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.l1 = BBBLinear(6, 16)
+        self.l2 = BBBLinear(16, 3)
+
+    def forward(self, x):
+        return self.l2(torch.relu(self.l1(x)))
+
+
+class NoisyConvNet(nn.Module):
+    """A BBB convolution (weight noise via torch.randn) plus Gaussian input noise and dropout.
+    [B, 1, 8, 8] -> [B, 4]."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mu = nn.Parameter(torch.randn(4, 1, 3, 3) * 0.5)
+        self.log_sigma = nn.Parameter(torch.full((4, 1, 3, 3), -1.5))
+        self.drop = nn.Dropout(0.2)
+        self.fc = nn.Linear(4 * 4 * 4, 4)
+
+    def forward(self, x):
+        x = x + 0.3 * torch.randn_like(x)
+        w = self.mu + self.log_sigma.exp() * torch.randn(self.mu.shape)
+        h = torch.relu(F.conv2d(x, w, stride=2, padding=1)).flatten(1)
+        return self.fc(self.drop(h))
+
+
+@_seeded
+def bbb_mlp() -> nn.Module:
+    return BBBMLP()
+
+
+@_seeded
+def noisy_conv() -> nn.Module:
+    return NoisyConvNet()
+
+
 def not_a_module():
     return "nope"
 
@@ -193,6 +247,7 @@ CASES = {
     "flipout-cnn": (flipout_cnn, (1, 8, 8)),
     "mcdropout-mlp": (dropout_mlp, (6,)),
     "ensemble-mlp": (ensemble, (6,)),
+    "stochastic-bbb": (bbb_mlp, (6,)),
 }
 
 

@@ -48,11 +48,16 @@ def export_cmd(
     weights: Annotated[Path | None, typer.Option("--weights", help="state-dict checkpoint")] = None,
     posterior: Annotated[
         str,
-        typer.Option(help="auto, meanfield, flipout, mcdropout, ensemble, laplace, swag, gaussian"),
+        typer.Option(
+            help="auto, meanfield, flipout, mcdropout, stochastic, ensemble, laplace, swag, "
+            "gaussian"
+        ),
     ] = "auto",
     sampling: Annotated[
         str | None,
-        typer.Option(help="weight, lrt, flipout, frozen:K, dropout, members (default per family)"),
+        typer.Option(
+            help="weight, lrt, flipout, frozen:K, dropout, members, loop (default per family)"
+        ),
     ] = None,
     samples: Annotated[int, typer.Option("--samples", help="default MC samples S")] = 16,
     seed: Annotated[int | None, typer.Option(help="fix every random node's seed")] = None,
