@@ -29,6 +29,7 @@ from pathlib import Path
 from qbnn.runtimes.errors import ConfigError
 
 from ..common import atomic_path
+from ..common.figures import pyplot, save_png
 from .result import BenchResult
 
 __all__ = [
@@ -133,10 +134,7 @@ def save_plot(result: BenchResult, path: str | Path) -> Path:
 
     matplotlib is imported here with the Agg backend (headless, no global side effect at
     import time of qbnn)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     path = Path(path)
     batches = sorted({c.batch for c in result.cells})
@@ -164,10 +162,4 @@ def save_plot(result: BenchResult, path: str | Path) -> Path:
         ax.grid(True, which="both", alpha=0.3)
     axes[0][0].legend(fontsize="small")
     fig.suptitle(f"Throughput ({result.environment.cpu})")
-    fig.tight_layout()
-    try:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png", dpi=_DPI, bbox_inches="tight")
-    finally:
-        plt.close(fig)
-    return path
+    return save_png(fig, path, dpi=_DPI)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..common import atomic_path
+from ..common.figures import pyplot, save_png
 from .auto import Trial
 from .deploy import CompressResult
 
@@ -117,10 +118,7 @@ def save_search_plot(trials: list[Trial], path: Path) -> Path | None:
     pts = [t for t in trials if t.accuracy is not None]
     if not pts:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
     for ax, key, label in ((axes[0], "accuracy", "accuracy"), (axes[1], "ece", "ECE")):
@@ -133,11 +131,7 @@ def save_search_plot(trials: list[Trial], path: Path) -> Path | None:
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
     axes[0].legend()
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-    return path
+    return save_png(fig, path, dpi=100, bbox_inches=None)
 
 
 def write_compress_report(rec: dict[str, Any], out_dir: str | Path, trials=None) -> list[Path]:

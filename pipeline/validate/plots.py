@@ -31,26 +31,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..common import atomic_path
+from ..common.figures import pyplot, save_png
 
 __all__ = ["save_plots"]
 
 _DPI = 110
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path: Path) -> Path:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=_DPI, bbox_inches="tight")
-    return path
 
 
 def _panels(plt, n: int, title: str):
@@ -101,10 +86,7 @@ def _reliability(plt, report, out: Path) -> Path:
         ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence", ylabel="accuracy")
         ax.set_title(f"{_label(m)}\nECE {m.metrics['ece']:.4f}, acc {m.metrics['accuracy']:.4f}")
         ax.legend(loc="upper left", fontsize=7)
-    fig.tight_layout()
-    path = _save(fig, out / "reliability.png")
-    plt.close(fig)
-    return path
+    return save_png(fig, out / "reliability.png", dpi=_DPI)
 
 
 def _entropy_hist(plt, report, out: Path) -> Path:
@@ -130,10 +112,7 @@ def _entropy_hist(plt, report, out: Path) -> Path:
         ax.set(xlabel="predictive entropy [nats]", ylabel="density", yscale="log")
         ax.set_title(_label(m))
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = _save(fig, out / "entropy_hist.png")
-    plt.close(fig)
-    return path
+    return save_png(fig, out / "entropy_hist.png", dpi=_DPI)
 
 
 def _referral(plt, report, out: Path) -> Path:
@@ -164,10 +143,7 @@ def _referral(plt, report, out: Path) -> Path:
     )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = _save(fig, out / "referral.png")
-    plt.close(fig)
-    return path
+    return save_png(fig, out / "referral.png", dpi=_DPI)
 
 
 def _ood_roc(plt, report, out: Path) -> Path:
@@ -194,10 +170,7 @@ def _ood_roc(plt, report, out: Path) -> Path:
         )
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    path = _save(fig, out / "ood_roc.png")
-    plt.close(fig)
-    return path
+    return save_png(fig, out / "ood_roc.png", dpi=_DPI)
 
 
 def _pred_vs_true(plt, report, out: Path) -> Path:
@@ -215,10 +188,7 @@ def _pred_vs_true(plt, report, out: Path) -> Path:
         ax.set(xlabel="true", ylabel="predicted")
         ax.set_title(f"{_label(m)}\nRMSE {m.metrics['rmse']:.4g}")
         ax.legend(fontsize=7, loc="upper left")
-    fig.tight_layout()
-    path = _save(fig, out / "pred_vs_true.png")
-    plt.close(fig)
-    return path
+    return save_png(fig, out / "pred_vs_true.png", dpi=_DPI)
 
 
 def _coverage(plt, models, out: Path) -> Path:
@@ -232,10 +202,7 @@ def _coverage(plt, models, out: Path) -> Path:
            ylabel="observed coverage", title="Interval coverage vs nominal")  # fmt: skip
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper left")
-    fig.tight_layout()
-    path = _save(fig, out / "coverage.png")
-    plt.close(fig)
-    return path
+    return save_png(fig, out / "coverage.png", dpi=_DPI)
 
 
 def _pit_hist(plt, models, out: Path) -> Path:
@@ -250,10 +217,7 @@ def _pit_hist(plt, models, out: Path) -> Path:
         ax.set(xlim=(0, 1), xlabel="PIT = Phi((y - mean) / std)", ylabel="density")
         ax.set_title(f"{_label(m)}\nPICP@95% {m.metrics.get('picp@0.95') or float('nan'):.3f}")
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = _save(fig, out / "pit_hist.png")
-    plt.close(fig)
-    return path
+    return save_png(fig, out / "pit_hist.png", dpi=_DPI)
 
 
 def _regression(plt, report, out: Path) -> list[Path]:
@@ -282,10 +246,7 @@ def _uncertainty_maps(plt, report, out: Path) -> Path:
             ax.set_yticks([])
             fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     fig.suptitle("Per-pixel uncertainty maps")
-    fig.tight_layout()
-    path = _save(fig, out / "uncertainty_maps.png")
-    plt.close(fig)
-    return path
+    return save_png(fig, out / "uncertainty_maps.png", dpi=_DPI)
 
 
 def save_plots(report, out_dir: str | Path) -> list[Path]:
@@ -295,8 +256,8 @@ def save_plots(report, out_dir: str | Path) -> list[Path]:
     """
     out = Path(out_dir)
     if report.task != "classification":
-        return _regression(_pyplot(), report, out)
-    plt = _pyplot()
+        return _regression(pyplot(), report, out)
+    plt = pyplot()
     paths = [
         _reliability(plt, report, out),
         _entropy_hist(plt, report, out),
