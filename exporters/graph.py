@@ -19,6 +19,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from qbnn.runtimes.contract import NUM_SAMPLES
 from qbnn.runtimes.loading import set_metadata
+from qbnn.runtimes.onnxgraph import walk_nodes
 from qbnn.runtimes.seeding import RANDOM_OPS, reseed
 
 __all__ = [
@@ -112,7 +113,7 @@ def self_contained_scans(model: onnx.ModelProto) -> None:
             body.node.append(helper.make_node("Identity", [inner], [f"{inner}/out"]))
             body.output.insert(states + k, helper.make_tensor_value_info(f"{inner}/out", 1, None))
     # subgraph bodies (Loop / If, e.g. nn.EmbeddingBag's Loop) may read outer initializers too
-    used = {i for n in _all_nodes(g) for i in n.input} | {o.name for o in g.output}
+    used = {i for n in walk_nodes(g) for i in n.input} | {o.name for o in g.output}
     kept = [t for t in g.initializer if t.name in used]
     del g.initializer[:]
     g.initializer.extend(kept)
@@ -126,20 +127,11 @@ def copy_tensor(t: onnx.TensorProto, name: str) -> onnx.TensorProto:
     return out
 
 
-def _all_nodes(graph: onnx.GraphProto):
-    """Nodes of ``graph`` and of its subgraphs, depth first."""
-    for node in graph.node:
-        yield node
-        for a in node.attribute:
-            if a.type == onnx.AttributeProto.GRAPH:
-                yield from _all_nodes(a.g)
-
-
 def strip_tracing_metadata(model: onnx.ModelProto) -> None:
     """Drop per-node and per-value ``metadata_props`` and doc strings (torch.onnx's stack
     traces, FX names and scopes), subgraphs included; model-level metadata is kept."""
     graphs = [model.graph] + [
-        a.g for n in _all_nodes(model.graph) for a in n.attribute if a.type == a.GRAPH
+        a.g for n in walk_nodes(model.graph) for a in n.attribute if a.type == a.GRAPH
     ]
     for graph in graphs:
         for node in graph.node:
@@ -155,7 +147,7 @@ def name_nodes(model: onnx.ModelProto) -> None:
     ``qbnn/random/<i>``."""
     seen: set[str] = set()
     r = 0
-    for i, node in enumerate(_all_nodes(model.graph)):
+    for i, node in enumerate(walk_nodes(model.graph)):
         if node.op_type in RANDOM_OPS:
             node.name = f"qbnn/random/{r}"
             r += 1

@@ -37,6 +37,7 @@ from pathlib import Path
 
 import onnx
 
+from .onnxgraph import subgraphs, walk_nodes
 from .seeding import RANDOM_OPS
 
 __all__ = [
@@ -89,23 +90,13 @@ RULE: dict[tuple[GraphKind, bool, CpuClass], tuple[str, ...]] = {
 _DEFAULT = ("cpu", "openvino")
 
 
-def _all_nodes(graph: onnx.GraphProto):
-    for node in graph.node:
-        yield node
-        for attr in node.attribute:
-            for sub in [attr.g] if attr.HasField("g") else list(attr.graphs):
-                yield from _all_nodes(sub)
-
-
 def _noisy_conv(graph: onnx.GraphProto) -> bool:
     """Whether a tensor derived from a random op feeds a convolution (graph order is
     topological in ONNX). A convolution inside a Loop/Scan/If body counts as noisy when the
     body or the node's inputs carry noise."""
     noisy: set[str] = set()
     for node in graph.node:
-        subs = [a.g for a in node.attribute if a.HasField("g")]
-        subs += [g for a in node.attribute for g in a.graphs]
-        body = [n for g in subs for n in _all_nodes(g)]
+        body = [n for g in subgraphs(node) for n in walk_nodes(g)]
         hot = node.op_type in RANDOM_OPS or any(i in noisy for i in node.input if i)
         hot = hot or any(n.op_type in RANDOM_OPS for n in body)
         if hot and (node.op_type in _CONV or any(n.op_type in _CONV for n in body)):
@@ -117,7 +108,7 @@ def _noisy_conv(graph: onnx.GraphProto) -> bool:
 
 def features(model: onnx.ModelProto) -> GraphFeatures:
     """Classify ``model`` for :data:`RULE`."""
-    ops = {n.op_type for n in _all_nodes(model.graph)}
+    ops = {n.op_type for n in walk_nodes(model.graph)}
     qop = any(o.startswith("QLinear") for o in ops) or bool(ops & _QOPERATOR)
     int8 = qop or "QuantizeLinear" in ops
     if qop:

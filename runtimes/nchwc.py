@@ -32,6 +32,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from .onnxgraph import subgraphs, walk_nodes
+
 __all__ = ["NCHWC_DOMAIN", "block_size", "nchwc_loop_convs", "reorder_filter"]
 
 log = logging.getLogger("qbnn.runtime")
@@ -135,21 +137,11 @@ def _consumers(graph: onnx.GraphProto) -> dict[str, int]:
     """How many times each tensor is read: by nodes, subgraphs (conservatively, any name a
     subgraph mentions) and as a graph output."""
     count: dict[str, int] = {}
-
-    def mentions(g: onnx.GraphProto):
-        for n in g.node:
-            yield from (i for i in n.input if i)
-            for a in n.attribute:
-                for sub in [a.g] if a.HasField("g") else list(a.graphs):
-                    yield from mentions(sub)
-
     for n in graph.node:
-        for i in n.input:
+        names = list(n.input)
+        names += {i for g in subgraphs(n) for m in walk_nodes(g) for i in m.input if i}
+        for i in names:
             count[i] = count.get(i, 0) + 1
-        for a in n.attribute:
-            for sub in [a.g] if a.HasField("g") else list(a.graphs):
-                for i in set(mentions(sub)):
-                    count[i] = count.get(i, 0) + 1
     for o in graph.output:
         count[o.name] = count.get(o.name, 0) + 1
     return count
@@ -255,9 +247,8 @@ def _walk(graph: onnx.GraphProto, block: int, inside: bool, counter: list[int]) 
     for idx, node in enumerate(graph.node):
         if idx in skip:
             continue
-        for attr in node.attribute:
-            for sub in [attr.g] if attr.HasField("g") else list(attr.graphs):
-                _walk(sub, block, True, counter)
+        for sub in subgraphs(node):
+            _walk(sub, block, True, counter)
         shape = _eligible(node, graph, consts, block) if inside else None
         if shape is None:
             out.append(node)

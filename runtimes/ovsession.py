@@ -37,6 +37,7 @@ from onnx import helper, numpy_helper
 
 from .contract import NUM_SAMPLES
 from .errors import ModelLoadError, RuntimeInputError, first_line
+from .onnxgraph import subgraphs, walk_nodes
 from .options import Precision, SessionOptions
 from .providers import BackendSession, register_provider
 from .seeding import random_nodes
@@ -118,18 +119,8 @@ def _qoperator_ops(model: onnx.ModelProto) -> list[str]:
 
 def _loop_qoperator_ops(model: onnx.ModelProto) -> list[str]:
     """QOperator op types inside Scan / Loop / If bodies (the sample loop's int8 form)."""
-    found: set[str] = set()
-
-    def walk(graph: onnx.GraphProto, inside: bool) -> None:
-        for node in graph.node:
-            if inside and _is_qoperator(node):
-                found.add(node.op_type)
-            for attr in node.attribute:
-                for sub in [attr.g] if attr.HasField("g") else list(attr.graphs):
-                    walk(sub, True)
-
-    walk(model.graph, False)
-    return sorted(found)
+    bodies = [g for node in model.graph.node for g in subgraphs(node)]
+    return sorted({n.op_type for g in bodies for n in walk_nodes(g) if _is_qoperator(n)})
 
 
 def _refuse_unconvertible(model: onnx.ModelProto, source: str) -> None:
@@ -148,8 +139,13 @@ def _refuse_unconvertible(model: onnx.ModelProto, source: str) -> None:
             f"weights ({', '.join(loop_ops)} inside the Scan body), which OpenVINO does not "
             "convert; run it on provider 'cpu' (auto does), or run the fp32 graph on OpenVINO"
         )
-    if _qoperator_ops(model):
-        raise _load_error(model, source, RuntimeError("QOperator graph"))
+    ops = _qoperator_ops(model)
+    if ops:
+        raise ModelLoadError(
+            f"OpenVINO cannot run {source}: it is an int8 QOperator graph ({', '.join(ops)}), "
+            "which OpenVINO does not convert; re-quantize it with quant_format QDQ (qbnn quantize "
+            "--format qdq, or QuantConfig(format='qdq')) or run it on provider 'cpu'"
+        )
 
 
 def _conversion_summary(exc: BaseException) -> str:
@@ -163,14 +159,8 @@ def _conversion_summary(exc: BaseException) -> str:
     return first_line(exc)
 
 
-def _load_error(model: onnx.ModelProto, source: str, exc: BaseException) -> ModelLoadError:
-    ops = _qoperator_ops(model)
-    if ops:
-        return ModelLoadError(
-            f"OpenVINO cannot run {source}: it is an int8 QOperator graph ({', '.join(ops)}), "
-            "which OpenVINO does not convert; re-quantize it with quant_format QDQ (qbnn quantize "
-            "--format qdq, or QuantConfig(format='qdq')) or run it on provider 'cpu'"
-        )
+def _load_error(source: str, exc: BaseException) -> ModelLoadError:
+    """OpenVINO failed to convert or compile a graph that passed :func:`_refuse_unconvertible`."""
     return ModelLoadError(f"OpenVINO cannot convert {source}: {_conversion_summary(exc)}")
 
 
@@ -269,7 +259,7 @@ def openvino_session(
             core.read_model(model.SerializeToString()), "CPU", _config(options)
         )
     except Exception as exc:  # conversion or compilation failed: one line, cause kept
-        raise _load_error(model, source, exc) from exc
+        raise _load_error(source, exc) from exc
     precision = _read_precision(compiled)
     if precision != options.precision:
         log.warning("OpenVINO runs %s in %s (asked for %s)", source, precision, options.precision)

@@ -12,6 +12,8 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from .onnxgraph import walk_nodes
+
 __all__ = ["RANDOM_OPS", "random_nodes", "reseed"]
 
 RANDOM_OPS = frozenset(
@@ -27,20 +29,10 @@ RANDOM_OPS = frozenset(
 _SEED_LIMIT = 2**24  # seeds are float attributes: keep them exactly representable
 
 
-def _all_nodes(graph: onnx.GraphProto):
-    """Nodes of ``graph`` and of its subgraphs (``Scan`` / ``Loop`` / ``If`` bodies), depth
-    first."""
-    for node in graph.node:
-        yield node
-        for a in node.attribute:
-            if a.type == onnx.AttributeProto.GRAPH:
-                yield from _all_nodes(a.g)
-
-
 def random_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
     """Random nodes of the graph and its subgraphs (a random op in a ``Scan`` body draws
     fresh noise per iteration), in depth-first graph order."""
-    return [n for n in _all_nodes(model.graph) if n.op_type in RANDOM_OPS]
+    return [n for n in walk_nodes(model.graph) if n.op_type in RANDOM_OPS]
 
 
 def _distinct_seeds(seed: int | None, n: int) -> list[int]:

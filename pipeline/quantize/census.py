@@ -15,6 +15,7 @@ import onnx
 from onnx import TensorProto
 
 from qbnn.runtimes.contract import MetaKey
+from qbnn.runtimes.onnxgraph import iter_graphs
 
 __all__ = [
     "INT8_OPS",
@@ -42,18 +43,6 @@ INT8_OPS = frozenset(
     }
 )
 INT8_TYPES = (TensorProto.INT8, TensorProto.UINT8)
-
-
-def iter_graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
-    """``graph`` and every subgraph (Scan / Loop / If bodies), depth first."""
-    yield graph
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.GRAPH:
-                yield from iter_graphs(attr.g)
-            elif attr.type == onnx.AttributeProto.GRAPHS:
-                for g in attr.graphs:
-                    yield from iter_graphs(g)
 
 
 def iter_nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
