@@ -28,8 +28,7 @@ from pathlib import Path
 
 from qbnn.runtimes.errors import ConfigError
 
-from ..common import atomic_path
-from ..common.figures import pyplot, save_png
+from ..common import atomic_path, pyplot, save_png
 from .result import BenchResult
 
 __all__ = [

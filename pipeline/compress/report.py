@@ -17,8 +17,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from ..common import atomic_path
-from ..common.figures import pyplot, save_png
+from ..common import atomic_path, pyplot, save_png
 from .auto import Trial
 from .deploy import CompressResult
 

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..common.figures import pyplot, save_png
+from ..common import pyplot, save_png
 
 __all__ = ["save_plots"]
 
