@@ -49,6 +49,7 @@ from .heads import (
     resolve_head,
 )
 from .hoist import hoist_scan_noise
+from .passes import SPLIT_PASSES, run_passes
 from .quiet import quiet_export
 from .randomops import check_random_ops, own_random_ops
 from .registry import BuiltModel, get_exporter, known_families, task_of
@@ -385,6 +386,9 @@ def export_model(
     if noise_var:
         meta[MetaKey.NOISE_VARIANCE] = repr(noise_var)
     finalize(proto, _TEMPLATE, num_samples, seed, {str(k): v for k, v in meta.items()})
+    split = run_passes(proto, SPLIT_PASSES)  # deterministic prefix computed once (issue 21)
+    proto = split.model
+    built.notes.extend(split.notes)
     check_random_ops(proto)
     if not built.exact and not random_nodes(proto):
         raise ExportError(
