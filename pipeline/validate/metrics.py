@@ -221,12 +221,15 @@ def ece(probs: object, labels: object, n_bins: int = 15) -> float:
 
 
 def ece_equal_mass(probs: object, labels: object, n_bins: int = 15) -> float:
-    """Expected calibration error with adaptive (equal-count) bins.
+    """Expected calibration error with adaptive (equal-count) bins that never split ties.
 
-    Samples are sorted by confidence and split with ``np.array_split`` into ``n_bins``
-    contiguous groups whose sizes differ by at most one (empty groups, when
-    ``n_bins > N``, are skipped). Ties in confidence are ordered by correctness
-    (wrong first), so the result does not depend on input order.
+    Samples are sorted by confidence; the bin ends of ``np.array_split`` into ``n_bins``
+    contiguous groups (sizes differing by at most one) are taken, and an end that falls inside a
+    group of tied confidences moves forward to the end of that group, so every tie group lies in
+    one bin (bins may then be larger than ``N / n_bins``, or fewer than ``n_bins``; empty groups,
+    when ``n_bins > N``, are skipped). Splitting a tie group would make the result depend on how
+    the tied rows are ordered: an int8 or hard-vote model with a few discrete confidences got an
+    inflated ECE when its wrong predictions were sorted first.
 
     Args:
         probs: ``[N, C] float`` class probabilities.
@@ -238,12 +241,21 @@ def ece_equal_mass(probs: object, labels: object, n_bins: int = 15) -> float:
     """
     n_bins = _check_n_bins(n_bins)
     conf, correct = _conf_correct(probs, labels)
-    order = np.lexsort((correct, conf))
-    total = 0.0
-    for chunk in np.array_split(order, n_bins):
+    order = np.argsort(conf, kind="stable")
+    cs, ks = conf[order], correct[order].astype(np.float64)
+    n = cs.shape[0]
+    # first index of the next tie group at or after each position: ends move past ties
+    group_end = np.searchsorted(cs, cs, side="right")
+    cuts = [0]
+    for chunk in np.array_split(np.arange(n), n_bins):
         if chunk.size:
-            total += abs(float(np.sum(correct[chunk])) - float(np.sum(conf[chunk])))
-    return total / conf.shape[0]
+            end = int(group_end[chunk[-1]])
+            if end > cuts[-1]:
+                cuts.append(end)
+    total = sum(
+        abs(float(ks[a:b].sum()) - float(cs[a:b].sum())) for a, b in zip(cuts[:-1], cuts[1:])
+    )
+    return total / n
 
 
 def mce(probs: object, labels: object, n_bins: int = 15) -> float:

@@ -181,16 +181,27 @@ def test_ece_equal_mass_three_class_hand() -> None:
 
 
 def test_ece_equal_mass_ties_do_not_depend_on_order() -> None:
-    # 3 tied confidences .7, two correct; with 2 bins the tie group is split
-    # (sizes 2 + 2 after sorting). Ties are ordered wrong-first, so
-    # bin 1 = {.6(T), .7(F)}: |1/2 - .65| = .15 ; bin 2 = {.7(T), .7(T)}: |1 - .7| = .3
+    # 3 tied confidences .7, two correct; with 2 bins the equal-count end (after 2 of the sorted
+    # rows .6 .7 .7 .7) falls inside the tie group, so it moves to the group's end: one bin of 4,
+    # |acc 3/4 - conf (.6 + 3 * .7) / 4| = |.75 - .675| = .075, whatever the rows' order
     probs = np.array([[0.7, 0.3], [0.7, 0.3], [0.6, 0.4], [0.7, 0.3]])
     labels = np.array([0, 1, 0, 0])
-    expected = 0.15 * 0.5 + 0.3 * 0.5
+    expected = 0.075
     rng = np.random.default_rng(0)
     for _ in range(10):
         perm = rng.permutation(4)
         assert M.ece_equal_mass(probs[perm], labels[perm], n_bins=2) == pytest.approx(expected)
+
+
+def test_ece_equal_mass_keeps_a_tie_group_in_one_bin() -> None:
+    # issue 23: sorted .55(T) .6(T) .6(F) .6(F) .9(T) .9(T); 3 bins of 2 end at rows 2, 4, 6.
+    # The end at 2 splits the .6 group (rows 1..3) and moves to 4; the end at 4 is then a
+    # duplicate. Bins: {.55 T, .6 T, .6 F, .6 F}: |2 - 2.35| = .35 ; {.9 T, .9 T}: |2 - 1.8| = .2
+    conf = np.array([0.6, 0.9, 0.55, 0.6, 0.9, 0.6])
+    correct = np.array([False, True, True, True, True, False])
+    probs = np.stack([conf, 1 - conf], axis=1)
+    labels = np.where(correct, 0, 1)
+    assert M.ece_equal_mass(probs, labels, n_bins=3) == pytest.approx((0.35 + 0.2) / 6)
 
 
 @pytest.mark.parametrize(
