@@ -252,9 +252,8 @@ def ece_equal_mass(probs: object, labels: object, n_bins: int = 15) -> float:
             end = int(group_end[chunk[-1]])
             if end > cuts[-1]:
                 cuts.append(end)
-    total = sum(
-        abs(float(ks[a:b].sum()) - float(cs[a:b].sum())) for a, b in zip(cuts[:-1], cuts[1:])
-    )
+    bins = zip(cuts[:-1], cuts[1:], strict=True)
+    total = sum(abs(float(ks[a:b].sum()) - float(cs[a:b].sum())) for a, b in bins)
     return total / n
 
 
