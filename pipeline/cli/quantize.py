@@ -35,6 +35,8 @@ def quantize_cmd(
     cfg = dataclasses.replace(cfg, **overrides)
     typer.echo(f"quantizing {model} with {cfg.backend.value} ({cfg.format.value})...", err=True)
     res = quantize_model(model, output, cfg, calib=calib)
+    if res.calibration is not None:
+        typer.echo(res.calibration.describe(), err=True)
     for line in res.census.lines() if res.census is not None else []:
         typer.echo(line)
     size = f"{res.int8_bytes / 1e6:.2f} MB, {res.size_ratio:.2f}x the fp32 file"

@@ -80,12 +80,15 @@ class TuneMetric(StrEnum):
 @dataclass(frozen=True, kw_only=True)
 class CalibrationConfig:
     """Calibration: ``size`` inputs in batches of ``batch_size``, each run with
-    ``num_samples`` MC samples (>= 8) so activation ranges include the posterior noise."""
+    ``num_samples`` MC samples (>= 8) so activation ranges include the posterior noise.
+    The ``size`` rows are a sample drawn with ``seed`` over the whole file (all rows when the
+    file has fewer), never just its first rows."""
 
     method: CalibMethod = CalibMethod.MINMAX
     size: int = 256
     batch_size: int = 32
     num_samples: int = 8
+    seed: int = 0
 
     def __post_init__(self) -> None:
         coerce_enums(self)

@@ -29,8 +29,9 @@ from qbnn.runtimes.session import model_info
 
 from ..common import atomic_path, load_npz, to_dict
 from .backends import restore_contract, run_backend
+from .calibration import CalibrationRows, select_rows
 from .census import Census, already_quantized, take_census
-from .config import OnErasure, QuantConfig, QuantFormat
+from .config import CalibrationConfig, OnErasure, QuantConfig, QuantFormat
 from .guard import (
     ErasedQuantizer,
     SpreadCheck,
@@ -60,6 +61,7 @@ class QuantizeResult:
     spread: SpreadCheck | None
     int8_weights: tuple[str, ...]
     census: Census | None = None  # what is int8 now and what stayed fp32 (and why)
+    calibration: CalibrationRows | None = None  # which rows of the file calibrated
 
     @property
     def precision(self) -> str:
@@ -71,8 +73,14 @@ class QuantizeResult:
         return self.int8_bytes / self.fp32_bytes
 
 
-def _calibration_inputs(calib: np.ndarray | str | Path, info, size: int) -> np.ndarray:
-    x = load_npz(calib, require=("x",))["x"] if not isinstance(calib, np.ndarray) else calib
+def _calibration_inputs(
+    calib: np.ndarray | str | Path, info, cal: CalibrationConfig
+) -> tuple[np.ndarray, CalibrationRows]:
+    """The calibration rows the stage uses: ``cal.size`` rows sampled over the whole file
+    (:func:`~.calibration.select_rows`), in the model's input dtype; warns when the file looks
+    ordered (its labels ``y``, when the ``.npz`` has them, or its halves)."""
+    data = load_npz(calib, require=("x",)) if not isinstance(calib, np.ndarray) else {"x": calib}
+    x = data["x"]
     if len(x) == 0:
         raise ConfigError("the calibration set is empty")
     if not info.accepts(x.shape):
@@ -87,10 +95,20 @@ def _calibration_inputs(calib: np.ndarray | str | Path, info, size: int) -> np.n
                 f"the model takes integer ids ({want.name}); the calibration data is {x.dtype}: "
                 "save the token ids themselves"
             )
-        return np.ascontiguousarray(x[:size], dtype=want)
-    if not np.isfinite(x).all():
+    elif not np.isfinite(x).all():
         raise ConfigError("calibration data contains NaN or inf values")
-    return np.ascontiguousarray(x[:size], dtype=np.float32)
+    else:
+        want = np.dtype(np.float32)
+    rows = select_rows(x, cal.size, cal.seed, data.get("y"))
+    log.info(rows.describe())
+    if rows.ordered:
+        log.warning(
+            "the calibration file looks ordered (%s); qbnn calibrates on a seeded sample spread "
+            "over all %d rows, but check that the file is the data you meant",
+            rows.ordered,
+            rows.total,
+        )
+    return np.ascontiguousarray(x[rows.index], dtype=want), rows
 
 
 def _biasless_gemm_to_matmul(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -210,7 +228,7 @@ def quantize_model(
     if cfg.format == QuantFormat.AUTO:  # the int8 format of the provider auto will pick
         cfg = replace(cfg, format=QuantFormat(int8_format(src_model)))
     info = model_info(src_model)
-    x = _calibration_inputs(calib, info, cfg.calibration.size)
+    x, rows = _calibration_inputs(calib, info, cfg.calibration)
     kept: set[str] = set()
     for _round in range(MAX_ROUNDS):
         int8, weights = _quantize_once(Path(src), src_model, info, cfg, x, kept)
@@ -246,6 +264,7 @@ def quantize_model(
         spread,
         tuple(weights),
         census,
+        rows,
     )
 
 

@@ -129,6 +129,8 @@ def quantize_stage(ctx: StageContext) -> StageOutput:
     calib = ctx.path(ctx.cfg.data.calib, "data.calib")
     res = quantize_model(fp32, ctx.root / "model.int8.onnx", ctx.cfg.quantize, calib=calib)
     extra = {"size_ratio": round(res.size_ratio, 4), "kept_fp32": list(res.kept_fp32)}
+    if res.calibration is not None:
+        extra["calibration_rows"] = [res.calibration.used, res.calibration.total]
     if res.spread is not None:
         extra["logit_spread_ratio"] = round(res.spread.ratio, 4)
     return StageOutput([res.path], {"model.int8.onnx": "model.fp32.onnx"}, extra)
