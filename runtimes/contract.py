@@ -12,9 +12,12 @@ import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError, ModelLoadError
+
+if TYPE_CHECKING:
+    import onnx
 
 __all__ = [
     "CLASSIFICATION_OUTPUTS",
@@ -210,7 +213,7 @@ class ContractMeta:
         }
 
     @classmethod
-    def from_model(cls, model_or_props: Any) -> ContractMeta:
+    def from_model(cls, model_or_props: onnx.ModelProto | Mapping[str, str]) -> ContractMeta:
         """The record of an ``onnx.ModelProto`` (its ``metadata_props``) or of a ``{key: text}``
         mapping. Keys outside the contract are ignored; a key with a malformed text raises
         :class:`ModelLoadError` naming the key, the text and what was expected."""

@@ -42,10 +42,6 @@ def output_fields(task: Task, heteroscedastic: bool) -> dict[str, str]:
 PER_SAMPLE = {"probs", "mean", "variance"}
 
 
-def _given(value: int | None, default: int) -> int:
-    return default if value is None else value
-
-
 @dataclass
 class ServedModel:
     """One model behind ``/v2/models/<name>``."""
@@ -88,7 +84,7 @@ class ServedModel:
         """The contract as v2 tensor metadata (``-1``: variable, e.g. the batch or S)."""
         info = self.predictor.info
         fs = [d if isinstance(d, int) and d > 0 else -1 for d in info.feature_shape]
-        width = _given(info.contract.width, -1)
+        width = -1 if info.contract.width is None else info.contract.width
         outs = []
         for name in self.outputs:
             if name in PER_SAMPLE:
