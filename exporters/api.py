@@ -18,7 +18,7 @@ from qbnn.runtimes.contract import (
     HETEROSCEDASTIC_OUTPUTS,
     INPUT,
     REGRESSION_OUTPUTS,
-    MetaKey,
+    ContractMeta,
     Task,
 )
 from qbnn.runtimes.errors import ConfigError, ExportError, UnsupportedLayerError, first_line
@@ -38,8 +38,6 @@ from .bnstats import apply_bn_policy
 from .btlayers import FLIPOUT_TYPES, REPARAM_TYPES, check_supported
 from .graph import finalize
 from .heads import (
-    HEAD_KEY,
-    OUTPUT_SHAPE_KEY,
     Head,
     HeadSpec,
     PairHead,
@@ -366,26 +364,26 @@ def export_model(
     proto = _trace(built, x, task_e, opset, heteroscedastic)
     built.notes.extend(own_random_ops(proto))  # the user's own random ops become qbnn's
     hoist_scan_noise(proto)  # noise of the sample loop's body drawn for all samples at once
-    meta = {
-        MetaKey.FORMAT_VERSION: FORMAT_VERSION,
-        MetaKey.TASK: task_e.value,
-        MetaKey.POSTERIOR: family,
-        MetaKey.SAMPLING: str(mode),
-        MetaKey.DEFAULT_SAMPLES: str(num_samples),
-        MetaKey.PRECISION: "fp32",
-        MetaKey.SOURCE: source or _source(family),
-        MetaKey.VERSION: QBNN_VERSION,
-        MetaKey.INPUT_SHAPE: ",".join(map(str, x.shape[1:])),
-        MetaKey.SEED: "" if seed is None else str(seed),
-        (MetaKey.NUM_CLASSES if task_e == Task.CLASSIFICATION else "qbnn.output_dim"): str(out_dim),
-        MetaKey.HETEROSCEDASTIC: "1" if heteroscedastic else "0",
-    }
-    if task_e == Task.CLASSIFICATION:
-        meta[HEAD_KEY] = head_e.value
-        meta[OUTPUT_SHAPE_KEY] = ",".join(map(str, head_e.shape or (out_dim,)))
-    if noise_var:
-        meta[MetaKey.NOISE_VARIANCE] = repr(noise_var)
-    finalize(proto, _TEMPLATE, num_samples, seed, {str(k): v for k, v in meta.items()})
+    classifier = task_e == Task.CLASSIFICATION
+    meta = ContractMeta(
+        format_version=FORMAT_VERSION,
+        task=task_e,
+        posterior=family,
+        sampling=str(mode),
+        default_samples=num_samples,
+        precision="fp32",
+        source=source or _source(family),
+        version=QBNN_VERSION,
+        input_shape=tuple(x.shape[1:]),
+        seed=seed,
+        num_classes=out_dim if classifier else None,
+        output_dim=None if classifier else out_dim,
+        heteroscedastic=heteroscedastic,
+        head=head_e.value if classifier else None,
+        output_shape=(head_e.shape or (out_dim,)) if classifier else None,
+        noise_variance=noise_var or None,
+    )
+    finalize(proto, _TEMPLATE, num_samples, seed, meta.to_props())
     split = run_passes(proto, SPLIT_PASSES)  # deterministic prefix computed once (issue 21)
     proto = split.model
     built.notes.extend(split.notes)

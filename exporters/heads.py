@@ -46,9 +46,6 @@ __all__ = [
     "to_probs",
 ]
 
-HEAD_KEY = "qbnn.head"  # graph metadata key recording the head
-OUTPUT_SHAPE_KEY = "qbnn.output_shape"  # the network's per-row output shape, e.g. "3,8,8"
-
 
 class Head(StrEnum):
     """What a classifier's forward returns per sample: ``[B, C]`` of this form."""

@@ -10,7 +10,7 @@ from torch import nn
 
 from qbnn.exporters.graph import strip_tracing_metadata
 from qbnn.runtimes.atomic import atomic_path
-from qbnn.runtimes.contract import INPUT, MetaKey
+from qbnn.runtimes.contract import INPUT, ContractMeta
 from qbnn.runtimes.errors import ExportError, first_line
 from qbnn.runtimes.loading import set_metadata
 
@@ -51,7 +51,7 @@ def export_plain(
     for i, node in enumerate(proto.graph.node):
         node.name = node.name or f"{node.op_type}_{i}"
     if task == "regression":
-        set_metadata(proto, {str(MetaKey.TASK): task})
+        set_metadata(proto, ContractMeta(task=task).to_props())
     with atomic_path(path) as tmp:
         onnx.checker.check_model(proto)
         onnx.save_model(proto, str(tmp))

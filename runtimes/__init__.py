@@ -1,6 +1,6 @@
 """Torch-free MC inference on compiled models: ONNX Runtime EPs and native OpenVINO."""
 
-from .contract import Task
+from .contract import ContractMeta, Task
 from .errors import QbnnError
 from .options import GraphOptLevel, Precision, SessionOptions
 from .predictor import PlainOutput, Prediction, Predictor, PredictorOptions
@@ -8,6 +8,7 @@ from .providers import available_providers, known_providers, resolve_provider
 from .session import ModelInfo, OpenModel, model_info, open_model, open_session
 
 __all__ = [
+    "ContractMeta",
     "GraphOptLevel",
     "ModelInfo",
     "OpenModel",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +11,7 @@ import onnx
 
 from . import ortsession, ovsession  # noqa: F401  (register the cpu, dnnl, openvino providers)
 from .autorule import auto_order
-from .contract import INPUT, NUM_SAMPLES, MetaKey, Task
+from .contract import INPUT, NUM_SAMPLES, ContractMeta, Task
 from .errors import ConfigError, ModelLoadError
 from .loading import load_onnx
 from .options import GraphOptLevel, Precision, SessionOptions, effective_precision
@@ -34,7 +34,9 @@ log = logging.getLogger("qbnn.runtime")
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """What a compiled (or plain) ONNX model declares. ``feature_shape`` excludes the batch."""
+    """What a compiled (or plain) ONNX model declares. ``feature_shape`` excludes the batch;
+    ``contract``: its typed ``qbnn.*`` metadata; ``meta``: every ``metadata_props`` entry as
+    written (passed through unchanged by stages that rewrite the graph)."""
 
     is_qbnn: bool
     task: Task
@@ -50,6 +52,7 @@ class ModelInfo:
     meta: dict[str, str]
     #: numpy dtype name of the data input: ``float32``, or ``int64`` / ``int32`` for token ids
     input_dtype: str = "float32"
+    contract: ContractMeta = field(default_factory=ContractMeta)
 
     def accepts(self, shape: tuple[int, ...]) -> bool:
         """Whether an input of ``shape`` (``[N >= 1, *feature_shape]``) fits the model;
@@ -66,8 +69,11 @@ class ModelInfo:
 
 
 def model_info(model: onnx.ModelProto) -> ModelInfo:
-    """Read the contract's metadata; a model without ``qbnn.*`` keys is a plain model (S = 1)."""
+    """Read the contract's metadata; a model without ``qbnn.format_version`` is a plain model
+    (S = 1). Raises :class:`ModelLoadError` for a malformed ``qbnn.*`` entry and
+    :class:`ConfigError` unless the graph has exactly one data input."""
     meta = {p.key: p.value for p in model.metadata_props}
+    contract = ContractMeta.from_model(meta)
     inits = {i.name for i in model.graph.initializer}
     inputs = [i for i in model.graph.input if i.name not in inits or i.name == NUM_SAMPLES]
     data_inputs = [i for i in inputs if i.name != NUM_SAMPLES]
@@ -79,14 +85,14 @@ def model_info(model: onnx.ModelProto) -> ModelInfo:
         d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
         for d in inp.type.tensor_type.shape.dim
     )
-    is_qbnn = MetaKey.FORMAT_VERSION.value in meta
+    is_qbnn = contract.is_qbnn
     return ModelInfo(
         is_qbnn=is_qbnn,
-        task=Task(meta.get(MetaKey.TASK, "classification")),
-        posterior=meta.get(MetaKey.POSTERIOR, "deterministic"),
-        sampling=meta.get(MetaKey.SAMPLING, "none"),
-        default_samples=int(meta.get(MetaKey.DEFAULT_SAMPLES, "1")),
-        precision=meta.get(MetaKey.PRECISION, "unknown"),
+        task=_given(contract.task, Task.CLASSIFICATION),
+        posterior=_given(contract.posterior, "deterministic"),
+        sampling=_given(contract.sampling, "none"),
+        default_samples=_given(contract.default_samples, 1),
+        precision=_given(contract.precision, "unknown"),
         input_name=inp.name if not is_qbnn else INPUT,
         feature_shape=dims[1:],
         outputs=tuple(o.name for o in model.graph.output),
@@ -94,7 +100,13 @@ def model_info(model: onnx.ModelProto) -> ModelInfo:
         stochastic=bool(random_nodes(model)),
         meta=meta,
         input_dtype=_dtype_name(inp),
+        contract=contract,
     )
+
+
+def _given(value, default):
+    """``value`` unless the key was absent (``None``)."""
+    return default if value is None else value
 
 
 def _dtype_name(value: onnx.ValueInfoProto) -> str:
@@ -151,7 +163,7 @@ def open_model(path: str | Path, options: SessionOptions, seed: int | None) -> O
     """
     model = load_onnx(path)
     info = model_info(model)
-    baked = info.meta.get(MetaKey.SEED, "") != ""
+    baked = info.contract.seed is not None
     if seed is not None or not baked:
         reseed(model, seed)
     order = _candidates(model, info, options)

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from qbnn.runtimes import Prediction, Predictor, PredictorOptions, Task
-from qbnn.runtimes.contract import MetaKey
 
 from .batcher import DynamicBatcher
 from .config import ModelSpec, ServeConfig
@@ -72,7 +71,7 @@ class ServedModel:
     @property
     def outputs(self) -> dict[str, str]:
         info = self.predictor.info
-        return output_fields(info.task, info.meta.get(MetaKey.HETEROSCEDASTIC) == "true")
+        return output_fields(info.task, bool(info.contract.heteroscedastic))
 
     def default_samples(self) -> int:
         """S for a request that names none."""
@@ -85,7 +84,7 @@ class ServedModel:
         """The contract as v2 tensor metadata (``-1``: variable, e.g. the batch or S)."""
         info = self.predictor.info
         fs = [d if isinstance(d, int) and d > 0 else -1 for d in info.feature_shape]
-        width = int(info.meta.get(MetaKey.NUM_CLASSES, info.meta.get("qbnn.output_dim", -1)))
+        width = -1 if info.contract.width is None else info.contract.width
         outs = []
         for name in self.outputs:
             if name in PER_SAMPLE:

@@ -181,7 +181,7 @@ def test_mean_log_var_tuple_is_a_heteroscedastic_head(tmp_path):
     """Issue example: qbnn kept element 0 and dropped the aleatoric variance."""
     x = example((5,), batch=6)
     res = export_model(MeanLogVar(), x, tmp_path / "m.onnx", task="regression", seed=2)
-    assert _meta(res.path)["qbnn.heteroscedastic"] == "1"
+    assert _meta(res.path)["qbnn.heteroscedastic"] == "true"
     names = ["mean", "variance", "pred_mean", "pred_variance"]
     out = {k: v.astype(np.float64) for k, v in _run(res.path, x, S, names).items()}
     ref = _torch_mc_pair(MeanLogVar(), x, S)

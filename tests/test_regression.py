@@ -28,7 +28,7 @@ def test_heteroscedastic_law_of_total_variance(tmp_path, mode):
     model = onnx.load(str(res.path))
     assert [o.name for o in model.graph.output] == list(HETEROSCEDASTIC_OUTPUTS)
     meta = {p.key: p.value for p in model.metadata_props}
-    assert meta["qbnn.heteroscedastic"] == "1" and meta["qbnn.output_dim"] == "2"
+    assert meta["qbnn.heteroscedastic"] == "true" and meta["qbnn.output_dim"] == "2"
     x = example((6,), batch=7, seed=3).numpy()
     out = Predictor(res.path, seed=0).predict(x, 50, return_samples=True)
     assert out.samples.shape == (50, 7, 2) and out.variance_samples.shape == (50, 7, 2)

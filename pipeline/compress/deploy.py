@@ -10,7 +10,6 @@ excluded) -> other layers: weights on their b-bit grid in ONNX integer types
 
 from __future__ import annotations
 
-import json
 import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -19,7 +18,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from qbnn.runtimes.contract import MetaKey
+from qbnn.runtimes.contract import ContractMeta, MetaKey
 from qbnn.runtimes.errors import ConfigError
 from qbnn.runtimes.loading import load_onnx, set_metadata
 
@@ -34,7 +33,7 @@ from .share import ShareConfig, deploy_codebook, share_layer
 
 __all__ = ["COMPRESSION_KEY", "CompressResult", "LayerReport", "deploy_plan", "deploy_share"]
 
-COMPRESSION_KEY = "qbnn.compression"
+COMPRESSION_KEY = MetaKey.COMPRESSION.value  # compress's record (JSON) in the metadata
 
 
 @dataclass(frozen=True)
@@ -310,10 +309,8 @@ def _write(model, src, dst, mode, rel, reports, *, plan=None, share=None, stored
         record["plan"] = plan.to_dict()
     if share is not None:
         record["share"] = {"k": share.k, "max_unique": share.max_unique}
-    meta = {COMPRESSION_KEY: json.dumps(record, sort_keys=True)}
-    if stored:
-        meta[MetaKey.PRECISION.value] = "int8"
-    set_metadata(model, meta)
+    meta = ContractMeta(compression=record, precision="int8" if stored else None)
+    set_metadata(model, meta.to_props())
     with atomic_path(dst) as tmp:
         onnx.save_model(model, str(tmp))
     return CompressResult(

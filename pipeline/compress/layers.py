@@ -23,6 +23,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from qbnn.runtimes.contract import ContractMeta
 from qbnn.runtimes.errors import ConfigError
 
 __all__ = ["HEAVY_OPS", "Layer", "find_layers", "layer_posterior"]
@@ -78,12 +79,12 @@ def _consumers(graph: onnx.GraphProto) -> dict[str, list[tuple[onnx.NodeProto, i
 def find_layers(model: onnx.ModelProto) -> dict[str, Layer]:
     """``{layer name: Layer}`` in graph order; raises :class:`ConfigError` for graphs whose
     posterior is not stored as per-layer initializers (Laplace, SWAG, Gaussian factors)."""
-    meta = {p.key: p.value for p in model.metadata_props}
-    posterior = meta.get("qbnn.posterior", "")
+    meta = ContractMeta.from_model(model)
+    posterior = meta.posterior or ""
     if posterior in REFUSED:
         raise ConfigError(
             f"compress does not support the '{posterior}' posterior (sampling "
-            f"'{meta.get('qbnn.sampling', '?')}'): its weights are drawn from factors at run time. "
+            f"'{meta.sampling or '?'}'): its weights are drawn from factors at run time. "
             "Supported: frozen:K and ensembles, weight/lrt mean-field graphs, deterministic and "
             "MC-dropout models; export with --sampling frozen:K to compress its draws"
         )

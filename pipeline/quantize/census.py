@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto
 
-from qbnn.runtimes.contract import MetaKey
+from qbnn.runtimes.contract import ContractMeta
 from qbnn.runtimes.onnxgraph import iter_graphs
 
 __all__ = [
@@ -63,8 +63,7 @@ def quantized_ops(model: onnx.ModelProto) -> Counter:
 def already_quantized(model: onnx.ModelProto) -> str | None:
     """Why ``model`` counts as quantized already (its ``qbnn.precision`` or its int8 ops), or
     ``None`` for a float model."""
-    meta = {p.key: p.value for p in model.metadata_props}
-    if meta.get(MetaKey.PRECISION.value) == "int8":
+    if ContractMeta.from_model(model).precision == "int8":
         return "its metadata says qbnn.precision=int8"
     ops = quantized_ops(model)
     if ops:

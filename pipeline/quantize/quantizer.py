@@ -9,7 +9,6 @@ naming them -> metadata (``qbnn.precision=int8`` + the config) -> atomic write.
 
 from __future__ import annotations
 
-import json
 import logging
 import tempfile
 from dataclasses import dataclass, replace
@@ -21,7 +20,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from qbnn.runtimes.autorule import int8_format
-from qbnn.runtimes.contract import NUM_SAMPLES, MetaKey
+from qbnn.runtimes.contract import NUM_SAMPLES, ContractMeta
 from qbnn.runtimes.errors import ConfigError, QuantizationError
 from qbnn.runtimes.loading import load_onnx, set_metadata
 from qbnn.runtimes.seeding import RANDOM_OPS
@@ -366,10 +365,4 @@ def _finish(model: onnx.ModelProto, cfg: QuantConfig, kept: set[str], census: Ce
     record = to_dict(cfg)
     record["kept_fp32"] = sorted(kept)
     record["census"] = census.to_dict()
-    set_metadata(
-        model,
-        {
-            MetaKey.PRECISION.value: census.precision,
-            MetaKey.QUANTIZATION.value: json.dumps(record, sort_keys=True),
-        },
-    )
+    set_metadata(model, ContractMeta(precision=census.precision, quantization=record).to_props())

@@ -95,10 +95,12 @@ def _sampling(path: Path) -> str:
     try:
         import onnx
 
-        meta = onnx.load(str(path), load_external_data=False).metadata_props
+        from qbnn.runtimes.contract import ContractMeta
+
+        sampling = ContractMeta.from_model(onnx.load(str(path), load_external_data=False)).sampling
     except Exception:  # a missing or foreign file: no explanation beyond the generic one
         return ""
-    return next((p.value for p in meta if p.key == "qbnn.sampling"), "")
+    return sampling or ""
 
 
 def speed_notes(root: str | Path) -> list[str]:

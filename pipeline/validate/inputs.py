@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 
 from qbnn.runtimes import Predictor, Task
-from qbnn.runtimes.contract import MetaKey
 from qbnn.runtimes.errors import ConfigError, ModelLoadError, RuntimeInputError
 
 from ..common import load_npz
@@ -110,9 +109,9 @@ def load_arrays(
 
 def _declared_classes(pred: Predictor) -> int | None:
     """C from the ``qbnn.num_classes`` metadata or a plain model's static output width."""
-    meta = pred.info.meta.get(MetaKey.NUM_CLASSES.value)
-    if meta:
-        return int(meta)
+    declared = pred.info.contract.num_classes
+    if declared:
+        return declared
     if not pred.info.is_qbnn:
         last = pred.session.get_outputs()[0].shape[-1]
         return last if isinstance(last, int) and last > 0 else None
