@@ -144,3 +144,14 @@ def export_cmd(
         if note.startswith("warning: ") or note.startswith("BatchNorm"):
             typer.echo(note if note.startswith("warning") else f"note: {note}", err=True)
     typer.echo(f"exported {result.family} ({result.sampling}) -> {result.path}")
+    typer.echo(_split_line(result.path, len(example), samples))
+
+
+def _split_line(path: Path, batch: int, samples: int) -> str:
+    """What runs once per call and what per MC sample, at the export's batch and S."""
+    import onnx
+
+    from qbnn.runtimes import split_report
+
+    model = onnx.load(str(path), load_external_data=False)  # shapes only
+    return split_report(model, max(batch, 1), max(samples, 1)).summary()
