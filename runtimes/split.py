@@ -33,8 +33,10 @@ when that fails) after the data inputs' leading
 dimension is set to ``batch`` and ``num_samples`` is frozen to ``samples``. A dimension that
 stays unknown is substituted by the contract's layout (DESIGN.md section 2): a leading dimension
 is ``B`` for a once node and inside a sample-loop body, ``S*B`` for a per-sample tensor of the
-outer graph (``S`` when the next dimension is ``B``, ``[S, B, ...]``); other unknown dimensions
-are taken from the node's first input at the same axis, else 1. ``notes`` says how many
+outer graph computed from the data input (``S`` when the next dimension is ``B``,
+``[S, B, ...]``) and ``S`` for one that is not (noise and weight draws, ``[S, ...]``); the output
+of a matrix product or convolution is computed from its operands; other unknown dimensions are
+taken from the node's first input at the same axis, else 1. ``notes`` says how many
 FLOP-counted nodes needed a substitution.
 """
 
@@ -51,7 +53,7 @@ from .errors import ConfigError
 from .onnxgraph import subgraphs
 from .seeding import RANDOM_OPS
 
-__all__ = ["ELEMENTWISE", "REDUCING", "SplitReport", "split_report"]
+__all__ = ["ELEMENTWISE", "REDUCING", "SplitReport", "percent", "split_report"]
 
 #: op type -> (index of the weight input whose trailing dims are the reduction per output)
 _CONV_W = {"Conv": 1, "ConvInteger": 1, "QLinearConv": 3}
@@ -113,8 +115,8 @@ class SplitReport:
         """One line, e.g. ``deterministic prefix: 97 % of FLOPs run once (12 of 40 ops);
         per-sample part: 3 % x S=32``."""
         ops = self.ops_once + self.ops_per_sample
-        once = _pct(self.fraction_once)
-        rest = _pct(1.0 - self.fraction_once)
+        once = percent(self.fraction_once)
+        rest = percent(1.0 - self.fraction_once)
         return (
             f"deterministic prefix: {once} % of FLOPs run once ({self.ops_once} of {ops} ops); "
             f"per-sample part: {rest} % x S={self.samples} "
@@ -131,8 +133,14 @@ class SplitReport:
         }  # fmt: skip
 
 
-def _pct(x: float) -> str:
+def percent(x: float) -> str:
+    """A share ``x`` in [0, 1] as a percentage: 97 / 99.6 / 0.4 / <0.1 / >99.9 (never 0 or 100
+    for a share that is not exactly that)."""
     p = 100.0 * x
+    if 0.0 < p < 0.1:
+        return "<0.1"
+    if 99.9 < p < 100.0:
+        return ">99.9"
     return f"{p:.1f}" if 0.0 < p < 1.0 or 99.0 < p < 100.0 else f"{p:.0f}"
 
 
@@ -190,7 +198,8 @@ def _inferred(model: onnx.ModelProto, batch: int, samples: int) -> tuple[onnx.Mo
     try:  # ONNX Runtime's symbolic inference follows Shape/ConstantOfShape/Expand chains
         from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
-        return SymbolicShapeInference.infer_shapes(m, auto_merge=True), []
+        # guess_output_rank: contrib int8 ops it has no rule for (QGemm) keep their input's rank
+        return SymbolicShapeInference.infer_shapes(m, auto_merge=True, guess_output_rank=True), []
     except Exception as exc:  # noqa: BLE001  an op it cannot infer: ONNX's own inference
         first = f"symbolic shape inference failed ({type(exc).__name__}); used ONNX's"
     try:
@@ -226,6 +235,7 @@ class _Walk:
         self.flops = {False: 0, True: 0}
         self.guessed = 0
         self.guess = False
+        self.from_data = True  # whether the current node reads the data input (transitively)
 
     def graph(self, g, outer: dict, tainted: set, *, mult: int, forced: bool, in_body: bool):
         shapes = {**outer, **_shapes_of(g)}
@@ -248,7 +258,8 @@ class _Walk:
             if per:
                 tainted.update(o for o in node.output if o)
             self.ops[per] += 1
-            self.guess = False
+            self.guess, self.from_data = False, from_data
+            self._fill(node, shapes, per, in_body)
             self.flops[per] += mult * self._flops(node, shapes, per, in_body)
             self.guessed += self.guess
             for sub in subgraphs(node):
@@ -283,7 +294,9 @@ class _Walk:
         for k, d in enumerate(dims):
             if d:
                 continue
-            if k == 0:
+            if k == 0 and tiled and not self.from_data:  # noise drawn per sample: [S, ...]
+                dims[0] = s
+            elif k == 0:
                 nxt = dims[1] if len(dims) > 1 else None
                 two = tiled and len(dims) > 2 and nxt in (None, b)
                 dims[0] = s if two else s * b if tiled else b
@@ -292,6 +305,25 @@ class _Walk:
             else:
                 dims[k] = like[k] if like and k < len(like) and like[k] else 1
         return dims
+
+    def _fill(self, node: onnx.NodeProto, shapes: dict, per: bool, in_body: bool) -> None:
+        """Complete the first output's shape where inference left it unknown (in ``shapes``, so
+        later nodes read it): matrix products and convolutions from their operands, other ops
+        by :meth:`_dims` with the first input as the model."""
+        out = node.output[0] if node.output else ""
+        shape = shapes.get(out)
+        if not out or (shape is not None and all(shape)):
+            return
+        first = None
+        if node.input and node.input[0]:
+            first = self._dims(node.input[0], shapes, per, in_body)
+        dims = _formula(node, shapes, first) if first is not None else None
+        if dims is not None:
+            self.guess = True
+        else:
+            dims = self._dims(out, shapes, per, in_body, like=first)
+        if dims is not None:
+            shapes[out] = tuple(dims)
 
     def _flops(self, node: onnx.NodeProto, shapes: dict, per: bool, in_body: bool) -> int:
         op = node.op_type
@@ -329,6 +361,46 @@ class _Walk:
                 return k
         self.guess = True
         return 1
+
+
+def _formula(node: onnx.NodeProto, shapes: dict, a: list[int]) -> list[int] | None:
+    """The output shape of a matrix product or convolution from its (completed) first input
+    ``a`` and its weight's shape; ``None`` for other ops or when an operand is unknown."""
+    op = node.op_type
+    attrs = {x.name: x for x in node.attribute}
+    if op in _MATMUL_AB:
+        ib = _MATMUL_AB[op][1]
+        b = shapes.get(node.input[ib]) if len(node.input) > ib else None
+        if not b or not all(b) or len(a) < 1:
+            return None
+        if op in ("Gemm", "QGemm"):
+            t = {k: attrs[k].i if k in attrs else 0 for k in ("transA", "transB")}
+            if len(a) != 2 or len(b) != 2:
+                return None
+            return [a[1] if t["transA"] else a[0], b[0] if t["transB"] else b[1]]
+        if len(b) == 1:
+            return a[:-1]
+        lead = max(len(a) - 2, len(b) - 2)
+        ba = [1] * (lead - len(a) + 2) + a[:-2]
+        bb = [1] * (lead - len(b) + 2) + list(b[:-2])
+        rows = [a[-2]] if len(a) >= 2 else []
+        return [max(x, y) for x, y in zip(ba, bb, strict=True)] + rows + [b[-1]]
+    if op in _CONV_W:
+        w = shapes.get(node.input[_CONV_W[op]]) if len(node.input) > _CONV_W[op] else None
+        if not w or not all(w) or len(a) != len(w):
+            return None
+        n = len(w) - 2
+        ints = {k: list(attrs[k].ints) for k in ("strides", "pads", "dilations") if k in attrs}
+        strides, dil = ints.get("strides", [1] * n), ints.get("dilations", [1] * n)
+        pads = ints.get("pads", [0] * 2 * n)
+        same = attrs["auto_pad"].s.startswith(b"SAME") if "auto_pad" in attrs else False
+        spatial = [
+            -(-a[2 + i] // strides[i]) if same
+            else (a[2 + i] + pads[i] + pads[n + i] - dil[i] * (w[2 + i] - 1) - 1) // strides[i] + 1
+            for i in range(n)
+        ]  # fmt: skip
+        return [a[0], w[0], *spatial]
+    return None
 
 
 def _free(node: onnx.NodeProto) -> set[str]:

@@ -203,3 +203,31 @@ def test_exported_whole_network_weight_mode_runs_everything_per_sample(tmp_path)
     # the Scan body is the whole network: conv [32, 4, 4, 4] from 1x3x3 per output, x S
     assert rep.flops_per_sample >= 8 * 2 * 9 * 4 * 4 * 4 * 32
     assert rep.fraction_once < 0.01, rep.summary()
+
+
+def test_unknown_shapes_are_completed_from_operands():
+    """An op no shape inference knows (custom domain) leaves its output unknown: the tiled rows
+    become S*B (per sample, from the data input), the feature axis comes from its input, and the
+    Gemm's output is computed from its operands: 2*S*B*6*5 FLOPs, and a note says so."""
+    b, s = 3, 8
+    nodes = [
+        helper.make_node("Unsqueeze", ["input", "axis0"], ["x1"]),
+        helper.make_node("Reshape", ["num_samples", "one"], ["s1"]),
+        helper.make_node("Concat", ["s1", "ones2"], ["shape"], axis=0),
+        helper.make_node("Expand", ["x1", "shape"], ["t3"]),
+        helper.make_node("Reshape", ["t3", "rows"], ["t"]),
+        helper.make_node("Opaque", ["t"], ["u"], domain="qbnn.test"),
+        helper.make_node("Gemm", ["u", "w"], ["y"]),
+    ]
+    inits = [
+        _init("axis0", np.array([0], np.int64)),
+        _init("one", np.array([1], np.int64)),
+        _init("ones2", np.array([1, 1], np.int64)),
+        _init("rows", np.array([-1, 6], np.int64)),
+        _init("w", np.ones((6, 5), np.float32)),
+    ]
+    m = _model(nodes, inits, (6,), ["y"])
+    m.opset_import.append(helper.make_opsetid("qbnn.test", 1))
+    rep = split_report(m, b, s)
+    assert (rep.flops_once, rep.flops_per_sample) == (0, 2 * s * b * 6 * 5)
+    assert any("unknown dimensions" in n for n in rep.notes), rep.notes

@@ -29,6 +29,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from qbnn.runtimes.errors import ConfigError
+from qbnn.runtimes.split import percent
 
 from ..common import atomic_path, pyplot, save_png
 from .result import BenchResult
@@ -116,9 +117,7 @@ def _once(m) -> str:
     if m.flops_once is None or m.split_cell is None:
         return "-"
     b, s = m.split_cell
-    pct = 100 * m.flops_once
-    text = f"{pct:.1f}" if 0 < pct < 1 or 99 < pct < 100 else f"{pct:.0f}"
-    return f"{text} % (B={b}, S={s})"
+    return f"{percent(m.flops_once)} % (B={b}, S={s})"
 
 
 def print_tables(result: BenchResult, baseline: str | None = None, console=None) -> None:

@@ -207,13 +207,21 @@ def _split(r: _Runner, batch: int) -> dict:
     return {"flops_once": rep.fraction_once, "split_cell": (batch, samples)}
 
 
-def _stats(r: _Runner, batch: int) -> ModelStats:
+def _split_or_note(r: _Runner, batch: int, notes: list[str]) -> dict:
+    try:
+        return _split(r, batch)
+    except Exception as exc:  # noqa: BLE001  an estimate, never a reason to lose the timings
+        notes.append(f"FLOPs run once not estimated for '{r.name}': {exc}")
+        return {}
+
+
+def _stats(r: _Runner, batch: int, notes: list[str]) -> ModelStats:
     i = r.info
     return ModelStats(
         name=r.name, path=str(r.path), provider=r.spec.name, ep=r.spec.ep,
         file_bytes=model_file_bytes(r.path), qbnn=i.is_qbnn, task=i.task.value,
         posterior=i.posterior, sampling=i.sampling, precision=r.precision,
-        num_samples=r.samples, **_split(r, batch),
+        num_samples=r.samples, **_split_or_note(r, batch, notes),
     )  # fmt: skip
 
 
@@ -251,7 +259,7 @@ def bench(
             r.prepare(batch, samples)
         _time_group(rs, cfg, tick)
         cells += [_cell(r, batch, samples) for r in rs]
-    stats = [_stats(r, max(cfg.batches)) for r in runners]
+    stats = [_stats(r, max(cfg.batches), notes) for r in runners]
     if cfg.measure_memory:
         stats = _measure_memory(runners, stats, cfg, notes, tick)
     env = environment(cfg.threads)
