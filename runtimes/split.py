@@ -196,16 +196,30 @@ def _inferred(model: onnx.ModelProto, batch: int, samples: int) -> tuple[onnx.Mo
         g.initializer.extend(others)
         g.initializer.append(helper.make_tensor(NUM_SAMPLES, onnx.TensorProto.INT64, [], [samples]))
     try:  # ONNX Runtime's symbolic inference follows Shape/ConstantOfShape/Expand chains
-        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
-
-        # guess_output_rank: contrib int8 ops it has no rule for (QGemm) keep their input's rank
-        return SymbolicShapeInference.infer_shapes(m, auto_merge=True, guess_output_rank=True), []
+        return _symbolic(m)
     except Exception as exc:  # noqa: BLE001  an op it cannot infer: ONNX's own inference
         first = f"symbolic shape inference failed ({type(exc).__name__}); used ONNX's"
     try:
         return onnx.shape_inference.infer_shapes(m, data_prop=True), [first]
     except Exception as exc:  # noqa: BLE001  neither: count with the declared shapes
         return m, [first, f"ONNX shape inference failed ({type(exc).__name__}); declared shapes"]
+
+
+def _symbolic(m: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
+    """ONNX Runtime's symbolic shape inference, driven step by step as its ``infer_shapes``
+    does, but keeping a partial result instead of raising (and of saving the model to
+    ``sym_shape_infer_temp.onnx`` in the working directory, which ``infer_shapes`` does then).
+    ``guess_output_rank``: contrib int8 ops it has no rule for (QGemm) keep their input's rank.
+    """
+    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+    ssi = SymbolicShapeInference(2**31 - 1, True, True, 0)
+    ssi._preprocess(m)
+    complete = False
+    while ssi.run_:
+        complete = ssi._infer_impl()
+    ssi._update_output_from_vi()
+    return ssi.out_mp_, ([] if complete else ["symbolic shape inference incomplete"])
 
 
 def _shapes_of(graph: onnx.GraphProto) -> dict[str, Shape]:
