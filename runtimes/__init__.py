@@ -6,6 +6,7 @@ from .options import GraphOptLevel, Precision, SessionOptions
 from .predictor import PlainOutput, Prediction, Predictor, PredictorOptions
 from .providers import available_providers, known_providers, resolve_provider
 from .session import ModelInfo, OpenModel, model_info, open_model, open_session
+from .split import SplitReport, split_report
 
 __all__ = [
     "ContractMeta",
@@ -19,6 +20,7 @@ __all__ = [
     "PredictorOptions",
     "QbnnError",
     "SessionOptions",
+    "SplitReport",
     "Task",
     "available_providers",
     "known_providers",
@@ -26,4 +28,5 @@ __all__ = [
     "open_model",
     "open_session",
     "resolve_provider",
+    "split_report",
 ]

@@ -11,7 +11,9 @@
   ``file_bytes`` (with external data), ``qbnn``, ``task``, ``posterior``, ``sampling``,
   ``precision``, ``num_samples`` (the S values benched), ``peak_rss_kb`` (probe child minus
   baseline child, KiB; ``null`` if not measured), ``process_peak_rss_kb``, ``baseline_rss_kb``,
-  ``memory_cell`` ([batch, S] the probe ran).
+  ``memory_cell`` ([batch, S] the probe ran), ``flops_once`` (share of the estimated FLOPs of
+  one call that run once rather than per MC sample, ``null`` for plain models) and
+  ``split_cell`` ([batch, S] it was estimated at).
 - ``cells``: one per (model, provider, batch, S): ``model``, ``provider``, ``batch``,
   ``num_samples`` (S), ``plain`` (no ``num_samples`` input: run at S = 1), ``runs``,
   ``median_ms``, ``p90_ms``, ``p99_ms``, ``mean_ms``, ``min_ms``, ``max_ms`` (one
@@ -27,6 +29,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from qbnn.runtimes.errors import ConfigError
+from qbnn.runtimes.split import percent
 
 from ..common import atomic_path, pyplot, save_png
 from .result import BenchResult
@@ -93,17 +96,28 @@ def cell_table(result: BenchResult, baseline: str | None = None):
 
 
 def model_table(result: BenchResult):
-    """``(header, rows)`` of the models: metadata, file size and peak memory (MB)."""
+    """``(header, rows)`` of the models: metadata, file size, peak memory (MB) and the share of
+    FLOPs run once per call (the rest runs per MC sample)."""
     header = ["model", "provider", "precision", "sampling", "posterior", "file MB", "memory MB"]
+    header.append("FLOPs run once")
     rows = [
         [
             m.name, m.provider, m.precision, m.sampling, m.posterior,
             f"{m.file_bytes / 1e6:.3f}",
             "n/a" if m.peak_rss_kb is None else f"{m.peak_rss_kb * 1024 / 1e6:.1f}",
+            _once(m),
         ]
         for m in result.models
     ]  # fmt: skip
     return header, rows
+
+
+def _once(m) -> str:
+    """``97 % (B=32, S=32)``: the share of FLOPs run once per call, where estimated."""
+    if m.flops_once is None or m.split_cell is None:
+        return "-"
+    b, s = m.split_cell
+    return f"{percent(m.flops_once)} % (B={b}, S={s})"
 
 
 def print_tables(result: BenchResult, baseline: str | None = None, console=None) -> None:

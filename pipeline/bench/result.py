@@ -47,7 +47,9 @@ class ModelStats:
 
     ``peak_rss_kb``: peak RSS of the probe child minus the baseline child (KiB), ``None`` when
     not measured; ``process_peak_rss_kb`` / ``baseline_rss_kb``: the two raw peaks;
-    ``memory_cell``: the [batch, S] the child ran.
+    ``memory_cell``: the [batch, S] the child ran. ``flops_once``: share of the estimated FLOPs
+    of one call that run once rather than per MC sample (:func:`qbnn.runtimes.split_report`)
+    at ``split_cell`` [batch, S]; ``None`` for plain models.
     """
 
     name: str
@@ -65,6 +67,8 @@ class ModelStats:
     process_peak_rss_kb: int | None = None
     baseline_rss_kb: int | None = None
     memory_cell: tuple[int, int] | None = None
+    flops_once: float | None = None
+    split_cell: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,10 @@
   ``images_per_s = batch / median`` (each input counted once whatever S is) and
   ``samples_per_s = batch * S / median``.
 * Plain ONNX models (no ``num_samples`` input) run at S = 1 only, whatever the grid says.
-* Per (model, provider): file size (with external-data files) and peak resident memory measured
-  in fresh processes (see :mod:`qbnn.pipeline.bench.probe`).
+* Per (model, provider): file size (with external-data files), peak resident memory measured
+  in fresh processes (see :mod:`qbnn.pipeline.bench.probe`) and the share of estimated FLOPs
+  that run once per call rather than per MC sample (:func:`qbnn.runtimes.split_report`, at the
+  largest batch and S benched).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from typing import TypeVar
 
 import numpy as np
 
-from qbnn.runtimes import SessionOptions, open_model, resolve_provider
+from qbnn.runtimes import SessionOptions, open_model, resolve_provider, split_report
 from qbnn.runtimes.errors import ConfigError
 
 from .config import BenchConfig
@@ -193,13 +195,33 @@ def _measure_memory(
     return out
 
 
-def _stats(r: _Runner) -> ModelStats:
+def _split(r: _Runner, batch: int) -> dict:
+    """Share of FLOPs run once at the largest benched [batch, S] (qbnn models only)."""
+    if not r.info.takes_num_samples:
+        return {}
+    import onnx
+
+    samples = max(r.samples)
+    model = onnx.load(str(r.path), load_external_data=False)  # shapes only
+    rep = split_report(model, batch, samples)
+    return {"flops_once": rep.fraction_once, "split_cell": (batch, samples)}
+
+
+def _split_or_note(r: _Runner, batch: int, notes: list[str]) -> dict:
+    try:
+        return _split(r, batch)
+    except Exception as exc:  # noqa: BLE001  an estimate, never a reason to lose the timings
+        notes.append(f"FLOPs run once not estimated for '{r.name}': {exc}")
+        return {}
+
+
+def _stats(r: _Runner, batch: int, notes: list[str]) -> ModelStats:
     i = r.info
     return ModelStats(
         name=r.name, path=str(r.path), provider=r.spec.name, ep=r.spec.ep,
         file_bytes=model_file_bytes(r.path), qbnn=i.is_qbnn, task=i.task.value,
         posterior=i.posterior, sampling=i.sampling, precision=r.precision,
-        num_samples=r.samples,
+        num_samples=r.samples, **_split_or_note(r, batch, notes),
     )  # fmt: skip
 
 
@@ -237,7 +259,7 @@ def bench(
             r.prepare(batch, samples)
         _time_group(rs, cfg, tick)
         cells += [_cell(r, batch, samples) for r in rs]
-    stats = [_stats(r) for r in runners]
+    stats = [_stats(r, max(cfg.batches), notes) for r in runners]
     if cfg.measure_memory:
         stats = _measure_memory(runners, stats, cfg, notes, tick)
     env = environment(cfg.threads)

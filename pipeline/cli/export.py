@@ -144,3 +144,18 @@ def export_cmd(
         if note.startswith("warning: ") or note.startswith("BatchNorm"):
             typer.echo(note if note.startswith("warning") else f"note: {note}", err=True)
     typer.echo(f"exported {result.family} ({result.sampling}) -> {result.path}")
+    typer.echo(_split_line(result.path, len(example), samples))
+
+
+def _split_line(path: Path, batch: int, samples: int) -> str:
+    """What runs once per call and what per MC sample, at the export's batch and S (a report
+    line: a graph it cannot read is said, never an export failure)."""
+    import onnx
+
+    from qbnn.runtimes import split_report
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)  # shapes only
+        return split_report(model, max(batch, 1), max(samples, 1)).summary()
+    except Exception as exc:  # noqa: BLE001  the file is written; only the estimate is lost
+        return f"note: FLOPs run once vs per sample not estimated ({type(exc).__name__}: {exc})"

@@ -103,13 +103,15 @@ def _heavy_readers(model: onnx.ModelProto, names: set[str]) -> set[str]:
 
 def _run_inc(model, layers, inc_layers, x, quant_config, tmp: Path) -> tuple:
     """INC static int8 for ``inc_layers`` only; returns (model, quantized node names)."""
-    from ..quantize import QuantConfig, quantize_model
+    from ..quantize import QuantConfig, QuantFormat, quantize_model
 
     tensors = {t for lay in inc_layers for t in lay.weights + lay.scales}
     wanted = _heavy_readers(model, tensors)
     others = sorted(n.name for n in model.graph.node if n.op_type in HEAVY_OPS)
     exclude = [n for n in others if n not in wanted]
     base = quant_config or QuantConfig()
+    if base.format == QuantFormat.AUTO:  # the routes below read QOperator nodes (QLinearConv)
+        base = replace(base, format=QuantFormat.QOPERATOR)
     cfg = replace(base, exclude_nodes=(*base.exclude_nodes, *exclude), posterior_int8=False)
     src, dst = tmp / "pruned.onnx", tmp / "inc.onnx"
     onnx.save_model(model, str(src))

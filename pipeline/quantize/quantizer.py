@@ -39,6 +39,7 @@ from .guard import (
     spread_check,
 )
 from .sampleloop import find_loop_convs, quantize_loop
+from .speed import SpeedCheck, measure_speed
 from .weightonly import store_weights_int8
 from .weightrange import reduce_weight_range
 
@@ -61,6 +62,8 @@ class QuantizeResult:
     int8_weights: tuple[str, ...]
     census: Census | None = None  # what is int8 now and what stayed fp32 (and why)
     calibration: CalibrationRows | None = None  # which rows of the file calibrated
+    speed: SpeedCheck | None = None  # int8 vs fp32 per call here (``speed_check=True``)
+    format: str = ""  # the int8 format used (``auto`` resolved): qoperator or qdq
 
     @property
     def precision(self) -> str:
@@ -210,10 +213,13 @@ def quantize_model(
     config: QuantConfig | None = None,
     *,
     calib: np.ndarray | str | Path,
+    speed_check: bool = False,
 ) -> QuantizeResult:
     """Static int8 quantization of ``src`` (a qbnn or plain ONNX model) into ``dst``.
 
     ``calib``: ``[N, *feature_shape]`` float32 inputs or an ``.npz`` with key ``x``.
+    ``speed_check``: time the int8 result against ``src`` on the first calibration batch at the
+    calibration S (:func:`~qbnn.pipeline.quantize.speed.measure_speed`; ``result.speed``).
     Raises :class:`QuantizationError` when the posterior would be erased and
     ``guard.on_erasure == fail`` (or keeping layers in fp32 did not help).
     """
@@ -254,6 +260,10 @@ def quantize_model(
     _finish(int8, cfg, kept, census)
     with atomic_path(dst) as tmp:
         onnx.save_model(int8, str(tmp))
+    speed = None
+    if speed_check and census.precision == "int8":
+        c = cfg.calibration
+        speed = measure_speed(src, dst, x[: c.batch_size], samples=c.num_samples)
     return QuantizeResult(
         Path(dst),
         Path(src).stat().st_size,
@@ -264,6 +274,8 @@ def quantize_model(
         tuple(weights),
         census,
         rows,
+        speed,
+        cfg.format.value,
     )
 
 

@@ -127,10 +127,15 @@ def quantize_stage(ctx: StageContext) -> StageOutput:
 
     fp32 = _need(ctx, ctx.root / "model.fp32.onnx", "quantize", "export")
     calib = ctx.path(ctx.cfg.data.calib, "data.calib")
-    res = quantize_model(fp32, ctx.root / "model.int8.onnx", ctx.cfg.quantize, calib=calib)
+    res = quantize_model(
+        fp32, ctx.root / "model.int8.onnx", ctx.cfg.quantize, calib=calib, speed_check=True
+    )
     extra = {"size_ratio": round(res.size_ratio, 4), "kept_fp32": list(res.kept_fp32)}
     if res.calibration is not None:
         extra["calibration_rows"] = [res.calibration.used, res.calibration.total]
+    extra["format"] = res.format
+    if res.speed is not None:  # int8 vs fp32 per call on this CPU (speed_notes says it)
+        extra["speed"] = res.speed.to_dict()
     if res.spread is not None:
         extra["logit_spread_ratio"] = round(res.spread.ratio, 4)
     return StageOutput([res.path], {"model.int8.onnx": "model.fp32.onnx"}, extra)

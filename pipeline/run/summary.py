@@ -103,10 +103,23 @@ def _sampling(path: Path) -> str:
     return sampling or ""
 
 
+def _quantize_speed(root: Path) -> list[str]:
+    """The quantize stage's measured line when int8 ran slower than fp32 there."""
+    path = root / "manifest.json"
+    stages = json.loads(path.read_text()).get("stages", {}) if path.is_file() else {}
+    speed = stages.get("quantize", {}).get("speed") or {}
+    return [speed["message"]] if speed.get("int8_slower") and speed.get("message") else []
+
+
 def speed_notes(root: str | Path) -> list[str]:
-    """One line for each reason int8 did not run faster than fp32 in the run's benchmark
-    (empty when it did, or when either was not benchmarked)."""
+    """One line for each reason int8 did not run faster than fp32: the quantize stage's own
+    measurement (``int8 is slower than fp32 on this CPU for this graph (...)``), then the run's
+    benchmark (empty when int8 was faster, or when neither measured both)."""
     root = Path(root)
+    return _quantize_speed(root) + _bench_speed(root)
+
+
+def _bench_speed(root: Path) -> list[str]:
     path = root / "bench" / "bench.json"
     cells = json.loads(path.read_text()).get("cells", []) if path.is_file() else []
     best: dict[str, float] = {}

@@ -357,3 +357,19 @@ def test_cli_bad_model_files(tmp_path, name, match):
     (tmp_path / "bad.onnx").write_bytes(b"\x00garbage")
     r = runner.invoke(app, ["bench", str(tmp_path / name), "-o", str(tmp_path / "b.json")])
     assert r.exit_code == 1 and match in r.output and len(r.output.strip().splitlines()) == 1
+
+
+def test_models_report_the_share_of_flops_run_once(cli_run, models):
+    """Issue 21, item 4: bench.json and the model table carry split_report's estimate at the
+    largest benched [batch, S]; the weight-mode sample loop runs all of it per sample."""
+    from qbnn.runtimes import split_report
+
+    r, data, _ = cli_run
+    by_name = {m["name"]: m for m in data["models"]}
+    for name in ("weight", "lrt"):
+        rep = split_report(onnx.load(str(models[name])), 4, 3)
+        assert by_name[name]["flops_once"] == pytest.approx(rep.fraction_once)
+        assert by_name[name]["split_cell"] == [4, 3]
+    assert by_name["weight"]["flops_once"] < 0.01
+    assert by_name["plain"]["flops_once"] is None and by_name["plain"]["split_cell"] is None
+    assert "FLOPs run once" in r.output and "(B=4, S=3)" in r.output

@@ -162,7 +162,8 @@ def test_deterministic_plain_model_quantizes(trained, tmp_path):
         dynamo=True,
         dynamic_shapes=({0: torch.export.Dim("b")},),
     )
-    res = quantize_model(path, tmp_path / "det8.onnx", QuantConfig(), calib=data.x_train)
+    cfg = QuantConfig(format="qoperator")  # auto would pick QDQ where OpenVINO is installed
+    res = quantize_model(path, tmp_path / "det8.onnx", cfg, calib=data.x_train)
     assert _ops(res.path)["QLinearConv"] == 2 and res.spread is None
     assert Predictor(res.path).predict(data.x_test[:5]).mean_probs.shape == (5, 8)
 
@@ -211,7 +212,8 @@ def test_autotune_on_ece(fp32, trained, tmp_path):
     data, _ = trained
     val = tmp_path / "val.npz"
     np.savez(val, x=data.x_test[:120], y=data.y_test[:120])
-    cfg = QuantConfig(autotune=AutotuneConfig(metric="ece", tolerable_loss=0.02, data=str(val)))
+    tune = AutotuneConfig(metric="ece", tolerable_loss=0.02, data=str(val))
+    cfg = QuantConfig(format="qoperator", autotune=tune)  # QLinearConv: the QOperator form
     res = quantize_model(fp32["lrt"], tmp_path / "t.onnx", cfg, calib=data.x_train)
     assert _ops(res.path)["QLinearConv"] > 0
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import onnx
 import pytest
@@ -56,8 +58,10 @@ def test_full_range_weights_saturate_and_reduce_range_fixes_it(tmp_path):
     With reduce_range (qbnn's default) no output is more than 1 step off."""
     src, x = _conv_model(tmp_path)
     calib = x  # evaluated on its own calibration data: no output clipping
-    full = quantize_model(src, tmp_path / "full.onnx", QuantConfig(reduce_range=False), calib=calib)
-    safe = quantize_model(src, tmp_path / "safe.onnx", QuantConfig(), calib=calib)
+    qop = QuantConfig(format="qoperator")  # the exact check reads QLinearConv's operands
+    wide = replace(qop, reduce_range=False)
+    full = quantize_model(src, tmp_path / "full.onnx", wide, calib=calib)
+    safe = quantize_model(src, tmp_path / "safe.onnx", qop, calib=calib)
     w_full = next(t for t in onnx.load(str(full.path)).graph.initializer if t.data_type == 3)
     assert np.abs(numpy_helper.to_array(w_full)).max() == 127
     err_full = _exact_int8_error(full.path, x)

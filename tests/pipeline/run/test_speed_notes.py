@@ -53,3 +53,22 @@ def test_other_modes_get_the_cpu_reason_and_faster_int8_no_note(tmp_path):
 
 def test_no_bench_no_note(tmp_path):
     assert speed_notes(tmp_path) == []
+
+
+def _manifest(root, speed: dict) -> None:
+    stages = {"quantize": {"status": "done", "speed": speed}}
+    (root / "manifest.json").write_text(json.dumps({"stages": stages}))
+
+
+def test_quantize_stage_measurement_comes_first_when_int8_was_slower(tmp_path):
+    """Issue 21, item 5: the quantize stage's measured line (manifest ``quantize.speed``) is
+    said when int8 ran slower there, before the benchmark's explanation; not when faster."""
+    line = "int8 is slower than fp32 on this CPU for this graph (12.3 ms vs 9.8 ms per call, ...)"
+    _manifest(tmp_path, {"int8_slower": True, "message": line})
+    assert speed_notes(tmp_path) == [line]
+    _bench(tmp_path, fp32=100.0, int8=90.0)
+    _model(tmp_path / "model.int8.onnx", "frozen:8")
+    notes = speed_notes(tmp_path)
+    assert notes[0] == line and notes[1].startswith("int8 ran slower than fp32 here")
+    _manifest(tmp_path, {"int8_slower": False, "message": "int8 runs 1.20x as fast ..."})
+    assert len(speed_notes(tmp_path)) == 1  # only the benchmark's
