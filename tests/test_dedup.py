@@ -157,6 +157,45 @@ def test_overridable_inputs_outputs_commutation_and_multiple_outputs():
         np.testing.assert_array_equal(a, b)
 
 
+def test_drawing_functions_and_subgraph_holders_are_never_merged():
+    """Two calls of a local function that draws stay two calls (a pure one merges); two
+    identical ``If`` nodes (subgraph holders) stay two nodes."""
+    mk = helper.make_node
+    noisy = helper.make_function("local", "Noisy", ["a"], ["b"], [
+        mk("RandomNormalLike", ["a"], ["n"]), mk("Add", ["a", "n"], ["b"])],
+        [helper.make_opsetid("", 18)])  # fmt: skip
+    pure = helper.make_function("local", "Pure", ["a"], ["b"], [mk("Relu", ["a"], ["b"])],
+                                [helper.make_opsetid("", 18)])  # fmt: skip
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    branch = helper.make_graph([mk("Identity", ["X"], ["y"])], "b", [], [y])
+    nodes = [
+        mk("Noisy", ["X"], ["n_1"], domain="local"),
+        mk("Noisy", ["X"], ["n_2"], domain="local"),
+        mk("Pure", ["X"], ["p_1"], domain="local"),
+        mk("Pure", ["X"], ["p_2"], domain="local"),
+        mk("ReduceMax", ["X"], ["m"], keepdims=0),
+        mk("Greater", ["m", "zero"], ["c"]),
+        mk("If", ["c"], ["i_1"], then_branch=branch, else_branch=branch),
+        mk("If", ["c"], ["i_2"], then_branch=branch, else_branch=branch),
+        mk("Sum", ["n_1", "n_2", "p_1", "p_2", "i_1", "i_2"], ["out"]),
+    ]
+    model = _graph_model(nodes, [_init("zero", np.array(0.0))], [("out", [1, 1, 4, 4])])
+    model.functions.extend([noisy, pure])
+    model.opset_import.append(helper.make_opsetid("local", 1))
+    result = DedupPass()(model)
+    assert [n.output[0] for n in result.model.graph.node] == [
+        "n_1",
+        "n_2",
+        "p_1",
+        "m",
+        "c",
+        "i_1",
+        "i_2",
+        "out",
+    ]
+    assert list(result.model.graph.node[-1].input) == ["n_1", "n_2", "p_1", "p_1", "i_1", "i_2"]
+
+
 def _run(model: onnx.ModelProto, x: torch.Tensor, s: int) -> list[np.ndarray]:
     feed = {"input": x.numpy(), "num_samples": np.array(s, dtype=np.int64)}
     return _ort(model, feed, OUTS)

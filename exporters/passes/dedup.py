@@ -40,28 +40,31 @@ from .base import PassResult
 
 __all__ = ["DedupPass", "is_mergeable"]
 
-#: ops that must never be merged besides :data:`RANDOM_OPS` (Dropout draws in training mode)
-_STATEFUL = frozenset({"Dropout"})
 #: binary ops whose two inputs may be swapped (IEEE addition / multiplication commute exactly)
-_COMMUTATIVE = frozenset({"Add", "Mul", "Max", "Min", "Equal", "And", "Or", "Xor"})
+_COMMUTATIVE = frozenset({"Add", "Mul", "Equal", "And", "Or", "Xor"})
 _AI_ONNX = ("", "ai.onnx")
 
 
 def _draws(op_type: str) -> bool:
-    return op_type in RANDOM_OPS or op_type in _STATEFUL or op_type.startswith("Random")
+    """Random ops, Dropout (training mode draws a mask) and their contrib variants
+    (``com.microsoft`` ``BiasDropout``, ...), whatever the domain."""
+    return op_type in RANDOM_OPS or op_type.startswith("Random") or "Dropout" in op_type
 
 
 def _drawing_functions(model: onnx.ModelProto) -> set[tuple[str, str]]:
-    """``(domain, name)`` of the model-local functions that contain a random op, transitively."""
+    """``(domain, name)`` of the model-local functions that draw (a random op in their body,
+    its subgraphs, or a drawing function they call), transitively."""
     funcs = {(f.domain, f.name): f for f in model.functions}
     bad: set[tuple[str, str]] = set()
     changed = True
     while changed:
         changed = False
         for key, f in funcs.items():
+            inner = [
+                m for n in f.node for m in (n, *(x for g in subgraphs(n) for x in walk_nodes(g)))
+            ]
             if key not in bad and any(
-                (n.domain in _AI_ONNX and _draws(n.op_type)) or (n.domain, n.op_type) in bad
-                for n in f.node
+                _draws(n.op_type) or (n.domain, n.op_type) in bad for n in inner
             ):
                 bad.add(key)
                 changed = True
@@ -69,10 +72,10 @@ def _drawing_functions(model: onnx.ModelProto) -> set[tuple[str, str]]:
 
 
 def is_mergeable(node: onnx.NodeProto, drawing: Collection[tuple[str, str]] = ()) -> bool:
-    """Whether CSE may merge ``node`` with an identical one: not random / Dropout (any domain
-    spelling of the standard ops), no subgraph attribute, not a call of a ``drawing`` local
-    function, and at least one output."""
-    if node.domain in _AI_ONNX and _draws(node.op_type):
+    """Whether CSE may merge ``node`` with an identical one: not random / Dropout (any
+    domain), no subgraph attribute, not a call of a ``drawing`` local function, and at least
+    one output."""
+    if _draws(node.op_type):
         return False
     if (node.domain, node.op_type) in drawing:
         return False
