@@ -196,26 +196,6 @@ def _plan(body: onnx.GraphProto, scan: onnx.NodeProto, n_states: int, names: _Na
     return plan
 
 
-def _inferred(model: onnx.ModelProto, scan_index: int):
-    """A lazy ``{name: ValueInfoProto}`` of ONNX shape inference over Scan ``scan_index``'s
-    body, for frontier tensors torch.onnx gave no value_info (computed at most once)."""
-    cache: dict[str, onnx.ValueInfoProto] = {}
-    done = [False]
-
-    def get() -> dict[str, onnx.ValueInfoProto]:
-        if not done[0]:
-            done[0] = True
-            try:
-                inf = onnx.shape_inference.infer_shapes(model)
-            except Exception:  # noqa: BLE001 - inference is a best effort; the type falls back
-                return cache
-            body = _attr(inf.graph.node[scan_index], "body").g
-            cache.update({v.name: v for v in [*body.value_info, *body.output]})
-        return cache
-
-    return get
-
-
 def _state_info(src: onnx.ValueInfoProto | None, name: str) -> onnx.ValueInfoProto:
     """``src``'s type under ``name`` (float32 of unknown shape when ``src`` is None, as
     :func:`~qbnn.exporters.graph.self_contained_scans` does)."""
@@ -276,6 +256,9 @@ class _Mover:
             for o in nodes[idx].output:
                 if o in top:
                     rename[o] = self.names.fresh(f"{o}/licm")
+        types = self._frontier_types(plan)
+        read_by_moved = _reads(nodes[i] for i in plan.moved)
+        helper_outputs = {o for i in plan.helpers for o in nodes[i].output if o}
         outer = []
         for idx in sorted([*plan.helpers, *plan.moved]):
             n = nodes[idx]
@@ -288,9 +271,22 @@ class _Mover:
         kept = [n for i, n in enumerate(nodes) if i not in moved]
         del body.node[:]
         body.node.extend(kept)
-        self._add_states(plan)
-        self._cleanup(plan, nodes)
+        self._add_states(plan, types)
+        self._cleanup(helper_outputs, read_by_moved)
         return outer, before, len(body.node)
+
+    def _frontier_types(self, plan: _Plan) -> dict[str, onnx.ValueInfoProto | None]:
+        """Each frontier tensor's value_info: torch.onnx's, else ONNX shape inference's (run
+        before any edit, only when needed), else None."""
+        infos = {v.name: v for v in self.body.value_info}
+        if any(t not in infos for t in plan.frontier):
+            try:
+                inferred = onnx.shape_inference.infer_shapes(self.model)
+                body = _attr(inferred.graph.node[self.si], "body").g
+                infos = {v.name: v for v in body.value_info} | infos
+            except Exception:  # noqa: BLE001 - a best effort: the type falls back to float32
+                pass
+        return {t: infos.get(t) for t in plan.frontier}
 
     def _initializers_out(self, rename: dict[str, str]) -> None:
         for t in self.body.initializer:
@@ -300,25 +296,24 @@ class _Mover:
                 c.name = rename[t.name]
 
     def _value_infos_out(self, nodes, plan: _Plan) -> None:
-        infos = {v.name: v for v in self.body.value_info}
+        """Types of the moved tensors go to the outer graph with them."""
         gone = {o for i in plan.moved for o in nodes[i].output}
-        for name in sorted(gone & set(infos), key=list(infos).index):
-            self.graph.value_info.append(_state_info(infos[name], plan.rename.get(name, name)))
+        for v in self.body.value_info:
+            if v.name in gone:
+                self.graph.value_info.append(_state_info(v, plan.rename.get(v.name, v.name)))
         kept = [v for v in self.body.value_info if v.name not in gone]
         del self.body.value_info[:]
         self.body.value_info.extend(kept)
-        self._infos = infos
 
-    def _add_states(self, plan: _Plan) -> None:
+    def _add_states(self, plan: _Plan, types: dict) -> None:
         """Frontier tensors come back in as pass-through states after the existing ones."""
         scan, body, names = self.scan, self.body, self.names
-        inferred = _inferred(self.model, self.si)
         inner_of: dict[str, str] = {}
         for j, t in enumerate(plan.frontier):
             inner = names.fresh(f"{t}/carried")
             out = names.fresh(f"{inner}/out")
             pos = self.n_states + j
-            src = self._infos.get(t) or inferred().get(t)
+            src = types[t]
             scan.input.insert(pos, plan.rename.get(t, t))
             scan.output.insert(pos, names.fresh(f"{t}/carried_final"))
             body.input.insert(pos, _state_info(src, inner))
@@ -332,23 +327,25 @@ class _Mover:
             _rename_reads(n, inner_of)
         self.n_states += len(plan.frontier)
 
-    def _cleanup(self, plan: _Plan, nodes) -> None:
+    def _cleanup(self, helper_outputs: set[str], read_by_moved: set[str]) -> None:
         """Drop constant helpers, body initializers and pass-through states left unused."""
         body = self.body
-        helpers = {id(nodes[i]) for i in plan.helpers}
         while True:  # helpers feeding only other dropped helpers go too
             used = _reads(body.node) | {o.name for o in body.output}
-            dead = [n for n in body.node if id(n) in helpers and not used.intersection(n.output)]
-            if not dead:
+            kept = [
+                n
+                for n in body.node
+                if used.intersection(n.output) or helper_outputs.isdisjoint(n.output)
+            ]
+            if len(kept) == len(body.node):
                 break
-            kept = [n for n in body.node if n not in dead]
             del body.node[:]
             body.node.extend(kept)
         used = _reads(body.node) | {o.name for o in body.output}
         inits = [t for t in body.initializer if t.name in used]
         del body.initializer[:]
         body.initializer.extend(inits)
-        self._drop_states(_reads(nodes[i] for i in plan.moved))
+        self._drop_states(read_by_moved)
 
     def _drop_states(self, read_by_moved: set[str]) -> None:
         """Remove pass-through states the moved nodes read and nothing else does now."""

@@ -172,6 +172,44 @@ def test_what_varies_between_iterations_stays_in_the_loop(kind, moved):
             np.testing.assert_allclose(b, a, rtol=1e-6, atol=1e-6)
 
 
+def test_constant_helpers_are_copied_out_and_untyped_frontiers_get_inferred_types():
+    """A ``Constant`` shape read by a moved Reshape and by a per-sample one is copied out (fresh
+    names) and stays in the body; with no value_info for the frontier, ONNX shape inference
+    types the new state."""
+    model = _loop()
+    body = _body(model)
+    del body.value_info[:]
+    shape = helper.make_tensor("v", TensorProto.INT64, [2], [0, -1])
+    nodes = list(body.node)  # pass, conv, relu, flat, matmul
+    del body.node[:]
+    body.node.extend(
+        [
+            nodes[0],
+            helper.make_node("Constant", [], ["shape"], value=shape, name="shape"),
+            *nodes[1:3],
+            helper.make_node("Reshape", ["r", "shape"], ["f"], name="flat"),
+            helper.make_node("MatMul", ["f", "w_s"], ["y0"], name="matmul"),
+            helper.make_node("Reshape", ["y0", "shape"], ["y"], name="out"),
+        ]
+    )
+    ref = _run(model, _feed(), ["ys"])[0]
+    assert LICM(model).modified
+    assert [(n.op_type, n.name) for n in model.graph.node] == [
+        ("Constant", "shape/licm"),
+        ("Conv", "conv"),
+        ("Relu", "relu"),
+        ("Reshape", "flat"),
+        ("Scan", "loop"),
+    ]
+    assert list(model.graph.node[3].input) == ["r", "shape/licm"]
+    assert [n.op_type for n in _body(model).node] == ["Constant", "MatMul", "Reshape", "Identity"]
+    info = _body(model).input[0]
+    assert info.name == "f/carried" and info.type.tensor_type.shape.dim[0].dim_param == "B"
+    assert [d.dim_value for d in info.type.tensor_type.shape.dim][1:] == [32]
+    onnx.checker.check_model(model, full_check=True)
+    np.testing.assert_allclose(_run(model, _feed(), ["ys"])[0], ref, rtol=1e-6, atol=1e-6)
+
+
 def test_graph_without_scan_is_left_alone():
     g = helper.make_graph(
         [helper.make_node("Relu", ["x"], ["y"])],
