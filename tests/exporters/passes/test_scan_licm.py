@@ -23,6 +23,7 @@ from qbnn.exporters import export
 from qbnn.exporters.graph import _outer_refs
 from qbnn.exporters.passes import SPLIT_PASSES
 from qbnn.exporters.passes.scan_licm import ScanLICM
+from qbnn.pipeline.quantize import QuantConfig, quantize_model
 from qbnn.runtimes import Predictor, available_providers
 from qbnn.runtimes.nchwc import NCHWC_DOMAIN, block_size, nchwc_loop_convs
 
@@ -412,3 +413,20 @@ def test_openvino_runs_the_moved_loop(exported, tmp_path):
     b = Predictor(path, provider="openvino", seed=2).predict(xs, 512, return_samples=True)
     se = np.sqrt(a.probs.var(0) / 512 + b.probs.var(0) / 512)
     assert np.all(np.abs(a.mean_probs - b.mean_probs) <= 5 * se + 1e-3)
+
+
+def test_int8_moved_convs_get_static_int8_loop_convs_the_loop_path(exported, tmp_path):
+    """QOperator int8 of the moved VGG graph: the three deterministic convolutions, now outside
+    the loop, become static QLinearConv on int8 initializer weights; the two Bayesian ones in the
+    loop take the run-time-weight int8 path (QLinearConv in the body, no fp32 Conv left)."""
+    _, x, _, after = exported("vgg_last_block")
+    src = tmp_path / "m.onnx"
+    onnx.save(after, str(src))
+    calib = example(MODELS["vgg_last_block"][1], batch=64, seed=9).numpy()
+    res = quantize_model(src, tmp_path / "q.onnx", QuantConfig(format="qoperator"), calib=calib)
+    q = onnx.load(str(res.path))
+    int8 = {t.name for t in q.graph.initializer if t.data_type == TensorProto.INT8}
+    outer = [n for n in q.graph.node if n.op_type == "QLinearConv"]
+    assert len(outer) == 3 and all(n.input[3] in int8 for n in outer)
+    assert "Conv" not in _ops(q.graph)
+    assert _ops(_body(q)).count("QLinearConv") == 2 and "Conv" not in _ops(_body(q))
