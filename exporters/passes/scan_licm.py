@@ -242,12 +242,12 @@ class _Mover:
         self.names, self.node_names = names, node_names
 
     def run(self) -> tuple[list[onnx.NodeProto], int, int]:
-        """Outer nodes to insert before the Scan; body node counts before and after."""
+        """Outer nodes to insert before the Scan, how many body nodes moved, and how many the
+        body holds now."""
         body, graph = self.body, self.graph
-        before = len(body.node)
         plan = _plan(body, self.scan, self.n_states, self.names)
         if not plan.moved:
-            return [], before, before
+            return [], 0, len(body.node)
         nodes = list(body.node)
         rename = plan.rename
         top = {o for n in graph.node for o in n.output} | {t.name for t in graph.initializer}
@@ -273,7 +273,7 @@ class _Mover:
         body.node.extend(kept)
         self._add_states(plan, types)
         self._cleanup(helper_outputs, read_by_moved)
-        return outer, before, len(body.node)
+        return outer, len(plan.moved), len(body.node)
 
     def _frontier_types(self, plan: _Plan) -> dict[str, onnx.ValueInfoProto | None]:
         """Each frontier tensor's value_info: torch.onnx's, else ONNX shape inference's (run
@@ -382,8 +382,9 @@ class ScanLICM:
 
     def __call__(self, model: onnx.ModelProto) -> PassResult:
         graph = model.graph
-        if not any(n.op_type == "Scan" for n in graph.node):
-            return PassResult(model, False)
+        opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+        if opset < 9 or not any(n.op_type == "Scan" for n in graph.node):
+            return PassResult(model, False)  # Scan-8 has a leading sequence_lens input
         names = _Names(_all_names(model))
         node_names = _Names({n.name for n in walk_nodes(graph) if n.name})
         notes: list[str] = []
@@ -393,14 +394,14 @@ class ScanLICM:
             if node.op_type != "Scan" or _attr(node, "body") is None:
                 si += 1
                 continue
-            scan_name = node.name
-            outer, before, after = _Mover(model, si, names, node_names).run()
+            scan_name, before = node.name, len(_attr(node, "body").g.node)
+            outer, moved, after = _Mover(model, si, names, node_names).run()
             for k, n in enumerate(outer):
                 graph.node.insert(si + k, n)
             si += len(outer) + 1
             if outer:
                 notes.append(
-                    f"{self.name}: {before - after} of the {before} nodes of the sample loop "
+                    f"{self.name}: {moved} of the {before} nodes of the sample loop "
                     f"'{scan_name}' run once outside it ({after} per sample)"
                 )
         return PassResult(model, bool(notes), tuple(notes))
