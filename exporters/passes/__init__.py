@@ -8,9 +8,11 @@ changed, and adds human-readable notes (shown by ``qbnn export``).
 
 from .base import GraphPass, PassResult, run_passes
 from .dedup import DedupPass
+from .scan_licm import ScanLICM
 
 #: Passes that move deterministic work out of the per-MC-sample part of the graph, in order
-#: (issue 21). Each runs after :func:`qbnn.exporters.graph.finalize`.
-SPLIT_PASSES: tuple[GraphPass, ...] = (DedupPass(),)
+#: (issue 21): code motion first (its copies may be duplicates), then de-duplication. Each
+#: runs after :func:`qbnn.exporters.graph.finalize`.
+SPLIT_PASSES: tuple[GraphPass, ...] = (ScanLICM(), DedupPass())
 
 __all__ = ["SPLIT_PASSES", "GraphPass", "PassResult", "run_passes"]
