@@ -7,9 +7,10 @@ changed, and adds human-readable notes (shown by ``qbnn export``).
 """
 
 from .base import GraphPass, PassResult, run_passes
+from .sink_tile import SinkTile
 
 #: Passes that move deterministic work out of the per-MC-sample part of the graph, in order
 #: (issue 21). Each runs after :func:`qbnn.exporters.graph.finalize`.
-SPLIT_PASSES: tuple[GraphPass, ...] = ()
+SPLIT_PASSES: tuple[GraphPass, ...] = (SinkTile(),)
 
 __all__ = ["SPLIT_PASSES", "GraphPass", "PassResult", "run_passes"]
