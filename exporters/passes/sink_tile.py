@@ -134,21 +134,28 @@ def _region(model: onnx.ModelProto, facts: Facts, site: TileSite):
 
 
 class _Names:
-    """Fresh, unique node and tensor names."""
+    """Fresh, unique node names (:meth:`node`) and tensor names (:meth:`value`)."""
 
     def __init__(self, model: onnx.ModelProto) -> None:
-        self.taken = {n.name for n in walk_nodes(model.graph)}
-        self.taken |= {o for n in walk_nodes(model.graph) for o in n.output}
-        self.taken |= {t.name for t in model.graph.initializer}
-        self.taken |= {i.name for i in model.graph.input}
+        nodes = list(walk_nodes(model.graph))
+        self.nodes = {n.name for n in nodes}
+        self.values = {o for n in nodes for o in n.output} | {i.name for i in model.graph.input}
+        self.values |= {t.name for t in model.graph.initializer}
 
-    def __call__(self, base: str) -> str:
+    @staticmethod
+    def _fresh(base: str, taken: set[str]) -> str:
         name, k = base, 0
-        while name in self.taken:
+        while name in taken:
             k += 1
             name = f"{base}_{k}"
-        self.taken.add(name)
+        taken.add(name)
         return name
+
+    def node(self, base: str) -> str:
+        return self._fresh(base, self.nodes)
+
+    def value(self, base: str) -> str:
+        return self._fresh(base, self.values)
 
 
 def _toposort(nodes: list[onnx.NodeProto]) -> list[onnx.NodeProto]:
@@ -209,13 +216,13 @@ def _clone(region, site: TileSite, names: _Names, inits: list[onnx.TensorProto])
     for _, node, verdict in region:
         clone = onnx.NodeProto()
         clone.CopyFrom(node)
-        clone.name = names(f"{node.name}/once")
+        clone.name = names.node(f"{node.name}/once")
         clone.input[:] = [once.get(i, i) for i in node.input]
         for k, (out, b) in enumerate(zip(node.output, verdict.batched, strict=True)):
             if out and b:
-                once[out] = clone.output[k] = names(f"{out}/once")
+                once[out] = clone.output[k] = names.value(f"{out}/once")
         if verdict.reshape is not None:
-            shape = names(f"{_PREFIX}/{node.name}/shape")
+            shape = names.value(f"{_PREFIX}/{node.name}/shape")
             inits.append(numpy_helper.from_array(np.array(verdict.reshape, np.int64), shape))
             clone.input[1] = shape
             del clone.attribute[:]
@@ -235,14 +242,15 @@ def _retile(frontier, once, facts: Facts, site: TileSite, names: _Names, inits):
         if rank not in repeats:
             reps = site.samples
             if rank > 1:
-                ones = names(f"{_PREFIX}/ones_{rank - 1}")
+                ones = names.value(f"{_PREFIX}/ones_{rank - 1}")
                 inits.append(numpy_helper.from_array(np.ones(rank - 1, np.int64), ones))
-                reps = names(f"{_PREFIX}/repeats_{rank}")
+                reps = names.value(f"{_PREFIX}/repeats_{rank}")
+                name = names.node(f"{_PREFIX}/repeats_{rank}")
                 nodes.append(
-                    helper.make_node("Concat", [site.samples, ones], [reps], name=reps, axis=0)
+                    helper.make_node("Concat", [site.samples, ones], [reps], name=name, axis=0)
                 )
             repeats[rank] = reps
-        name = names(f"{_PREFIX}/tile/{v}")
+        name = names.node(f"{_PREFIX}/tile/{v}")
         nodes.append(helper.make_node("Tile", [once[v], repeats[rank]], [v], name=name))
     return nodes
 
