@@ -33,14 +33,17 @@ def _session(model: onnx.ModelProto) -> ort.InferenceSession:
     return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
 
 
-def _run(model: onnx.ModelProto, x: np.ndarray, s: int, extra: list[str] = ()) -> list[np.ndarray]:
+def _run(
+    model: onnx.ModelProto, x: np.ndarray, s: int, extra: tuple[str, ...] | list[str] = ()
+) -> list[np.ndarray]:
     """Outputs (and the ``extra`` intermediate tensors, appended as outputs) for one seeded call."""
     m = copy.deepcopy(model)
     have = {o.name for o in m.graph.output}
     m.graph.output.extend(helper.make_empty_tensor_value_info(n) for n in extra if n not in have)
     names = [o.name for o in m.graph.output]
     want = [o.name for o in model.graph.output] + list(extra)
-    out = dict(zip(names, _session(m).run(None, {"input": x, "num_samples": np.array(s)})))
+    feed = {"input": x, "num_samples": np.array(s)}
+    out = dict(zip(names, _session(m).run(None, feed), strict=True))
     return [out[n] for n in want]
 
 
