@@ -180,6 +180,32 @@ def test_an_op_that_mixes_rows_stops_the_motion(op, attrs):
         np.testing.assert_array_equal(_run(before, x, s)[0], _run(model, x, s)[0])
 
 
+@pytest.mark.parametrize("head", ["shape_of_rows", "samples_times_batch"])
+def test_reshape_with_a_computed_batch_dim_moves(head):
+    """``x.view(x.size(0), -1)`` on the tiled rows: the shape's head is computed, from the rows'
+    own ``Shape`` or as ``S * B``; both are N, so the Reshape moves with the Conv."""
+    before = _tiled_graph(helper.make_node("Reshape", ["relu", "rows"], ["mixed"], name="mix"))
+    if head == "shape_of_rows":
+        extra = [helper.make_node("Shape", ["relu"], ["n"], name="n", start=0, end=1)]
+    else:
+        extra = [helper.make_node("Mul", ["s", "b"], ["n"], name="n")]
+    extra.append(helper.make_node("Concat", ["n", "minus1"], ["rows"], name="rows", axis=0))
+    nodes = list(before.graph.node)
+    del before.graph.node[:]
+    before.graph.node.extend(nodes[:8] + extra + nodes[8:])
+    onnx.checker.check_model(before, full_check=True)
+    result = SinkTile()(copy.deepcopy(before))
+    assert result.modified and "3 op(s)" in result.notes[0] and "1 tensor(s)" in result.notes[0]
+    model = result.model
+    onnx.checker.check_model(model, full_check=True)
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.index("Reshape", 1) < ops.index("Tile") and "Shape" not in ops[2:]
+    assert "Mul" not in ops
+    x = _x()
+    for s in (2, 5):
+        np.testing.assert_array_equal(_run(before, x, s)[0], _run(model, x, s)[0])
+
+
 def test_random_op_right_after_the_tile_leaves_the_graph_alone():
     """Dropout on the tiled input itself, the Conv after it: nothing row-wise comes before the
     first draw, so there is nothing to move."""

@@ -292,9 +292,10 @@ class SinkTile:
         del g.node[:]
         g.node.extend(_toposort(order))
         _prune(g)
+        tiles = sum(n.op_type == "Tile" and n.name.startswith(f"{_PREFIX}/tile/") for n in g.node)
         note = (
             f"{self.name}: {len(region)} op(s) after the sample tile ({heavy} Conv/Gemm/MatMul) "
-            f"now run once on [B, ...]; {len(frontier)} tensor(s) re-tiled to [S*B, ...] "
+            f"now run once on [B, ...]; {tiles} tensor(s) re-tiled to [S*B, ...] "
             f"({before} -> {len(g.node)} nodes)"
         )
         return PassResult(model, True, (note,))
