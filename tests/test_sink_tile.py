@@ -139,36 +139,44 @@ def test_hand_built_graph_exact_structure_and_outputs():
         np.testing.assert_array_equal(y0, y1)  # same seeded draws, same values
 
 
-def _bad(op: str, **attrs) -> tuple[onnx.NodeProto, list[onnx.TensorProto]]:
-    extra = []
-    inputs = ["relu"]
-    if op == "ReduceMean":
-        extra = [numpy_helper.from_array(np.array([0], np.int64), "ax")]
-        inputs.append("ax")
-    if op == "Reshape":
-        extra = [numpy_helper.from_array(np.array([-1, 3, 4, 8], np.int64), "moved")]
-        inputs.append("moved")
-    return helper.make_node(op, inputs, ["mixed"], name="mix", **attrs), extra
+_CONSTS = {
+    "ax0": np.array([0], np.int64),
+    "ax2": np.array([2], np.int64),
+    "ax23": np.array([2, 3], np.int64),
+    "moved": np.array([-1, 3, 4, 8], np.int64),
+    "flat48": np.array([-1, 48], np.int64),
+    "start1": np.array([1], np.int64),
+    "end3": np.array([3], np.int64),
+    "c1311": np.full((1, 3, 1, 1), 0.5, np.float32),
+}
+
+
+def _with(op: str, inputs: list[str], outputs: tuple[str, ...] = ("mixed",), **attrs):
+    """The tiled graph with ``op`` (reading ``relu`` and the named constants) in place of the
+    pooling."""
+    node = helper.make_node(op, ["relu", *inputs], list(outputs), name="mix", **attrs)
+    model = _tiled_graph(node)
+    model.graph.initializer.extend(numpy_helper.from_array(_CONSTS[i], i) for i in inputs)
+    return model
 
 
 @pytest.mark.parametrize(
-    "op, attrs",
+    "op, inputs, attrs",
     [
-        ("ReduceMean", {"keepdims": 1}),  # a reduction over the batch axis
-        ("Softmax", {"axis": 0}),  # normalised across rows
-        ("Reshape", {}),  # [N, 3, 4, 4] -> [N/2, 3, 4, 8]: rows merged
-        ("Transpose", {"perm": [1, 0, 2, 3]}),  # batch axis moved
-        ("Flatten", {"axis": 2}),  # [N*3, 16]
+        ("ReduceMean", ["ax0"], {"keepdims": 1}),  # a reduction over the batch axis
+        ("Softmax", [], {"axis": 0}),  # normalised across rows
+        ("Reshape", ["moved"], {}),  # [N, 3, 4, 4] -> [N/2, 3, 4, 8]: rows merged
+        ("Transpose", [], {"perm": [1, 0, 2, 3]}),  # batch axis moved
+        ("Flatten", [], {"axis": 2}),  # [N*3, 16]
+        ("MaxPool", [], {"kernel_shape": [2, 2], "outputs": ("mixed", "indices")}),  # flat index
     ],
 )
-def test_an_op_that_mixes_rows_stops_the_motion(op, attrs):
+def test_an_op_that_mixes_rows_stops_the_motion(op, inputs, attrs):
     """The Conv and Relu move; the row-mixing op reads their re-tiled output, and the outputs
     are unchanged."""
-    bad, extra = _bad(op, **attrs)
-    before = _tiled_graph(bad)
-    before.graph.initializer.extend(extra)
+    before = _with(op, inputs, attrs.pop("outputs", ("mixed",)), **attrs)
     result = SinkTile()(copy.deepcopy(before))
-    assert result.modified
+    assert result.modified and "2 op(s)" in result.notes[0]
     model = result.model
     onnx.checker.check_model(model, full_check=True)
     producer = {o: n for n in model.graph.node for o in n.output}
@@ -177,6 +185,32 @@ def test_an_op_that_mixes_rows_stops_the_motion(op, attrs):
     assert [n.name for n in model.graph.node if n.op_type == "Conv"] == ["conv/once"]
     x = _x()
     for s in (2, 3):
+        np.testing.assert_array_equal(_run(before, x, s)[0], _run(model, x, s)[0])
+
+
+@pytest.mark.parametrize(
+    "op, inputs, attrs",
+    [
+        ("Add", ["c1311"], {}),  # a constant broadcast over the rows
+        ("Transpose", [], {"perm": [0, 2, 3, 1]}),
+        ("Slice", ["start1", "end3", "ax2"], {}),
+        ("ReduceMean", ["ax23"], {"keepdims": 1}),
+        ("Softmax", [], {"axis": 1}),
+        ("MaxPool", [], {"kernel_shape": [2, 2]}),
+        ("Reshape", ["flat48"], {}),  # [N, 3, 4, 4] -> [N, 48]
+    ],
+)
+def test_a_row_wise_op_moves(op, inputs, attrs):
+    """The op joins the Conv and Relu on the un-tiled rows; its output is the one re-tiled."""
+    before = _with(op, inputs, **attrs)
+    result = SinkTile()(copy.deepcopy(before))
+    assert result.modified and "3 op(s)" in result.notes[0]
+    model = result.model
+    onnx.checker.check_model(model, full_check=True)
+    tile = next(n for n in model.graph.node if n.op_type == "Tile")
+    assert tile.input[0] == "mixed/once" and tile.output[0] == "mixed"
+    x = _x()
+    for s in (1, 3):
         np.testing.assert_array_equal(_run(before, x, s)[0], _run(model, x, s)[0])
 
 
