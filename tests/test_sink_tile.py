@@ -20,6 +20,7 @@ from qbnn.exporters.mcdropout import mc_mode
 from qbnn.exporters.passes import SPLIT_PASSES
 from qbnn.exporters.passes.sink_tile import SinkTile, find_tile
 from qbnn.exporters.sampling import loop_sampler
+from qbnn.runtimes import Predictor, available_providers
 from qbnn.runtimes.onnxgraph import walk_nodes
 
 from tiny_models import bayes_cnn, bbb_mlp, ensemble, example
@@ -413,3 +414,39 @@ def test_laplace_graph_is_left_alone(tmp_path, monkeypatch):
     raw = _raw(la, d.x_test[:B], tmp_path, monkeypatch)
     blob = raw.SerializeToString()
     assert not SinkTile()(raw).modified and raw.SerializeToString() == blob
+
+
+@pytest.mark.skipif("openvino" not in available_providers(), reason="openvino not installed")
+@pytest.mark.parametrize("case", list(MODELS))
+def test_split_graph_runs_on_openvino(graphs, case, tmp_path):
+    """OpenVINO compiles the split graph (Tile with a run-time repeat count); MC means over
+    S = 1500 within 5 SE (+1e-4) of the CPU provider's."""
+    path = tmp_path / "m.onnx"
+    onnx.save(graphs[case][1], str(path))
+    x = example((1, 8, 8), 3, seed=8).numpy()
+    a = Predictor(path, provider="openvino", seed=1).predict(x, 1500, return_samples=True)
+    b = Predictor(path, provider="cpu", seed=2).predict(x, 1500, return_samples=True)
+    se = np.sqrt((a.probs.var(0) + b.probs.var(0)) / 1500)
+    assert b.probs.std(0).max() > 1e-2
+    assert np.all(np.abs(a.mean_probs - b.mean_probs) <= 5 * se + 1e-4)
+
+
+@pytest.mark.parametrize("fmt", ["qdq", "qoperator"])
+def test_split_graph_quantizes_like_a_deterministic_prefix(graphs, fmt, tmp_path):
+    """int8 of the split MC-dropout graph: the Conv of the prefix is quantized and still runs
+    once on [B, ...]; mean_probs stay within 0.05 of fp32 (S = 400, same seeds)."""
+    from qbnn.pipeline.quantize import QuantConfig, quantize_model
+
+    src = tmp_path / "m.onnx"
+    onnx.save(graphs["mcdropout"][1], str(src))
+    calib = example((1, 8, 8), 64, seed=3).numpy()
+    res = quantize_model(src, tmp_path / "q.onnx", QuantConfig(format=fmt), calib=calib)
+    q = onnx.load(str(res.path))
+    ops = {n.op_type for n in q.graph.node}
+    assert ("QLinearConv" in ops) if fmt == "qoperator" else ("DequantizeLinear" in ops)
+    per_sample = _after_samples(q)
+    assert not per_sample & {"Conv", "QLinearConv", "ConvInteger"}
+    x = example((1, 8, 8), B, seed=5).numpy()
+    fp32 = Predictor(src, provider="cpu", seed=4).predict(x, 400)
+    int8 = Predictor(res.path, provider="cpu", seed=4).predict(x, 400)
+    assert np.abs(fp32.mean_probs - int8.mean_probs).max() < 0.05
