@@ -18,7 +18,7 @@ import qbnn.exporters.api as export_api
 from qbnn.exporters import export_model
 from qbnn.exporters.mcdropout import mc_mode
 from qbnn.exporters.passes import SPLIT_PASSES
-from qbnn.exporters.passes.sink_tile import SinkTile, find_tile
+from qbnn.exporters.passes.sink_tile import SinkTile, TileSite, find_tile
 from qbnn.exporters.sampling import loop_sampler
 from qbnn.runtimes import Predictor, available_providers
 from qbnn.runtimes.onnxgraph import walk_nodes
@@ -239,6 +239,25 @@ def test_reshape_with_a_computed_batch_dim_moves(head):
     x = _x()
     for s in (2, 5):
         np.testing.assert_array_equal(_run(before, x, s)[0], _run(model, x, s)[0])
+
+
+def test_find_tile_names_source_samples_and_tiled():
+    assert find_tile(_tiled_graph()) == TileSite(source="input", samples="s", tiled="tiled")
+    model = _tiled_graph()
+    model.graph.node[2].input[:] = ["b", "s", "chw"]  # [B, S, ...]: batch-major, not a tile
+    assert find_tile(model) is None
+
+
+def test_a_region_without_conv_gemm_or_matmul_is_left_alone():
+    """Only a Relu before the first draw: moving it would cost a re-tile for nothing."""
+    model = _tiled_graph()
+    nodes = list(model.graph.node)
+    nodes[7].input[0] = "tiled"  # Relu(tiled); the Conv is dropped
+    del model.graph.node[:]
+    model.graph.node.extend(nodes[:6] + nodes[7:])
+    onnx.checker.check_model(model, full_check=True)
+    blob = model.SerializeToString()
+    assert not SinkTile()(model).modified and model.SerializeToString() == blob
 
 
 def test_random_op_right_after_the_tile_leaves_the_graph_alone():
