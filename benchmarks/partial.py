@@ -7,6 +7,8 @@ Contenders per (model, batch, S) cell, 2 threads, the same inputs:
   qbnn_nosplit the same export with the split passes turned off (``SPLIT_PASSES = ()``): the graph
                qbnn wrote before issue 21, where the whole network runs once per MC sample
   det_once     the deterministic network (same weights, no noise) in PyTorch, one pass: the floor
+  ort_det_once the same deterministic network as plain ONNX in ONNX Runtime (same provider rule):
+               ONNX Runtime's own floor, which separates the split's cost from kernel speed
   eager_S      the Bayesian network in PyTorch eager, S forward passes (K member passes for exact
                posteriors: ``frozen:K`` and ensembles evaluate their K members whatever S is)
 ONNX Runtime thread spinning is off so that idle ORT workers do not steal the CPU from the torch
@@ -68,7 +70,16 @@ def _ort(path: Path, x: np.ndarray, s: int):
     opts = PredictorOptions(session=SessionOptions(config_entries=peers.NO_SPIN))
     pred = Predictor(path, provider="auto", threads=2, seed=0, options=opts)
     feed = {"input": x, "num_samples": np.array(s, dtype=np.int64)}
+    if not pred.info.takes_num_samples:
+        feed = {pred.info.input_name: x}
     return (lambda: pred.session.run(None, feed)), pred.provider
+
+
+def _plain(name: str, det, shape) -> Path:
+    from qbnn.exporters.plain import export_plain
+
+    path = CACHE / f"{name}.det.onnx"
+    return export_plain(det, torch.from_numpy(pm.inputs(shape, 4)), path)
 
 
 def _eager(bnn, x: np.ndarray, passes: int):
@@ -112,12 +123,14 @@ def main() -> None:
         sampling, s = MODELS[name]
         det, bnn, shape = pm.build(name)
         paths = {split: _export(name, bnn, shape, sampling, split) for split in (True, False)}
+        plain = _plain(name, det, shape)
         for batch in BATCHES:
             x = pm.inputs(shape, batch)
             runners, provider = {}, {}
             for split, label in ((True, "qbnn"), (False, "qbnn_nosplit")):
                 runners[label], provider[label] = _ort(paths[split], x, s)
             runners["det_once"] = _det(det, x)
+            runners["ort_det_once"], provider["ort_det_once"] = _ort(plain, x, 1)
             passes = len(bnn) if isinstance(bnn, list) else (8 if sampling == "frozen:8" else s)
             runners["eager_S"] = _eager(bnn, x, passes)
             times = peers.time_cell(runners, budget_s=0.4 if args.quick else 1.5)
@@ -125,7 +138,8 @@ def main() -> None:
             row = {"model": name, "sampling": sampling or "default", "batch": batch, "S": s,
                    "provider": provider["qbnn"], "ms": ms,
                    "nodes": {k: _nodes(p) for k, p in (("split", paths[True]),
-                                                        ("nosplit", paths[False]))}}  # fmt: skip
+                                                        ("nosplit", paths[False]))},
+                   "flops_once": _flops_once(paths[True], batch, s)}  # fmt: skip
             rows.append(row)
             print(_line(row), flush=True)
     _write(rows, time.time() - t_start, args.out)
@@ -137,12 +151,23 @@ def _nodes(path: Path) -> int:
     return len(onnx.load(str(path), load_external_data=False).graph.node)
 
 
+def _flops_once(path: Path, batch: int, s: int) -> float:
+    """Fraction of the split graph's FLOPs that run once per call (``split_report``)."""
+    import onnx
+
+    from qbnn.runtimes import split_report
+
+    return split_report(onnx.load(str(path)), batch, s).fraction_once
+
+
 def _line(r: dict) -> str:
     ms = r["ms"]
     return (
         f"| {r['model']} | {r['sampling']} | {r['batch']} | {r['S']} | {r['provider']} | "
+        f"{100 * r['flops_once']:.1f} % | "
         f"{ms['qbnn']:.1f} | {ms['qbnn_nosplit']:.1f} | {ms['det_once']:.1f} | "
-        f"{ms['eager_S']:.1f} | {ms['qbnn'] / ms['det_once']:.2f}x | "
+        f"{ms['eager_S']:.1f} | {ms['ort_det_once']:.1f} | {ms['qbnn'] / ms['det_once']:.2f}x | "
+        f"{ms['qbnn'] / ms['ort_det_once']:.2f}x | "
         f"{ms['eager_S'] / ms['qbnn']:.1f}x | {ms['qbnn_nosplit'] / ms['qbnn']:.2f}x |"
     )
 
@@ -160,13 +185,17 @@ def _write(rows: list[dict], seconds: float, out: str) -> None:
         f"{peers._cpu_flags()}. Scheduling: {peers._scheduling()}. {seconds:.0f} s in all.",
         "",
         "qbnn = default export with the split passes; nosplit = the same export without them "
-        "(the whole network per MC sample, as before issue 21); det once = the deterministic "
-        "torch network, one pass; eager S = the Bayesian torch network, S passes (K member "
-        "passes for exact posteriors).",
+        "(the whole network per MC sample, as before issue 21); FLOPs run once = "
+        "`qbnn.runtimes.split_report` of the qbnn graph at that batch and S; det once = the "
+        "deterministic torch network, one pass; eager S = the Bayesian torch network, S passes "
+        "(K member passes for exact posteriors); ORT det once = the deterministic network as "
+        "plain ONNX in ONNX Runtime, one pass (ONNX Runtime's floor: qbnn / ORT det once is "
+        "the cost of the posterior alone, apart from kernel speed).",
         "",
-        "| model | sampling | batch | S | provider | qbnn ms | nosplit ms | det once ms | "
-        "eager S ms | qbnn / det once | eager S / qbnn | nosplit / qbnn |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| model | sampling | batch | S | provider | FLOPs run once | qbnn ms | nosplit ms | "
+        "det once ms | eager S ms | ORT det once ms | qbnn / det once | qbnn / ORT det once | "
+        "eager S / qbnn | nosplit / qbnn |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         *[_line(r) for r in rows],
     ]
     (peers.RESULTS / f"{out}.md").write_text("\n".join(lines) + "\n")
