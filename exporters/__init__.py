@@ -5,12 +5,12 @@ family live in their own modules and register with :func:`register_exporter`.
 """
 
 from .api import ExportResult, export, export_model, resolve_family
-from .ensemble import WeightSamples
+from .checks.selfcheck import FidelityReport
+from .families.ensemble import WeightSamples
+from .families.gaussian import WeightGaussian
+from .families.swag import SwagPosterior
+from .modules.vector import DenseTerm, DiagTerm, KronTerm, LowRankTerm, VectorGaussian
 from .registry import Exporter, SamplingMode, get_exporter, known_families, register_exporter
-from .swag import SwagPosterior
-from .vector import DenseTerm, DiagTerm, KronTerm, LowRankTerm, VectorGaussian
-from .verify import FidelityReport
-from .weightgaussian import WeightGaussian
 
 __all__ = [
     "ExportResult",

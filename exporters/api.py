@@ -24,39 +24,21 @@ from qbnn.runtimes.contract import (
 from qbnn.runtimes.errors import ConfigError, ExportError, UnsupportedLayerError, first_line
 from qbnn.runtimes.seeding import random_nodes
 
-from . import (  # noqa: F401  (register the exporters)
-    ensemble,
-    flipout,
-    laplace,
-    mcdropout,
-    meanfield,
-    stochastic,
-    swag,
-    weightgaussian,
-)
-from .bnstats import apply_bn_policy
-from .btlayers import FLIPOUT_TYPES, REPARAM_TYPES, check_supported
-from .graph import finalize
-from .heads import (
-    HEAD_KEY,
-    OUTPUT_SHAPE_KEY,
-    Head,
-    HeadSpec,
-    PairHead,
-    head_spec,
-    inspect_output,
-    network_of,
-    resolve_head,
-)
-from .hoist import hoist_scan_noise
+from . import families  # noqa: F401  (imports every family: the registry is complete)
+from .checks.bnstats import apply_bn_policy
+from .checks.noisecensus import check_traceable_noise, draws_own_noise, noise_census, shared_noise
+from .checks.outputform import head_spec, inspect_output, network_of, resolve_head
+from .checks.selfcheck import FidelityReport, verify_export
+from .families.gaussian import WeightGaussian, last_layer_gap
+from .modules.btlayers import FLIPOUT_TYPES, REPARAM_TYPES, check_supported
+from .modules.heads import HEAD_KEY, OUTPUT_SHAPE_KEY, Head, HeadSpec, PairHead
+from .modules.vectormodel import LastLayerModel
 from .passes import SPLIT_PASSES, run_passes
+from .passes.finalize import finalize
+from .passes.hoist import hoist_scan_noise
+from .passes.randomops import check_random_ops, own_random_ops
 from .quiet import quiet_export
-from .randomops import check_random_ops, own_random_ops
 from .registry import BuiltModel, get_exporter, known_families, task_of
-from .stochastic import check_traceable_noise, draws_own_noise, noise_census, shared_noise
-from .vectormodel import LastLayerModel
-from .verify import FidelityReport, verify_export
-from .weightgaussian import WeightGaussian, last_layer_gap
 
 __all__ = ["ExportResult", "export", "export_model", "resolve_family"]
 

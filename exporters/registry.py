@@ -118,8 +118,8 @@ def register_exporter(
 
 
 def known_families() -> dict[str, Exporter]:
-    """All registered exporters by family name."""
-    return dict(_REGISTRY)
+    """All registered exporters by family name, in alphabetical order."""
+    return dict(sorted(_REGISTRY.items()))
 
 
 def get_exporter(family: str) -> Exporter:
@@ -128,7 +128,8 @@ def get_exporter(family: str) -> Exporter:
         return _REGISTRY[family]
     except KeyError:
         raise ConfigError(
-            f"unknown posterior family '{family}'; known families: auto, {', '.join(_REGISTRY)}"
+            f"unknown posterior family '{family}'; known families: auto, "
+            f"{', '.join(sorted(_REGISTRY))}"
         ) from None
 
 

@@ -17,9 +17,9 @@ import torch
 from torch import nn
 
 from qbnn.exporters import export_model
-from qbnn.exporters.swag import SwagPosterior
-from qbnn.exporters.vector import DiagTerm, VectorGaussian
-from qbnn.exporters.weightgaussian import WeightGaussian
+from qbnn.exporters.families.gaussian import WeightGaussian
+from qbnn.exporters.families.swag import SwagPosterior
+from qbnn.exporters.modules.vector import DiagTerm, VectorGaussian
 from qbnn.runtimes.errors import ConfigError
 
 from tiny_models import ort_session

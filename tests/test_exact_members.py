@@ -16,10 +16,10 @@ import torch
 from torch import nn
 
 from qbnn.exporters import export_model
-from qbnn.exporters.ensemble import WeightSamples
-from qbnn.exporters.sampleloop import UNROLL_MAX
-from qbnn.exporters.vector import DiagTerm, VectorGaussian
-from qbnn.exporters.weightgaussian import WeightGaussian
+from qbnn.exporters.families.ensemble import WeightSamples
+from qbnn.exporters.families.gaussian import WeightGaussian
+from qbnn.exporters.modules.loopmodel import UNROLL_MAX
+from qbnn.exporters.modules.vector import DiagTerm, VectorGaussian
 
 from tiny_models import BayesMLP, example, ort_session
 

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from qbnn.exporters import export_model, known_families
-from qbnn.exporters.mcdropout import mc_mode
+from qbnn.exporters.modules.dropout import mc_mode
 from qbnn.runtimes.contract import CLASSIFICATION_OUTPUTS, MetaKey
 from qbnn.runtimes.seeding import random_nodes
 

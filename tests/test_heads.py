@@ -17,12 +17,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from qbnn.exporters import export_model
-from qbnn.exporters.heads import Head, detect_head, inspect_output, resolve_head
-from qbnn.exporters.mcdropout import mc_mode
+from qbnn.exporters.checks.outputform import detect_head, inspect_output, resolve_head
+from qbnn.exporters.checks.selfcheck import verify_export
+from qbnn.exporters.families.gaussian import WeightGaussian
+from qbnn.exporters.modules.dropout import mc_mode
+from qbnn.exporters.modules.heads import Head
+from qbnn.exporters.modules.vector import DiagTerm, VectorGaussian
 from qbnn.exporters.registry import get_exporter
-from qbnn.exporters.vector import DiagTerm, VectorGaussian
-from qbnn.exporters.verify import verify_export
-from qbnn.exporters.weightgaussian import WeightGaussian
 from qbnn.runtimes.contract import NUM_SAMPLES, Task
 from qbnn.runtimes.errors import ConfigError, UnsupportedLayerError, VerificationError
 

@@ -15,8 +15,9 @@ import torch
 from torch import nn
 
 from qbnn.exporters import export_model
-from qbnn.exporters.heads import Head, detect_head
-from qbnn.exporters.mcdropout import mc_mode
+from qbnn.exporters.checks.outputform import detect_head
+from qbnn.exporters.modules.dropout import mc_mode
+from qbnn.exporters.modules.heads import Head
 from qbnn.runtimes import Predictor
 from qbnn.runtimes.errors import ConfigError, RuntimeInputError
 

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from qbnn.exporters import export_model
-from qbnn.exporters.mcdropout import mc_mode
+from qbnn.exporters.modules.dropout import mc_mode
 from qbnn.runtimes import Predictor
 from qbnn.runtimes.errors import RuntimeInputError, UnsupportedLayerError
 

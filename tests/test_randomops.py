@@ -22,8 +22,8 @@ from qbnn.exporters import (
     export_model,
     known_families,
 )
-from qbnn.exporters.mcdropout import mc_mode
-from qbnn.exporters.randomops import check_random_ops, foreign_random_ops, own_random_ops
+from qbnn.exporters.modules.dropout import mc_mode
+from qbnn.exporters.passes.randomops import check_random_ops, foreign_random_ops, own_random_ops
 from qbnn.runtimes import Predictor
 from qbnn.runtimes.errors import ExportError, UnsupportedLayerError
 from qbnn.runtimes.seeding import random_nodes, reseed
@@ -157,7 +157,7 @@ def test_rewrites_keep_each_law_on_a_hand_built_graph():
         check_random_ops(m)
     notes = own_random_ops(m)
     assert len(notes) == 5
-    from qbnn.exporters.graph import name_nodes
+    from qbnn.exporters.passes.finalize import name_nodes
 
     name_nodes(m)
     check_random_ops(m)

@@ -77,8 +77,8 @@ def test_an_erased_posterior_fails_the_epistemic_gate(tmp_path, dia):
     """Negative control: the same Laplace head with its factors shrunk 1000x (what a quantizer
     rounding the posterior away would leave) and the same observation noise. The total variance
     barely moves (noise dominates), so only the epistemic ratio catches it."""
-    from qbnn.exporters.laplace import to_weight_gaussian
-    from qbnn.exporters.vector import VectorGaussian
+    from qbnn.exporters.families.laplace import to_weight_gaussian
+    from qbnn.exporters.modules.vector import VectorGaussian
 
     la, _, _ = T.diabetes_posterior("laplace-ll-kron", dia)
     good = to_weight_gaussian(la)

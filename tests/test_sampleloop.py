@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from onnx import TensorProto, helper
 
 from qbnn.exporters import export, export_model
-from qbnn.exporters.graph import _outer_refs
-from qbnn.exporters.sampleloop import UNROLL_MAX
+from qbnn.exporters.modules.loopmodel import UNROLL_MAX
+from qbnn.exporters.passes.finalize import _outer_refs
 from qbnn.pipeline.quantize import QuantConfig, quantize_model
 from qbnn.pipeline.quantize.sampleloop import (
     WEIGHT_QMAX,

@@ -13,8 +13,8 @@ from torch import nn
 
 from qbnn.exporters import DiagTerm, VectorGaussian, WeightGaussian, export_model
 from qbnn.exporters import api as export_api
-from qbnn.exporters.layers import FixedLayer
-from qbnn.exporters.ops import apply_shared
+from qbnn.exporters.modules.layers import FixedLayer
+from qbnn.exporters.modules.ops import apply_shared
 from qbnn.runtimes.errors import VerificationError
 
 from tiny_models import bayes_mlp, example

@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from qbnn.exporters import export_model, resolve_family
-from qbnn.exporters.mcdropout import mc_mode
-from qbnn.exporters.stochastic import noise_census, shared_noise
+from qbnn.exporters.checks.noisecensus import noise_census, shared_noise
+from qbnn.exporters.modules.dropout import mc_mode
 from qbnn.runtimes import Predictor
 from qbnn.runtimes.errors import UnsupportedLayerError
 from qbnn.runtimes.seeding import random_nodes

@@ -28,8 +28,8 @@ from qbnn.exporters import (
     export,
     export_model,
 )
-from qbnn.exporters import laplace as la_mod
-from qbnn.exporters.laplace import laplace_posterior
+from qbnn.exporters.families import laplace as la_mod
+from qbnn.exporters.families.laplace import laplace_posterior
 from qbnn.pipeline.cli import app
 from qbnn.pipeline.quantize import QuantConfig, quantize_model
 from qbnn.runtimes import Predictor

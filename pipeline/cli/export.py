@@ -103,7 +103,7 @@ def export_cmd(
     import torch
 
     from qbnn.exporters import export_model
-    from qbnn.exporters.loading import load_model, parse_shape
+    from qbnn.exporters.usermodels import load_model, parse_shape
 
     shape = parse_shape(input_shape)
     with importable(Path.cwd()):  # factory modules in the working directory, as python -m

@@ -68,7 +68,7 @@ def _example(ctx: StageContext, src: ModelSource):
 
 
 def _torch_model(ctx: StageContext, src: ModelSource, key: str):
-    from qbnn.exporters.loading import load_model
+    from qbnn.exporters.usermodels import load_model
 
     weights = ctx.path(src.weights, f"{key}.weights") if src.weights else None
     with importable(ctx.base):

@@ -21,9 +21,9 @@ from torch import nn
 from qbnn.runtimes.contract import Task
 from qbnn.runtimes.errors import ConfigError, ExportError
 
-from .registry import BuiltModel, SamplingMode, register_exporter
-from .vector import DiagTerm, LowRankTerm, VectorGaussian
-from .weightgaussian import WeightGaussian, build_weight_gaussian, draw_reference
+from ..modules.vector import DiagTerm, LowRankTerm, VectorGaussian
+from ..registry import BuiltModel, SamplingMode, register_exporter
+from .gaussian import WeightGaussian, build_weight_gaussian, draw_reference
 
 __all__ = ["SwagPosterior", "build_swag", "swag_draws"]
 

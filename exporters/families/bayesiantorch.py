@@ -13,12 +13,12 @@ from torch import nn
 
 from qbnn.runtimes.contract import Task
 
-from .btlayers import bayesian_layers, check_supported, gaussian_posterior, replace_modules
-from .layers import FixedLayer, FlipoutLayer, LRTLayer, SampleContext
-from .registry import BuiltModel, SamplingMode
-from .sampleloop import UNROLL_MAX, GaussianSource, SampleLoopModel, StackedDraws
-from .sampling import export_generator, loop_sampler
-from .wrapper import EnsembleModel, SampledModel
+from ..modules.btlayers import bayesian_layers, check_supported, gaussian_posterior, replace_modules
+from ..modules.layers import FixedLayer, FlipoutLayer, LRTLayer, SampleContext
+from ..modules.loopmodel import UNROLL_MAX, GaussianSource, SampleLoopModel, StackedDraws
+from ..modules.wrapper import EnsembleModel, SampledModel
+from ..registry import BuiltModel, SamplingMode
+from .reference import export_generator, loop_sampler
 
 __all__ = ["build_gaussian"]
 

@@ -6,9 +6,9 @@ from torch import nn
 
 from qbnn.runtimes.contract import Task
 
-from .btlayers import REPARAM_TYPES, bayesian_layers
-from .gaussian import build_gaussian
-from .registry import BuiltModel, SamplingMode, register_exporter
+from ..modules.btlayers import REPARAM_TYPES, bayesian_layers
+from ..registry import BuiltModel, SamplingMode, register_exporter
+from .bayesiantorch import build_gaussian
 
 __all__ = ["build_meanfield"]
 

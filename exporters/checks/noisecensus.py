@@ -27,18 +27,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from qbnn.runtimes.contract import Task
 from qbnn.runtimes.errors import UnsupportedLayerError
 
-from .btlayers import bayesian_layers
-from .mcdropout import _GraphDropoutNet, mc_mode
-from .registry import BuiltModel, SamplingMode, register_exporter
-from .sampleloop import ParamSource, SampleLoopModel
-from .sampling import loop_sampler
+from ..modules.btlayers import bayesian_layers
+from ..modules.dropout import mc_mode
 
 __all__ = [
     "Draw",
-    "build_stochastic",
     "check_traceable_noise",
     "draws_own_noise",
     "noise_census",
@@ -182,63 +177,3 @@ def draws_own_noise(model: object, x: torch.Tensor) -> bool:
     if not isinstance(model, nn.Module) or any(True for _ in bayesian_layers(model)):
         return False
     return any(not d.dropout for d in noise_census(model, x))
-
-
-class _Repeat(ParamSource):
-    """No per-sample parameters: the Scan walks a column of ones ``[S, 1]`` so the body runs S
-    times; the body multiplies the output by its slice (OpenVINO's ONNX frontend drops a Scan
-    input the body never reads and then runs the body once)."""
-
-    def forward(self, template: torch.Tensor) -> list[torch.Tensor]:
-        return [template.reshape(-1, 1) * 0.0 + 1.0]
-
-    def unpack(self, per_sample: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {"unit": per_sample[0]}
-
-
-class _Unit(nn.Module):
-    """``net(x) * unit``; ``unit = [1.0]`` is the Scan's per-sample slice (:class:`_Repeat`)."""
-
-    def __init__(self, net: nn.Module) -> None:
-        super().__init__()
-        self.net = net
-        self.register_buffer("unit", torch.ones(1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.net(x)
-        out = out[0] if isinstance(out, (tuple, list)) else out
-        return out * self.unit
-
-
-@register_exporter(
-    "stochastic",
-    modes=("loop",),
-    default_mode="loop",
-    detect=lambda model: False,  # needs the example input: auto runs noise_census instead
-    description="any torch module whose forward draws its own noise (hand-written "
-    "Bayes-by-backprop layers with torch.randn_like, noise injection); one forward per MC "
-    "sample",
-)
-def build_stochastic(
-    model: nn.Module, mode: SamplingMode, *, task: Task, seed: int | None
-) -> BuiltModel:
-    """A self-sampling network -> the sample loop running its forward once per MC sample."""
-    del mode, seed  # one mode; the graph's seeds are set by the driver
-    if not isinstance(model, nn.Module):
-        raise UnsupportedLayerError(
-            f"the 'stochastic' family needs a torch module, got a {type(model).__name__}"
-        )
-    for name, mod in bayesian_layers(model):
-        raise UnsupportedLayerError(
-            f"layer '{name}' of type {type(mod).__name__} is a Bayesian-Torch layer (its "
-            "in-place eps.normal_() cannot be traced); export it with posterior 'meanfield' or "
-            "'flipout'"
-        )
-    # functional dropout as qbnn's uniform masks (torch.export cannot trace aten dropout in a
-    # scan body); everything else random in forward is rewritten in the graph
-    net = _GraphDropoutNet(mc_mode(copy.deepcopy(model)))
-    return BuiltModel(
-        module=SampleLoopModel(_Unit(net), _Repeat(), task),
-        reference=loop_sampler(mc_mode(copy.deepcopy(model))),
-        notes=["the model's forward runs once per MC sample (its own noise, drawn afresh)"],
-    )

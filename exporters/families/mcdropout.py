@@ -9,71 +9,24 @@ captured too. Dropout stays at the trained rate ``p``.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 
-import torch
-import torch.nn.functional as F
 from torch import nn
 
 from qbnn.runtimes.contract import Task
 from qbnn.runtimes.errors import UnsupportedLayerError
 
-from .btlayers import bayesian_layers
-from .layers import SampleContext
-from .noise import keep_mask_like
-from .registry import BuiltModel, SamplingMode, register_exporter
-from .sampling import loop_sampler
-from .wrapper import SampledModel
+from ..modules.btlayers import bayesian_layers
+from ..modules.dropout import GraphDropoutNet, mc_mode
+from ..modules.layers import SampleContext
+from ..modules.wrapper import SampledModel
+from ..registry import BuiltModel, SamplingMode, register_exporter
+from .reference import loop_sampler
 
 __all__ = ["build_mcdropout", "mc_mode"]
 
 _DROPOUT_TYPES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d)
 _UNSUPPORTED = (nn.AlphaDropout, nn.FeatureAlphaDropout)
-
-
-def mc_mode(model: nn.Module) -> nn.Module:
-    """Put ``model`` in MC-dropout mode in place: train mode except normalization layers."""
-    model.train()
-    for mod in model.modules():
-        if isinstance(mod, nn.modules.batchnorm._NormBase | nn.GroupNorm | nn.LayerNorm):
-            mod.eval()
-    return model
-
-
-def _dropout(input, p=0.5, training=True, inplace=False):
-    if not training or p == 0.0:
-        return input
-    return input * keep_mask_like(input, p)
-
-
-def _dropout_channels(input, p=0.5, training=True, inplace=False):
-    if not training or p == 0.0:
-        return input
-    idx = (slice(None), slice(None)) + (slice(0, 1),) * (input.dim() - 2)
-    return input * keep_mask_like(input[idx], p)
-
-
-@contextlib.contextmanager
-def _graph_dropout():
-    saved = {n: getattr(F, n) for n in ("dropout", "dropout1d", "dropout2d", "dropout3d")}
-    F.dropout = _dropout
-    F.dropout1d = F.dropout2d = F.dropout3d = _dropout_channels
-    try:
-        yield
-    finally:
-        for name, fn in saved.items():
-            setattr(F, name, fn)
-
-
-class _GraphDropoutNet(nn.Module):
-    def __init__(self, net: nn.Module) -> None:
-        super().__init__()
-        self.net = net
-
-    def forward(self, x: torch.Tensor):
-        with _graph_dropout():
-            return self.net(x)
 
 
 def _detect(model: object) -> bool:
@@ -107,6 +60,6 @@ def build_mcdropout(
     net = mc_mode(copy.deepcopy(model))
     ref = mc_mode(copy.deepcopy(model))
     return BuiltModel(
-        module=SampledModel(_GraphDropoutNet(net), SampleContext(), task),
+        module=SampledModel(GraphDropoutNet(net), SampleContext(), task),
         reference=loop_sampler(ref),
     )

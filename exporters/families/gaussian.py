@@ -24,11 +24,9 @@ from torch import nn
 from qbnn.runtimes.contract import Task
 from qbnn.runtimes.errors import ConfigError, ExportError
 
-from .registry import BuiltModel, SamplingMode, register_exporter
-from .sampleloop import UNROLL_MAX, SampleLoopModel, StackedDraws
-from .sampling import export_generator, member_sampler
-from .vector import VectorGaussian, VectorSampler
-from .vectormodel import (
+from ..modules.loopmodel import UNROLL_MAX, SampleLoopModel, StackedDraws
+from ..modules.vector import VectorGaussian, VectorSampler
+from ..modules.vectormodel import (
     FrozenTable,
     LastLayerModel,
     ParamContext,
@@ -36,7 +34,9 @@ from .vectormodel import (
     param_slots,
     snapshot,
 )
-from .wrapper import EnsembleModel, _first
+from ..modules.wrapper import EnsembleModel, first_output
+from ..registry import BuiltModel, SamplingMode, register_exporter
+from .reference import export_generator, member_sampler
 
 __all__ = ["WeightGaussian", "build_weight_gaussian", "draw_reference", "last_layer_gap"]
 
@@ -104,8 +104,8 @@ def last_layer_gap(model: nn.Module, last_layer: str, x: torch.Tensor) -> float:
     body = _body(model, last_layer)
     net = copy.deepcopy(model).eval()
     with torch.no_grad():
-        full = _first(net(x)).reshape(x.shape[0], -1)
-        feats = _first(body(x)).reshape(x.shape[0], head.in_features)
+        full = first_output(net(x)).reshape(x.shape[0], -1)
+        feats = first_output(body(x)).reshape(x.shape[0], head.in_features)
         recon = head(feats).reshape(x.shape[0], -1)
     if full.shape != recon.shape:
         return float("inf")
@@ -128,7 +128,7 @@ def draw_reference(post: WeightGaussian, draws: Callable[[int, torch.Generator],
                     owner = net.get_submodule(slot.module) if slot.module else net
                     value = theta[slot.start : slot.stop].reshape(slot.shape)
                     getattr(owner, slot.attr).copy_(value)
-                outs.append(_first(net(x)).reshape(x.shape[0], -1).float())
+                outs.append(first_output(net(x)).reshape(x.shape[0], -1).float())
         return torch.stack(outs)
 
     return sample_net

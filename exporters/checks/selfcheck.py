@@ -20,8 +20,8 @@ from qbnn.runtimes.contract import INPUT, NUM_SAMPLES, Task
 from qbnn.runtimes.errors import VerificationError
 from qbnn.runtimes.seeding import reseed
 
-from .heads import Head, HeadSpec, to_probs
-from .registry import BuiltModel
+from ..modules.heads import Head, HeadSpec, to_probs
+from ..registry import BuiltModel
 
 __all__ = ["FidelityReport", "verify_export"]
 

@@ -17,11 +17,11 @@ from torch import nn
 from qbnn.runtimes.contract import Task
 from qbnn.runtimes.errors import ExportError, UnsupportedLayerError
 
-from .btlayers import bayesian_layers
-from .registry import BuiltModel, SamplingMode, register_exporter
-from .sampleloop import UNROLL_MAX, SampleLoopModel, StackedDraws, stack_state_dicts
-from .sampling import member_sampler
-from .wrapper import EnsembleModel
+from ..modules.btlayers import bayesian_layers
+from ..modules.loopmodel import UNROLL_MAX, SampleLoopModel, StackedDraws, stack_state_dicts
+from ..modules.wrapper import EnsembleModel
+from ..registry import BuiltModel, SamplingMode, register_exporter
+from .reference import member_sampler
 
 __all__ = ["WeightSamples", "build_ensemble"]
 

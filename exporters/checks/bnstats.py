@@ -27,10 +27,11 @@ from torch import nn
 from qbnn.runtimes.contract import Task
 from qbnn.runtimes.errors import ConfigError
 
-from .heads import HeadSpec, network_of, to_probs
-from .registry import BuiltModel, Exporter, SamplingMode
-from .sampleloop import SampleLoopModel, StackedDraws, stack_state_dicts
-from .vectormodel import LastLayerModel
+from ..modules.heads import HeadSpec, to_probs
+from ..modules.loopmodel import SampleLoopModel, StackedDraws, stack_state_dicts
+from ..modules.vectormodel import LastLayerModel
+from ..registry import BuiltModel, Exporter, SamplingMode
+from .outputform import network_of
 
 __all__ = ["BN_FAMILIES", "apply_bn_policy", "has_batchnorm", "measure_effect", "recompute"]
 

@@ -15,10 +15,10 @@ from qbnn.runtimes.contract import Task
 from .heads import Head, HeadSpec, to_probs
 from .layers import SampleContext
 
-__all__ = ["EnsembleModel", "SampledModel", "exact_head", "uncertainty_head"]
+__all__ = ["EnsembleModel", "SampledModel", "exact_head", "first_output", "uncertainty_head"]
 
 
-def _first(out):
+def first_output(out):
     """Bayesian-Torch models often return ``(logits, kl)``: keep the prediction."""
     return out[0] if isinstance(out, (tuple, list)) else out
 
@@ -110,7 +110,7 @@ class SampledModel(nn.Module):
         self.ctx.template = template
         s, b = template.shape[0], x.shape[0]
         xs = x.unsqueeze(0).expand(s, *x.shape).reshape(s * b, *x.shape[1:])
-        out = _first(self.net(xs))
+        out = first_output(self.net(xs))
         out = out.reshape(s, b, -1)
         return uncertainty_head(
             out, self.task, self.heteroscedastic, self.noise_variance, self.head
@@ -131,7 +131,7 @@ class EnsembleModel(nn.Module):
 
     def forward(self, x: torch.Tensor, template: torch.Tensor):
         b = x.shape[0]
-        outs = torch.stack([_first(m(x)).reshape(b, -1) for m in self.members])  # [K, B, C]
+        outs = torch.stack([first_output(m(x)).reshape(b, -1) for m in self.members])  # [K, B, C]
         return exact_head(
             outs, template, self.task, self.heteroscedastic, self.noise_variance, self.head
         )

@@ -24,8 +24,8 @@ from qbnn.runtimes.errors import UnsupportedLayerError
 
 from .heads import Head
 from .layers import SampleContext
-from .sampleloop import ParamSource, gather_samples
-from .wrapper import _first, exact_head, uncertainty_head
+from .loopmodel import ParamSource, gather_samples
+from .wrapper import exact_head, first_output, uncertainty_head
 
 __all__ = [
     "VectorSource",
@@ -171,7 +171,7 @@ class LastLayerModel(nn.Module):
 
     def forward(self, x: torch.Tensor, template: torch.Tensor):
         self.ctx.template = template
-        feats = _first(self.body(x))
+        feats = first_output(self.body(x))
         feats = feats.reshape(feats.shape[0], self.in_features)  # [B, in]
         frozen = isinstance(self.sampler, FrozenTable)
         theta = self.sampler.draws if frozen else self.sampler()  # [K, P] or [S, P]

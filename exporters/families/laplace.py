@@ -26,9 +26,9 @@ import torch
 from qbnn.runtimes.contract import Task
 from qbnn.runtimes.errors import ExportError, UnsupportedLayerError
 
-from .registry import BuiltModel, SamplingMode, register_exporter
-from .vector import DenseTerm, DiagTerm, KronTerm, Term, VectorGaussian
-from .weightgaussian import WeightGaussian, build_weight_gaussian, names_of
+from ..modules.vector import DenseTerm, DiagTerm, KronTerm, Term, VectorGaussian
+from ..registry import BuiltModel, SamplingMode, register_exporter
+from .gaussian import WeightGaussian, build_weight_gaussian, names_of
 
 __all__ = ["build_laplace", "laplace_posterior", "to_weight_gaussian"]
 

@@ -28,7 +28,7 @@ from qbnn.runtimes.contract import Task
 
 from .heads import Head
 from .noise import normal_like
-from .wrapper import _first, exact_head, uncertainty_head
+from .wrapper import exact_head, first_output, uncertainty_head
 
 #: ``frozen:K`` graphs with K up to this many draws hold K copies of the network with constant
 #: weights (the fastest kernels and static int8 apply); above it the draws are stored stacked and
@@ -175,7 +175,7 @@ class SampleLoopModel(nn.Module):
 
         def body(carry: torch.Tensor, params: list[torch.Tensor]):
             out = torch.func.functional_call(net, unpack(params), (x,), strict=False)
-            return carry.clone(), _first(out).reshape(b, -1)
+            return carry.clone(), first_output(out).reshape(b, -1)
 
         _, outs = scan(body, torch.zeros(1, dtype=x.dtype), stacked)
         return outs

@@ -7,6 +7,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from ..modules.wrapper import first_output
+
 __all__ = ["export_generator", "loop_sampler", "member_sampler"]
 
 
@@ -16,10 +18,6 @@ def export_generator(seed: int | None) -> torch.Generator:
     return torch.Generator().manual_seed(
         seed if seed is not None else int(torch.Generator().seed() % 2**31)
     )
-
-
-def _first(out):
-    return out[0] if isinstance(out, (tuple, list)) else out
 
 
 def loop_sampler(model: nn.Module) -> Callable[[torch.Tensor, int, torch.Generator], torch.Tensor]:
@@ -33,7 +31,7 @@ def loop_sampler(model: nn.Module) -> Callable[[torch.Tensor, int, torch.Generat
         seed = int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
         with torch.no_grad(), torch.random.fork_rng():
             torch.manual_seed(seed)
-            outs = [_first(model(x)).reshape(x.shape[0], -1) for _ in range(s)]
+            outs = [first_output(model(x)).reshape(x.shape[0], -1) for _ in range(s)]
         return torch.stack(outs)
 
     return sample
@@ -47,7 +45,7 @@ def member_sampler(
     def sample(x: torch.Tensor, s: int, gen: torch.Generator) -> torch.Tensor:
         del gen
         with torch.no_grad():
-            outs = [_first(m(x)).reshape(x.shape[0], -1) for m in members]
+            outs = [first_output(m(x)).reshape(x.shape[0], -1) for m in members]
         return torch.stack([outs[i % len(outs)] for i in range(s)])
 
     return sample
