@@ -159,8 +159,8 @@ def test_bn_update_refused_where_it_cannot_apply(tmp_path, swag):
         export_model(members, x, tmp_path / "e.onnx", bn_update=data)
     assert str(info.value) == (
         "bn_update recomputes BatchNorm statistics per posterior draw: it applies to "
-        "whole-network posteriors (swag, gaussian, laplace over all weights, meanfield, flipout) "
-        "of a network with BatchNorm; got posterior 'ensemble'"
+        "whole-network posteriors (flipout, gaussian, laplace, meanfield, swag; not last-layer "
+        "ones) of a network with BatchNorm; got posterior 'ensemble'"
     )
     with pytest.raises(ConfigError, match=r"bn_update inputs have feature shape \[5\] but the"):
         export_model(swag, x, tmp_path / "s.onnx", sampling="frozen:2", bn_update=data[:, :5])

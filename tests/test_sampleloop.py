@@ -15,7 +15,7 @@ from onnx import TensorProto, helper
 
 from qbnn.exporters import export, export_model
 from qbnn.exporters.modules.loopmodel import UNROLL_MAX
-from qbnn.exporters.passes.finalize import _outer_refs
+from qbnn.exporters.passes.finalize import outer_refs
 from qbnn.pipeline.quantize import QuantConfig, quantize_model
 from qbnn.pipeline.quantize.sampleloop import (
     WEIGHT_QMAX,
@@ -50,7 +50,7 @@ def test_weight_mode_runs_the_network_once_per_sample_in_a_scan(tmp_path):
     body_inputs = {i.name for i in body.input}
     conv = next(n for n in body.node if n.op_type == "Conv")
     assert conv.input[1] in body_inputs  # the per-sample weight
-    assert _outer_refs(body) == []
+    assert outer_refs(body) == []
     assert not any(n.metadata_props for n in m.graph.node)
     assert not any(n.metadata_props for n in body.node)
     assert len({n.name for n in m.graph.node}) == len(m.graph.node)

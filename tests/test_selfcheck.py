@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from qbnn.exporters import DiagTerm, VectorGaussian, WeightGaussian, export_model
-from qbnn.exporters import api as export_api
+from qbnn.exporters import steps as export_steps
 from qbnn.exporters.modules.layers import FixedLayer
 from qbnn.exporters.modules.ops import apply_shared
 from qbnn.runtimes.errors import VerificationError
@@ -43,7 +43,7 @@ def test_last_layer_graph_that_drops_an_op_fails_the_self_check(tmp_path, monkey
     """With the early refusal switched off, the last-layer graph drops the temperature; the
     self-check runs the user's whole forward per draw (the old reference ran qbnn's body plus
     head and agreed with the wrong graph) and refuses it."""
-    monkeypatch.setattr(export_api, "_check_last_layer", lambda *a, **k: None)
+    monkeypatch.setattr(export_steps, "_check_last_layer", lambda *a, **k: None)
     with pytest.raises(VerificationError, match="differs from the torch members|MC mean differs"):
         export_model(_last_layer(Tempered()), example((6,)), tmp_path / "t.onnx", sampling="weight")
     assert not (tmp_path / "t.onnx").exists()

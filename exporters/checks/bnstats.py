@@ -30,15 +30,14 @@ from qbnn.runtimes.errors import ConfigError
 from ..modules.heads import HeadSpec, to_probs
 from ..modules.loopmodel import SampleLoopModel, StackedDraws, stack_state_dicts
 from ..modules.vectormodel import LastLayerModel
-from ..registry import BuiltModel, Exporter, SamplingMode
+from ..registry import BuiltModel, Exporter, SamplingMode, known_families
 from .outputform import network_of
 
-__all__ = ["BN_FAMILIES", "apply_bn_policy", "has_batchnorm", "measure_effect", "recompute"]
+__all__ = ["apply_bn_policy", "has_batchnorm", "measure_effect", "recompute"]
 
 log = logging.getLogger("qbnn.export")
 
 #: families whose every draw changes the whole network's weights
-BN_FAMILIES = ("swag", "gaussian", "laplace", "meanfield", "flipout")
 _MEASURE_DRAWS = 8
 #: rows per batch when ``bn_update`` is one tensor (the SWAG authors' CIFAR batch size); the
 #: statistics are a cumulative average over batches, so pass your own batches to match a loader
@@ -121,14 +120,15 @@ def apply_bn_policy(
     given for a model it cannot apply to (no BatchNorm, last-layer or ensemble posteriors).
     """
     net = network_of(model)
-    whole = family in BN_FAMILIES and not isinstance(built.module, LastLayerModel)
+    whole = exporter.whole_network and not isinstance(built.module, LastLayerModel)
     if bn_update is not None:
         _check_data(bn_update, x)
         if not (whole and has_batchnorm(net)):
+            names = ", ".join(e.family for e in known_families().values() if e.whole_network)
             raise ConfigError(
                 "bn_update recomputes BatchNorm statistics per posterior draw: it applies to "
-                "whole-network posteriors (swag, gaussian, laplace over all weights, meanfield, "
-                f"flipout) of a network with BatchNorm; got posterior '{family}'"
+                f"whole-network posteriors ({names}; not last-layer ones) of a network with "
+                f"BatchNorm; got posterior '{family}'"
                 + ("" if has_batchnorm(net) else " on a network without BatchNorm")
             )
     if not whole or not has_batchnorm(net):

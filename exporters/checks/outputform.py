@@ -23,6 +23,7 @@ AUROC, argmax) works unchanged; its entropy and mutual information are the Berno
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -32,12 +33,15 @@ from qbnn.runtimes.contract import Task
 from qbnn.runtimes.errors import ConfigError, UnsupportedLayerError
 
 from ..modules.heads import Head, HeadSpec
+from ..modules.vectormodel import last_layer_body
+from ..modules.wrapper import first_output
 
 __all__ = [
     "OutputForm",
     "detect_head",
     "head_spec",
     "inspect_output",
+    "last_layer_gap",
     "network_of",
     "resolve_head",
 ]
@@ -274,3 +278,19 @@ def resolve_head(requested: str | None, form: OutputForm | None, task: Task) -> 
             "or leave head unset to use the detected form"
         )
     return found
+
+
+def last_layer_gap(model: nn.Module, last_layer: str, x: torch.Tensor) -> float:
+    """Max |model(x) - last_layer(body(x))| relative to the largest |last_layer(body(x))| on
+    ``x [B, *F]``: 0 when the last Linear's output *is* the model's output, > 0 when forward
+    applies ops after it (which a last-layer graph would drop). Eval mode, current weights."""
+    head = model.get_submodule(last_layer)
+    body = last_layer_body(model, last_layer)
+    net = copy.deepcopy(model).eval()
+    with torch.no_grad():
+        full = first_output(net(x)).reshape(x.shape[0], -1)
+        feats = first_output(body(x)).reshape(x.shape[0], head.in_features)
+        recon = head(feats).reshape(x.shape[0], -1)
+    if full.shape != recon.shape:
+        return float("inf")
+    return float((full - recon).abs().max() / (recon.abs().max() + 1e-6))

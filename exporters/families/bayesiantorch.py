@@ -13,14 +13,47 @@ from torch import nn
 
 from qbnn.runtimes.contract import Task
 
-from ..modules.btlayers import bayesian_layers, check_supported, gaussian_posterior, replace_modules
+from ..modules.btlayers import (
+    FLIPOUT_TYPES,
+    REPARAM_TYPES,
+    bayesian_layers,
+    check_supported,
+    gaussian_posterior,
+    replace_modules,
+)
 from ..modules.layers import FixedLayer, FlipoutLayer, LRTLayer, SampleContext
-from ..modules.loopmodel import UNROLL_MAX, GaussianSource, SampleLoopModel, StackedDraws
-from ..modules.wrapper import EnsembleModel, SampledModel
+from ..modules.loopmodel import (
+    SOURCE_MOMENTS,
+    UNROLL_MAX,
+    GaussianSource,
+    SampleLoopModel,
+    StackedDraws,
+)
+from ..modules.wrapper import (
+    FLIPOUT_MOMENTS,
+    LRT_MOMENTS,
+    MEMBER_DRAWS,
+    EnsembleModel,
+    SampledModel,
+)
 from ..registry import BuiltModel, SamplingMode
+from ..tensors import CompressTensors
 from .reference import export_generator, loop_sampler
 
-__all__ = ["build_gaussian"]
+__all__ = ["BAYESIAN_TORCH", "BT_TENSORS", "build_gaussian", "refuse_unsupported_layers"]
+
+#: the trainer distribution of the Bayesian-Torch families (``qbnn.source``)
+BAYESIAN_TORCH = "bayesian-torch"
+#: how compress reads their graphs: ``frozen:K`` members, ``lrt`` / ``flipout`` moments per
+#: layer, ``weight``-mode per-parameter moments
+BT_TENSORS = CompressTensors((MEMBER_DRAWS, LRT_MOMENTS, FLIPOUT_MOMENTS, SOURCE_MOMENTS))
+
+
+def refuse_unsupported_layers(model: object) -> None:
+    """Raise :class:`UnsupportedLayerError` naming a Bayesian-Torch layer of ``model`` that no
+    family exports (``auto`` found nothing it can export)."""
+    if isinstance(model, nn.Module):
+        check_supported(model, REPARAM_TYPES + FLIPOUT_TYPES, "auto")
 
 
 def build_gaussian(

@@ -19,8 +19,9 @@ from qbnn.runtimes.errors import ExportError, UnsupportedLayerError
 
 from ..modules.btlayers import bayesian_layers
 from ..modules.loopmodel import UNROLL_MAX, SampleLoopModel, StackedDraws, stack_state_dicts
-from ..modules.wrapper import EnsembleModel
+from ..modules.wrapper import MEMBER_DRAWS, EnsembleModel
 from ..registry import BuiltModel, SamplingMode, register_exporter
+from ..tensors import CompressTensors
 from .reference import member_sampler
 
 __all__ = ["WeightSamples", "build_ensemble"]
@@ -87,6 +88,8 @@ def _check_members(members: list[nn.Module]) -> None:
     detect=_detect,
     description="a list of same-architecture modules (deep/bootstrap ensembles) or "
     "WeightSamples (SG-MCMC / SWAG draws as state dicts)",
+    priority=40,
+    tensors=CompressTensors((MEMBER_DRAWS,)),
 )
 def build_ensemble(
     model: list[nn.Module] | WeightSamples, mode: SamplingMode, *, task: Task, seed: int | None

@@ -8,7 +8,7 @@ from qbnn.runtimes.contract import Task
 
 from ..modules.btlayers import FLIPOUT_TYPES, bayesian_layers
 from ..registry import BuiltModel, SamplingMode, register_exporter
-from .bayesiantorch import build_gaussian
+from .bayesiantorch import BAYESIAN_TORCH, BT_TENSORS, build_gaussian, refuse_unsupported_layers
 
 __all__ = ["build_flipout"]
 
@@ -25,6 +25,11 @@ def _detect(model: object) -> bool:
     default_mode="weight",
     detect=_detect,
     description="Bayesian-Torch Linear/Conv1d/Conv2d Flipout layers",
+    priority=50,
+    trainer=BAYESIAN_TORCH,
+    whole_network=True,
+    tensors=BT_TENSORS,
+    undetected=refuse_unsupported_layers,
 )
 def build_flipout(
     model: nn.Module, mode: SamplingMode, *, task: Task, seed: int | None

@@ -31,14 +31,16 @@ from ..modules.vectormodel import (
     LastLayerModel,
     ParamContext,
     VectorSource,
+    last_layer_body,
     param_slots,
     snapshot,
 )
 from ..modules.wrapper import EnsembleModel, first_output
 from ..registry import BuiltModel, SamplingMode, register_exporter
+from ..tensors import CompressTensors
 from .reference import export_generator, member_sampler
 
-__all__ = ["WeightGaussian", "build_weight_gaussian", "draw_reference", "last_layer_gap"]
+__all__ = ["WeightGaussian", "build_weight_gaussian", "draw_reference"]
 
 Reference = Callable[[torch.Tensor, int, torch.Generator], torch.Tensor]
 
@@ -89,29 +91,6 @@ class WeightGaussian:
             )
 
 
-def _body(model: nn.Module, last_layer: str) -> nn.Module:
-    body = copy.deepcopy(model).eval()
-    parent, _, child = last_layer.rpartition(".")
-    setattr(body.get_submodule(parent) if parent else body, child, nn.Identity())
-    return body
-
-
-def last_layer_gap(model: nn.Module, last_layer: str, x: torch.Tensor) -> float:
-    """Max |model(x) - last_layer(body(x))| relative to the largest |last_layer(body(x))| on
-    ``x [B, *F]``: 0 when the last Linear's output *is* the model's output, > 0 when forward
-    applies ops after it (which a last-layer graph would drop). Eval mode, current weights."""
-    head = model.get_submodule(last_layer)
-    body = _body(model, last_layer)
-    net = copy.deepcopy(model).eval()
-    with torch.no_grad():
-        full = first_output(net(x)).reshape(x.shape[0], -1)
-        feats = first_output(body(x)).reshape(x.shape[0], head.in_features)
-        recon = head(feats).reshape(x.shape[0], -1)
-    if full.shape != recon.shape:
-        return float("inf")
-    return float((full - recon).abs().max() / (recon.abs().max() + 1e-6))
-
-
 def draw_reference(post: WeightGaussian, draws: Callable[[int, torch.Generator], torch.Tensor]):
     """A torch sampler: ``draws(S, gen) -> theta [S, P]``, then the user's whole network per
     draw (its own forward with ``theta`` loaded), last-layer posteriors included: the self-check
@@ -155,7 +134,7 @@ def build_weight_gaussian(
         head = post.model.get_submodule(post.last_layer)
         sampler = FrozenTable(draws, ctx) if frozen else VectorSampler(gauss, ctx)
         module: nn.Module = LastLayerModel(
-            _body(post.model, post.last_layer), sampler, ctx, head.out_features,
+            last_layer_body(post.model, post.last_layer), sampler, ctx, head.out_features,
             head.in_features, head.bias is not None, task,
         )  # fmt: skip
         if frozen:
@@ -185,12 +164,21 @@ def build_weight_gaussian(
     return BuiltModel(module, ref)
 
 
+def _last_layer(post: object) -> tuple[nn.Module, str] | None:
+    """The network and last-layer name a last-layer :class:`WeightGaussian` samples."""
+    return (post.model, post.last_layer) if isinstance(post, WeightGaussian) else None
+
+
 @register_exporter(
     "gaussian",
     modes=("weight", "frozen"),
     default_mode="weight",
     detect=lambda obj: isinstance(obj, WeightGaussian),
     description="a WeightGaussian (MAP weights plus a posterior's square-root factors)",
+    priority=30,
+    whole_network=True,
+    tensors=CompressTensors(refused="its weights are drawn from factors at run time"),
+    last_layer=_last_layer,
 )
 def build_gaussian_family(post, mode: SamplingMode, *, task: Task, seed: int | None) -> BuiltModel:
     """A user-built :class:`WeightGaussian`."""

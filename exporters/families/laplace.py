@@ -24,10 +24,11 @@ from __future__ import annotations
 import torch
 
 from qbnn.runtimes.contract import Task
-from qbnn.runtimes.errors import ExportError, UnsupportedLayerError
+from qbnn.runtimes.errors import ConfigError, ExportError, UnsupportedLayerError
 
 from ..modules.vector import DenseTerm, DiagTerm, KronTerm, Term, VectorGaussian
 from ..registry import BuiltModel, SamplingMode, register_exporter
+from ..tensors import CompressTensors
 from .gaussian import WeightGaussian, build_weight_gaussian, names_of
 
 __all__ = ["build_laplace", "laplace_posterior", "to_weight_gaussian"]
@@ -143,12 +144,36 @@ def to_weight_gaussian(la) -> WeightGaussian:
     return WeightGaussian(la.model, post, param_names=names_of(la.model, la.params))
 
 
+def _noise_variance(la) -> float:
+    """The observation-noise variance of a regression Laplace object: ``sigma_noise**2``."""
+    sigma = torch.as_tensor(la.sigma_noise).detach().reshape(-1)
+    if sigma.numel() != 1:
+        raise ConfigError(
+            f"the Laplace object has a per-output sigma_noise ({sigma.numel()} values); qbnn "
+            "graphs add one observation-noise variance: pass noise_variance explicitly"
+        )
+    return float(sigma[0]) ** 2
+
+
+def _last_layer(la) -> tuple[torch.nn.Module, str]:
+    """laplace-torch's FeatureExtractor around the user's model, and its last layer's name."""
+    return la.model.model, la.model._last_layer_name
+
+
 @register_exporter(
     "laplace",
     modes=("weight", "frozen"),
     default_mode="weight",
     detect=_detect,
     description="a fitted laplace-torch Laplace object (full/kron/diag, all weights or last layer)",
+    priority=10,
+    trainer="laplace-torch",
+    whole_network=True,
+    tensors=CompressTensors(refused="its weights are drawn from factors at run time"),
+    heteroscedastic="laplace-torch fits a homoscedastic Gaussian likelihood, so a Laplace "
+    "posterior has no heteroscedastic head; its sigma_noise**2 becomes the graph's noise_variance",
+    noise_variance=_noise_variance,
+    last_layer=_last_layer,
 )
 def build_laplace(la, mode: SamplingMode, *, task: Task, seed: int | None) -> BuiltModel:
     """A fitted ``laplace.*Laplace`` -> graph sampling its Gaussian posterior; the self-check

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import copy
 
+import torch
 from torch import nn
 
 from qbnn.runtimes.contract import Task
 from qbnn.runtimes.errors import UnsupportedLayerError
 
+from ..checks.noisecensus import noise_census, shared_noise
 from ..modules.btlayers import bayesian_layers
 from ..modules.dropout import GraphDropoutNet, mc_mode
 from ..modules.layers import SampleContext
@@ -35,12 +37,31 @@ def _detect(model: object) -> bool:
     return any(isinstance(m, _DROPOUT_TYPES) and m.p > 0 for m in model.modules())
 
 
+def _check_noise(model: object, x: torch.Tensor) -> None:
+    """Forward runs once over the tiled batch ``[S * B]``: noise that does not follow the batch
+    (shaped like a weight) would be one draw shared by all S samples; refused by name."""
+    if not isinstance(model, nn.Module):
+        return
+    shared = shared_noise(noise_census(model, x))
+    if shared:
+        d = shared[0]
+        raise UnsupportedLayerError(
+            f"{d.where()} draws noise of shape {list(d.shape)} ({d.op}) that does not follow "
+            "the batch (shaped like a weight): posterior 'mcdropout' runs forward once for all "
+            "S samples, so every sample would share that draw; use posterior='stochastic' "
+            "(one forward per MC sample)"
+        )
+
+
 @register_exporter(
     "mcdropout",
     modes=("dropout",),
     default_mode="dropout",
     detect=_detect,
     description="any torch model with nn.Dropout/Dropout1d/2d/3d or functional dropout",
+    priority=70,
+    check=_check_noise,
+    auto_hint="for dropout written inline (F.dropout), pass posterior='mcdropout'",
 )
 def build_mcdropout(
     model: nn.Module, mode: SamplingMode, *, task: Task, seed: int | None

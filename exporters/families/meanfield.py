@@ -8,7 +8,7 @@ from qbnn.runtimes.contract import Task
 
 from ..modules.btlayers import REPARAM_TYPES, bayesian_layers
 from ..registry import BuiltModel, SamplingMode, register_exporter
-from .bayesiantorch import build_gaussian
+from .bayesiantorch import BAYESIAN_TORCH, BT_TENSORS, build_gaussian, refuse_unsupported_layers
 
 __all__ = ["build_meanfield"]
 
@@ -25,11 +25,16 @@ def _detect(model: object) -> bool:
     default_mode="weight",
     detect=_detect,
     description="Bayesian-Torch Linear/Conv1d/Conv2d Reparameterization layers (and dnn_to_bnn)",
+    priority=60,
+    trainer=BAYESIAN_TORCH,
+    whole_network=True,
+    tensors=BT_TENSORS,
+    undetected=refuse_unsupported_layers,
 )
 def build_meanfield(
     model: nn.Module, mode: SamplingMode, *, task: Task, seed: int | None
 ) -> BuiltModel:
-    """Mean-field model -> export module; see :func:`qbnn.exporters.gaussian.build_gaussian`."""
+    """Mean-field model -> export module; see :func:`.bayesiantorch.build_gaussian`."""
     return build_gaussian(
         model, mode, family="meanfield", supported=REPARAM_TYPES, task=task, seed=seed
     )

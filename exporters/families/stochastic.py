@@ -18,6 +18,7 @@ from torch import nn
 from qbnn.runtimes.contract import Task
 from qbnn.runtimes.errors import UnsupportedLayerError
 
+from ..checks.noisecensus import check_traceable_noise, draws_own_noise, noise_census
 from ..modules.btlayers import bayesian_layers
 from ..modules.dropout import GraphDropoutNet, mc_mode
 from ..modules.loopmodel import ParamSource, SampleLoopModel
@@ -53,14 +54,25 @@ class _Unit(nn.Module):
         return out * self.unit
 
 
+def _check_noise(model: object, x: torch.Tensor) -> None:
+    """In-place draws into module state cannot be traced: refused by name."""
+    if isinstance(model, nn.Module):
+        check_traceable_noise(model, noise_census(model, x))
+
+
 @register_exporter(
     "stochastic",
     modes=("loop",),
     default_mode="loop",
-    detect=lambda model: False,  # needs the example input: auto runs noise_census instead
+    detect=lambda model: False,  # needs the example input: detect_input runs noise_census
     description="any torch module whose forward draws its own noise (hand-written "
     "Bayes-by-backprop layers with torch.randn_like, noise injection); one forward per MC "
     "sample",
+    priority=65,
+    detect_input=draws_own_noise,
+    check=_check_noise,
+    auto_hint="for a forward that draws its own noise (torch.randn_like), pass "
+    "posterior='stochastic'",
 )
 def build_stochastic(
     model: nn.Module, mode: SamplingMode, *, task: Task, seed: int | None

@@ -23,6 +23,7 @@ from qbnn.runtimes.errors import ConfigError, ExportError
 
 from ..modules.vector import DiagTerm, LowRankTerm, VectorGaussian
 from ..registry import BuiltModel, SamplingMode, register_exporter
+from ..tensors import CompressTensors
 from .gaussian import WeightGaussian, build_weight_gaussian, draw_reference
 
 __all__ = ["SwagPosterior", "build_swag", "swag_draws"]
@@ -153,6 +154,9 @@ def swag_draws(post: SwagPosterior):
     default_mode="weight",
     detect=lambda obj: isinstance(obj, SwagPosterior),
     description="a SwagPosterior (SWA mean, diagonal variance, low-rank deviations)",
+    priority=20,
+    whole_network=True,
+    tensors=CompressTensors(refused="its weights are drawn from factors at run time"),
 )
 def build_swag(post, mode: SamplingMode, *, task: Task, seed: int | None) -> BuiltModel:
     """SWAG -> graph sampling ``theta`` in place (``weight``) or K frozen draws."""

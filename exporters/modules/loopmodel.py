@@ -26,6 +26,7 @@ from torch._higher_order_ops.scan import scan
 
 from qbnn.runtimes.contract import Task
 
+from ..tensors import SourceMoments
 from .heads import Head
 from .noise import normal_like
 from .wrapper import exact_head, first_output, uncertainty_head
@@ -36,6 +37,7 @@ from .wrapper import exact_head, first_output, uncertainty_head
 UNROLL_MAX = 32
 
 __all__ = [
+    "SOURCE_MOMENTS",
     "UNROLL_MAX",
     "GaussianSource",
     "ParamSource",
@@ -102,6 +104,11 @@ class StackedDraws(ParamSource):
         return dict(zip(self.names, per_sample, strict=True))
 
 
+#: compress's reader of :class:`GaussianSource`'s buffers under :class:`SampleLoopModel`'s
+#: ``source``: ``source.mu__conv1__weight`` is the posterior mean of ``conv1.weight``
+SOURCE_MOMENTS = SourceMoments("source", mu="mu", sigma="sigma")
+
+
 class GaussianSource(ParamSource):
     """Mean-field Gaussian parameters ``W ~ N(mu, sigma^2)`` elementwise, drawn per MC sample:
     ``W_s = mu + sigma * eps_s`` with ``eps_s [S, *shape]`` from the portable Box-Muller noise
@@ -114,17 +121,19 @@ class GaussianSource(ParamSource):
         self.names = list(posterior)
         # buffer (and so ONNX initializer) names say which parameter they belong to:
         # ``source.mu__conv1__weight`` for the posterior mean of ``conv1.weight``
-        self._keys = [name.replace(".", "__") for name in self.names]
+        sep, mu_, sigma_ = SOURCE_MOMENTS.sep, SOURCE_MOMENTS.mu, SOURCE_MOMENTS.sigma
+        self._keys = [name.replace(".", sep) for name in self.names]
         for key, name in zip(self._keys, self.names, strict=True):
             mu, sigma = posterior[name]
-            self.register_buffer(f"mu__{key}", mu.detach().float().clone())
-            self.register_buffer(f"sigma__{key}", sigma.detach().float().clone())
+            self.register_buffer(f"{mu_}{sep}{key}", mu.detach().float().clone())
+            self.register_buffer(f"{sigma_}{sep}{key}", sigma.detach().float().clone())
 
     def forward(self, template: torch.Tensor) -> list[torch.Tensor]:
         s = template.shape[0]
         out = []
         for key in self._keys:
-            mu, sigma = getattr(self, f"mu__{key}"), getattr(self, f"sigma__{key}")
+            mu = getattr(self, f"{SOURCE_MOMENTS.mu}{SOURCE_MOMENTS.sep}{key}")
+            sigma = getattr(self, f"{SOURCE_MOMENTS.sigma}{SOURCE_MOMENTS.sep}{key}")
             tmpl = template.reshape(s, *((1,) * mu.dim())).expand(s, *mu.shape)
             out.append(mu + sigma * normal_like(tmpl))
         return out

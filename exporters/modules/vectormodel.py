@@ -28,6 +28,7 @@ from .loopmodel import ParamSource, gather_samples
 from .wrapper import exact_head, first_output, uncertainty_head
 
 __all__ = [
+    "last_layer_body",
     "VectorSource",
     "FrozenTable",
     "LastLayerModel",
@@ -188,3 +189,11 @@ class LastLayerModel(nn.Module):
         return uncertainty_head(
             out, self.task, self.heteroscedastic, self.noise_variance, self.head
         )
+
+
+def last_layer_body(model: nn.Module, last_layer: str) -> nn.Module:
+    """An eval-mode copy of ``model`` whose ``last_layer`` is ``nn.Identity`` (its features)."""
+    body = copy.deepcopy(model).eval()
+    parent, _, child = last_layer.rpartition(".")
+    setattr(body.get_submodule(parent) if parent else body, child, nn.Identity())
+    return body

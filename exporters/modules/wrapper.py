@@ -12,10 +12,41 @@ from torch import nn
 
 from qbnn.runtimes.contract import Task
 
+from ..tensors import LayerMoments, MemberDraws, Slot
 from .heads import Head, HeadSpec, to_probs
 from .layers import SampleContext
 
-__all__ = ["EnsembleModel", "SampledModel", "exact_head", "first_output", "uncertainty_head"]
+__all__ = [
+    "FLIPOUT_MOMENTS",
+    "LRT_MOMENTS",
+    "MEMBER_DRAWS",
+    "EnsembleModel",
+    "SampledModel",
+    "exact_head",
+    "first_output",
+    "uncertainty_head",
+]
+
+#: compress's readers of the initializers these modules name: :class:`EnsembleModel`'s
+#: ``members.<k>.<layer>.weight``, and under :class:`SampledModel`'s ``net`` the buffers of
+#: :class:`~.layers.LRTLayer` (``mu_w``, ``var_w``, ...) and :class:`~.layers.FlipoutLayer`
+#: (``mu_w``, ``sigma_w``, ...)
+MEMBER_DRAWS = MemberDraws("members")
+LRT_MOMENTS = LayerMoments(
+    "net",
+    {"mu_w": Slot.WEIGHT, "var_w": Slot.WEIGHT_SCALE, "mu_b": Slot.BIAS, "var_b": Slot.BIAS_SCALE},
+    scale_kind="var",
+)
+FLIPOUT_MOMENTS = LayerMoments(
+    "net",
+    {
+        "mu_w": Slot.WEIGHT,
+        "sigma_w": Slot.WEIGHT_SCALE,
+        "mu_b": Slot.BIAS,
+        "sigma_b": Slot.BIAS_SCALE,
+    },
+    scale_kind="sigma",
+)
 
 
 def first_output(out):

@@ -1,4 +1,4 @@
-"""ONNX graph edits applied after ``torch.onnx.export``.
+"""ONNX graph edits applied after ``torch.onnx.export`` (the finalize passes).
 
 * the sample-template input becomes ``ConstantOfShape(Reshape(num_samples, [1]))`` so S is an
   int64 scalar input ``num_samples`` with an overridable initializer holding the default;
@@ -9,9 +9,14 @@
 * ``Scan`` bodies (the sample loop) become self-contained: outer-scope constants are copied into
   the body and outer-scope computed values (the input batch) are carried as loop states, because
   OpenVINO's ONNX frontend cannot convert a body that reads outer-scope values.
+
+Each edit is a function (in place) and a pass obeying :class:`~.base.GraphPass`;
+:func:`finalize_passes` lists them in the order they must run.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
@@ -22,10 +27,20 @@ from qbnn.runtimes.loading import set_metadata
 from qbnn.runtimes.onnxgraph import walk_nodes
 from qbnn.runtimes.seeding import RANDOM_OPS, reseed
 
+from .base import GraphPass, PassResult, run_passes
+
 __all__ = [
+    "AttachNumSamples",
+    "NameNodes",
+    "Reseed",
+    "SelfContainedScans",
+    "SetMetadata",
+    "StripTracingMetadata",
     "attach_num_samples",
     "finalize",
+    "finalize_passes",
     "name_nodes",
+    "outer_refs",
     "self_contained_scans",
     "strip_tracing_metadata",
 ]
@@ -65,7 +80,7 @@ def _attr(node: onnx.NodeProto, name: str) -> onnx.AttributeProto | None:
     return next((a for a in node.attribute if a.name == name), None)
 
 
-def _outer_refs(body: onnx.GraphProto) -> list[str]:
+def outer_refs(body: onnx.GraphProto) -> list[str]:
     """Names a subgraph reads but neither declares nor computes, in first-use order."""
     known = {i.name for i in body.input} | {t.name for t in body.initializer}
     refs: list[str] = []
@@ -93,7 +108,7 @@ def self_contained_scans(model: onnx.ModelProto) -> None:
         body = _attr(node, "body").g
         states = len(node.input) - _attr(node, "num_scan_inputs").i
         carried, renamed = [], {}
-        for name in _outer_refs(body):
+        for name in outer_refs(body):
             if name in inits:
                 renamed[name] = f"{name}/in_loop"
                 body.initializer.append(copy_tensor(inits[name], renamed[name]))
@@ -158,6 +173,96 @@ def name_nodes(model: onnx.ModelProto) -> None:
         seen.add(name)
 
 
+@dataclass(frozen=True)
+class AttachNumSamples:
+    """Pre: the graph has a float input ``template`` ``[S]``. Post: that input is gone; an int64
+    scalar input ``num_samples`` (initializer = ``default``) feeds two new first nodes
+    ``qbnn/num_samples/reshape`` and ``qbnn/num_samples/template`` that compute it."""
+
+    template: str
+    default: int
+    name = "attach-num-samples"
+
+    def __call__(self, model: onnx.ModelProto) -> PassResult:
+        attach_num_samples(model, self.template, self.default)
+        return PassResult(model, True)
+
+
+@dataclass(frozen=True)
+class StripTracingMetadata:
+    """Post: no node or value (subgraphs included) has ``metadata_props`` or a doc string."""
+
+    name = "strip-tracing-metadata"
+
+    def __call__(self, model: onnx.ModelProto) -> PassResult:
+        strip_tracing_metadata(model)
+        return PassResult(model, True)
+
+
+@dataclass(frozen=True)
+class SelfContainedScans:
+    """Post: every top-level ``Scan`` body reads only its own inputs and initializers; outer
+    initializers nothing reads any more are dropped."""
+
+    name = "self-contained-scans"
+
+    def __call__(self, model: onnx.ModelProto) -> PassResult:
+        self_contained_scans(model)
+        return PassResult(model, True)
+
+
+@dataclass(frozen=True)
+class NameNodes:
+    """Post: every node has a unique non-empty name; random nodes are ``qbnn/random/<i>``."""
+
+    name = "name-nodes"
+
+    def __call__(self, model: onnx.ModelProto) -> PassResult:
+        name_nodes(model)
+        return PassResult(model, True)
+
+
+@dataclass(frozen=True)
+class Reseed:
+    """Pre: random nodes are named. Post: with ``seed`` set, every random node has a distinct
+    seed derived from it (:func:`qbnn.runtimes.seeding.reseed`); ``seed=None`` changes nothing."""
+
+    seed: int | None
+    name = "reseed"
+
+    def __call__(self, model: onnx.ModelProto) -> PassResult:
+        if self.seed is None:
+            return PassResult(model, False)
+        reseed(model, self.seed)
+        return PassResult(model, True)
+
+
+@dataclass(frozen=True)
+class SetMetadata:
+    """Post: the model's ``metadata_props`` hold ``meta`` (keys replaced, others kept)."""
+
+    meta: dict[str, str] = field(default_factory=dict)
+    name = "set-metadata"
+
+    def __call__(self, model: onnx.ModelProto) -> PassResult:
+        set_metadata(model, self.meta)
+        return PassResult(model, bool(self.meta))
+
+
+def finalize_passes(
+    template_name: str, default_samples: int, seed: int | None, meta: dict[str, str]
+) -> tuple[GraphPass, ...]:
+    """The post-export edits as passes, in the order they must run."""
+    return (
+        AttachNumSamples(template_name, default_samples),
+        StripTracingMetadata(),
+        SelfContainedScans(),
+        NameNodes(),
+        Reseed(seed),
+        SetMetadata(meta),
+    )
+
+
 def finalize(
     model: onnx.ModelProto,
     template_name: str,
@@ -165,11 +270,5 @@ def finalize(
     seed: int | None,
     meta: dict[str, str],
 ) -> None:
-    """All post-export edits, in place."""
-    attach_num_samples(model, template_name, default_samples)
-    strip_tracing_metadata(model)
-    self_contained_scans(model)
-    name_nodes(model)
-    if seed is not None:
-        reseed(model, seed)
-    set_metadata(model, meta)
+    """All post-export edits, in place (:func:`finalize_passes` in order)."""
+    run_passes(model, finalize_passes(template_name, default_samples, seed, meta))

@@ -7,22 +7,25 @@ inside the body had per-element standard deviations between 0.04 and 1.9 over 20
 iterations). :func:`hoist_scan_noise` therefore moves every ``RandomUniformLike`` out of each
 top-level Scan body: the nodes computing its template (from the loop-invariant batch and
 weights) are copied to the outer graph, one draw ``[S, *shape]`` is made there and scanned
-like any other per-sample input, exactly as :class:`~qbnn.exporters.sampleloop.GaussianSource`
-feeds per-sample weights. Run it after :func:`~qbnn.exporters.randomops.own_random_ops` (so
-every random op is a ``RandomUniformLike``) and before the Scan bodies are made
-self-contained.
+like any other per-sample input, exactly as
+:class:`~qbnn.exporters.modules.loopmodel.GaussianSource` feeds per-sample weights. Run it after
+:func:`~qbnn.exporters.passes.randomops.own_random_ops` (so every random op is a
+``RandomUniformLike``) and before the Scan bodies are made self-contained.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import onnx
 from onnx import helper
 
 from qbnn.runtimes.errors import ExportError
 
+from .base import PassResult
 from .randomops import OWNED_OP
 
-__all__ = ["hoist_scan_noise"]
+__all__ = ["HoistScanNoise", "hoist_scan_noise"]
 
 
 def _attr(node: onnx.NodeProto, name: str) -> onnx.AttributeProto | None:
@@ -151,3 +154,16 @@ def hoist_scan_noise(model: onnx.ModelProto) -> int:
     del graph.node[:]
     graph.node.extend(new)
     return k
+
+
+@dataclass(frozen=True)
+class HoistScanNoise:
+    """Pre: every random op is an owned ``RandomUniformLike`` (:class:`~.randomops.OwnRandomOps`
+    ran) and Scan bodies are not yet self-contained. Post: no top-level ``Scan`` body holds a
+    ``RandomUniformLike``; each moved draw is one outer ``[S, *shape]`` draw scanned into the
+    body."""
+
+    name = "hoist-scan-noise"
+
+    def __call__(self, model: onnx.ModelProto) -> PassResult:
+        return PassResult(model, hoist_scan_noise(model) > 0)

@@ -16,7 +16,7 @@ then silently lose or get wrong:
 
 :func:`own_random_ops` rewrites each of these, in the main graph and in every ``Scan`` /
 ``Loop`` / ``If`` body, into ``RandomUniformLike``-based nodes with the same distribution
-(Box-Muller normals as in :mod:`qbnn.exporters.noise`, ``u < p`` Bernoulli draws, inverted-
+(Box-Muller normals as in :mod:`qbnn.exporters.modules.noise`, ``u < p`` Bernoulli draws, inverted-
 dropout masks ``(u >= ratio) / (1 - ratio)``); an op it cannot rewrite (``Multinomial``, a
 ``Dropout`` whose ratio or training flag is computed at run time) is refused naming the op and
 the module it came from. :func:`check_random_ops` is the graph-level guard run on every
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import ast
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
@@ -35,7 +36,16 @@ from onnx import TensorProto, helper, numpy_helper
 from qbnn.runtimes.errors import ExportError, UnsupportedLayerError
 from qbnn.runtimes.seeding import RANDOM_OPS
 
-__all__ = ["OWNED_OP", "check_random_ops", "foreign_random_ops", "own_random_ops"]
+from .base import PassResult
+
+__all__ = [
+    "OWNED_OP",
+    "CheckRandomOps",
+    "OwnRandomOps",
+    "check_random_ops",
+    "foreign_random_ops",
+    "own_random_ops",
+]
 
 OWNED_OP = "RandomUniformLike"
 _REWRITTEN = ("Dropout", "RandomNormalLike", "RandomNormal", "RandomUniform", "Bernoulli")
@@ -251,3 +261,28 @@ def check_random_ops(model: onnx.ModelProto) -> None:
             "their noise would be unseeded or wrong on some runtimes. This is a qbnn bug: "
             "please report it with the model"
         )
+
+
+@dataclass(frozen=True)
+class OwnRandomOps:
+    """Pre: torch.onnx's output with its per-node metadata (names the source module). Post:
+    every random op is a ``RandomUniformLike``; one note per rewritten op. Raises
+    :class:`UnsupportedLayerError` for an op without a rewrite."""
+
+    name = "own-random-ops"
+
+    def __call__(self, model: onnx.ModelProto) -> PassResult:
+        notes = own_random_ops(model)
+        return PassResult(model, bool(notes), tuple(notes))
+
+
+@dataclass(frozen=True)
+class CheckRandomOps:
+    """A guard, never modifies: raises :class:`ExportError` when a random op of the finished
+    graph is not one qbnn owns (:func:`foreign_random_ops`)."""
+
+    name = "check-random-ops"
+
+    def __call__(self, model: onnx.ModelProto) -> PassResult:
+        check_random_ops(model)
+        return PassResult(model, False)
