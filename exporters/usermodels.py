@@ -89,7 +89,8 @@ def load_factory(spec: str) -> object:
         return model
     if isinstance(model, (list, tuple)) and model and all(isinstance(m, nn.Module) for m in model):
         return list(model)
-    from .api import known_families  # registered posterior types (laplace, swag, ...)
+    from . import families  # noqa: F401  (the registry is complete)
+    from .registry import known_families  # registered posterior types (laplace, swag, ...)
 
     if any(e.detect(model) for e in known_families().values()):
         return model

@@ -58,7 +58,7 @@ def exported(tmp_path_factory):
 
 def test_every_family_has_a_tiny_case():
     families = {c.split("-")[0] for c, _ in EXPORTS}
-    trained = {"laplace", "swag", "gaussian"}  # fitted posteriors: tests/test_trainers.py
+    trained = {"laplace", "swag", "gaussian"}  # fitted posteriors: families/test_trainers.py
     assert families | trained == set(known_families())
 
 

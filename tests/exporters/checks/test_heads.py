@@ -261,7 +261,7 @@ def test_three_tuple_refused_one_column_accepted():
 
     with pytest.raises(UnsupportedLayerError, match=r"tuple of shapes \[\[4, 3\], \[4, 3\], \[4"):
         inspect_output(Three(), x, Task.REGRESSION)
-    # one column is a Bernoulli head now (tests/test_heads_dense.py)
+    # one column is a Bernoulli head now (tests/exporters/checks/test_heads_dense.py)
     assert inspect_output(nn.Linear(6, 1), x, Task.CLASSIFICATION).shape == (4, 1)
 
 
