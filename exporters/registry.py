@@ -60,7 +60,7 @@ class BuiltModel:
     (laplace-torch's predictive returns log-probabilities); None means the model's own head.
     ``members``: the K deterministic networks of a ``frozen:K`` export of a whole-network
     posterior (the same objects the graph module and ``reference`` use), for BatchNorm
-    statistics recomputed per draw (:mod:`qbnn.exporters.bnstats`).
+    statistics recomputed per draw (:mod:`qbnn.exporters.checks.bnstats`).
     """
 
     module: nn.Module

@@ -3,10 +3,10 @@
 Hand-written Bayes-by-backprop layers (``w = mu + softplus(rho) * torch.randn_like(mu)`` in
 forward, Blundell et al., 2015), noise-injection layers and third-party Bayesian layers whose
 sampling is tensor code: the posterior *is* the forward. The ``stochastic`` family runs that
-forward once per MC sample inside the sample loop (:mod:`qbnn.exporters.sampleloop`, an ONNX
+forward once per MC sample inside the sample loop (:mod:`qbnn.exporters.modules.loopmodel`, an ONNX
 ``Scan``), so every sample draws all of its noise afresh, including noise shaped like a weight,
 which a single pass over a tiled batch would share across the S samples. The user's random ops
-become qbnn's seeded ``RandomUniformLike`` noise (:mod:`qbnn.exporters.randomops`); the
+become qbnn's seeded ``RandomUniformLike`` noise (:mod:`qbnn.exporters.passes.randomops`); the
 self-check compares with the model's own repeated forward.
 
 :func:`noise_census` finds such models: it runs the forward once under a dispatch mode that

@@ -114,7 +114,7 @@ def _placeholders(model: nn.Module) -> tuple[nn.Module, dict[str, object]]:
 
 def _build_weight(model: nn.Module, *, task: Task) -> BuiltModel:
     """``weight`` mode: per MC sample one weight draw of every Bayesian layer, then the
-    ordinary network inside the sample loop (:mod:`qbnn.exporters.sampleloop`)."""
+    ordinary network inside the sample loop (:mod:`qbnn.exporters.modules.loopmodel`)."""
     net, posts = _placeholders(model)
     posterior = {}
     for name, post in posts.items():

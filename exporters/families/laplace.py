@@ -6,13 +6,13 @@ Supported posteriors (``Laplace(model, ..., subset_of_weights=..., hessian_struc
 subset_of_weights  hessian_structure       graph
 =================  ======================  =========================================
 ``last_layer``     ``full``/``kron``/      body once, final Linear sampled S times
-                   ``diag``                (:class:`~qbnn.exporters.vectormodel.LastLayerModel`)
+                   ``diag``                (:class:`~..modules.vectormodel.LastLayerModel`)
 ``all``            ``full``/``kron``/      every Linear/Conv/BatchNorm parameter sampled
                    ``diag``                per MC sample (like mean-field ``weight`` mode)
 =================  ======================  =========================================
 
 Modes: ``weight`` samples ``theta = mean + delta`` in the graph (``delta`` from the posterior's
-own square-root factors, see :mod:`qbnn.exporters.vector`); ``frozen:K`` stores K exact draws
+own square-root factors, see :mod:`..modules.vector`); ``frozen:K`` stores K exact draws
 taken at export time from the same factors with torch (their covariance equals laplace-torch's
 posterior covariance: tested). The self-check compares ``weight`` graphs with laplace-torch's own
 ``predictive_samples(x, pred_type="nn")``, and ``frozen:K`` graphs draw by draw with the stored

@@ -12,7 +12,7 @@ tensors' leading dimension).
 
 The per-sample parameters reach the network through :func:`torch.func.functional_call`, so the
 network itself is a plain deterministic module (its Bayesian layers swapped for
-:class:`~qbnn.exporters.layers.FixedLayer` placeholders, or the user's own Linear / Conv /
+:class:`~qbnn.exporters.modules.layers.FixedLayer` placeholders, or the user's own Linear / Conv /
 BatchNorm layers for vector posteriors).
 """
 

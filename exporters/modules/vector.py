@@ -13,7 +13,7 @@ sum or a concatenation of structured Gaussian terms:
 - :class:`LowRankTerm`: ``delta = z @ factor`` with ``z [S, K]`` (SWAG's deviation matrix).
 
 :class:`VectorSampler` turns a :class:`VectorGaussian` into ``theta [S, P]`` inside the graph
-(noise from :class:`~qbnn.exporters.layers.SampleContext`); ``VectorGaussian.sample`` is the exact
+(noise from :class:`~.layers.SampleContext`); ``VectorGaussian.sample`` is the exact
 torch-side twin used for frozen draws.
 """
 

@@ -1,10 +1,10 @@
 """Networks whose parameters come from a sampled vector ``theta [S, P]``.
 
-Two shapes of posterior over a parameter vector (see :mod:`qbnn.exporters.vector`):
+Two shapes of posterior over a parameter vector (see :mod:`qbnn.exporters.modules.vector`):
 
 - whole-network (diagonal/full/Kronecker Laplace over all weights, SWAG): every parameter in
   the posterior is read from its slice of ``theta``, per MC sample, and the network runs once per
-  sample in the sample loop (:mod:`qbnn.exporters.sampleloop`), as mean-field ``weight`` mode;
+  sample in the sample loop (:mod:`.loopmodel`), as mean-field ``weight`` mode;
 - last-layer (laplace-torch's ``*LLLaplace``): the deterministic body runs **once** per input
   and only the final Linear layer is evaluated S times, so S samples cost little more than one
   forward pass.

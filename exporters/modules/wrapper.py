@@ -2,7 +2,7 @@
 
 Both wrappers take ``(input [B, *F], template [S])`` where only the *length* of ``template``
 matters: after export it is replaced by ``ConstantOfShape(num_samples)`` so S becomes a scalar
-graph input (see :mod:`qbnn.exporters.graph`).
+graph input (see :mod:`qbnn.exporters.passes.finalize`).
 """
 
 from __future__ import annotations
@@ -69,8 +69,8 @@ def uncertainty_head(
 
     Classification: ``probs [S,B,C], mean_probs [B,C], predictive_entropy [B],
     expected_entropy [B], mutual_information [B]``; ``head`` says what the network returns
-    (logits, probs or log_probs) and ``probs`` is :func:`~qbnn.exporters.heads.to_probs` of it.
-    With a :class:`~qbnn.exporters.heads.HeadSpec` layout the per-sample outputs (flattened
+    (logits, probs or log_probs) and ``probs`` is :func:`~.heads.to_probs` of it.
+    With a :class:`~.heads.HeadSpec` layout the per-sample outputs (flattened
     ``[S, B, N]``) are read as ``[S, B, *shape]``: dense heads give ``probs [S, B, C, *spatial]``,
     ``mean_probs [B, C, *spatial]`` and entropy / MI maps ``[B, *spatial]`` (class axis only); a
     Bernoulli head gives two classes ``[1 - p, p]``.
