@@ -7,8 +7,11 @@ prepared and traced (:mod:`qbnn.exporters.steps`), the graph passes run in their
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from qbnn.runtimes.contract import FORMAT_VERSION, MetaKey, Task
 
@@ -33,7 +36,15 @@ __all__ = ["ExportConfig", "ExportResult", "export", "export_model", "resolve_fa
 QBNN_VERSION = "0.1.0"
 
 
-def export(model, example_input, path, *, config=None, bn_update=None, **options: Any) -> Path:
+def export(
+    model: object,
+    example_input: torch.Tensor,
+    path: str | os.PathLike,
+    *,
+    config: ExportConfig | None = None,
+    bn_update: torch.Tensor | None = None,
+    **options: Any,
+) -> Path:
     """Compile ``model`` to an ONNX graph obeying the qbnn contract; returns the written path.
 
     ``model``: a torch module (Bayesian-Torch layers, dropout), a list of same-architecture
@@ -60,7 +71,13 @@ def export(model, example_input, path, *, config=None, bn_update=None, **options
 
 
 def export_model(
-    model, example_input, path, *, config=None, bn_update=None, **options: Any
+    model: object,
+    example_input: torch.Tensor,
+    path: str | os.PathLike,
+    *,
+    config: ExportConfig | None = None,
+    bn_update: torch.Tensor | None = None,
+    **options: Any,
 ) -> ExportResult:
     """Like :func:`export` but returns an :class:`ExportResult` with the self-check numbers."""
     cfg = _config(config, options)
@@ -85,19 +102,15 @@ def _config(config: ExportConfig | None, options: dict[str, Any]) -> ExportConfi
 
 
 def _source(family: str) -> str:
+    """The family's trainer and version, and torch's (``qbnn.source``)."""
     return get_exporter(family).source()
 
 
 def _metadata(p: Prepared, cfg: ExportConfig) -> dict[str, str]:
     """The contract's ``qbnn.*`` metadata of the graph."""
     task_e, family, mode, x, out_dim, head_e = p.task, p.family, p.mode, p.x, p.out_dim, p.head
-    num_samples, source, seed, heteroscedastic = (
-        cfg.num_samples,
-        cfg.source,
-        cfg.seed,
-        p.heteroscedastic,
-    )
-    noise_var = p.noise_variance
+    num_samples, source, seed = cfg.num_samples, cfg.source, cfg.seed
+    heteroscedastic, noise_var = p.heteroscedastic, p.noise_variance
     meta = {
         MetaKey.FORMAT_VERSION: FORMAT_VERSION,
         MetaKey.TASK: task_e.value,
