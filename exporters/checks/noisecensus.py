@@ -1,18 +1,12 @@
-"""Self-sampling networks: any torch module whose forward draws its own noise.
+"""The noise census: which random draws a model's forward makes, and from which module.
 
-Hand-written Bayes-by-backprop layers (``w = mu + softplus(rho) * torch.randn_like(mu)`` in
-forward, Blundell et al., 2015), noise-injection layers and third-party Bayesian layers whose
-sampling is tensor code: the posterior *is* the forward. The ``stochastic`` family runs that
-forward once per MC sample inside the sample loop (:mod:`qbnn.exporters.modules.loopmodel`, an ONNX
-``Scan``), so every sample draws all of its noise afresh, including noise shaped like a weight,
-which a single pass over a tiled batch would share across the S samples. The user's random ops
-become qbnn's seeded ``RandomUniformLike`` noise (:mod:`qbnn.exporters.passes.randomops`); the
-self-check compares with the model's own repeated forward.
-
-:func:`noise_census` finds such models: it runs the forward once under a dispatch mode that
-records every random draw (ops tagged ``nondeterministic_seeded``) with the module that made it,
-at two batch sizes, so a draw whose shape does not follow the batch (weight-shaped noise) is
-told apart from per-row noise (activations, dropout masks).
+:func:`noise_census` runs the forward once under a dispatch mode that records every random draw
+(ops tagged ``nondeterministic_seeded``) with the module that made it, at two batch sizes, so a
+draw whose shape does not follow the batch (weight-shaped noise, which one pass over a tiled
+batch would share across the S samples) is told apart from per-row noise (activations, dropout
+masks). Families use it to detect self-sampling networks (hand-written Bayes-by-backprop layers,
+noise injection: :func:`draws_own_noise`) and to refuse noise they would get wrong
+(:func:`shared_noise`, :func:`check_traceable_noise`).
 """
 
 from __future__ import annotations
