@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -55,8 +56,9 @@ class ExportConfig:
             self._set_head(self.head)
         for name in ("num_samples", "verify_samples", "opset"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
                 raise ConfigError(f"{name} must be an integer; got {value!r}")
+            object.__setattr__(self, name, int(value))  # numpy integers become int
         if self.num_samples < 1 or self.verify_samples < 2:
             raise ConfigError(
                 f"num_samples must be >= 1 and verify_samples >= 2; got {self.num_samples}, "
@@ -72,7 +74,7 @@ class ExportConfig:
         if (
             nv is not None
             and nv != 0
-            and not (isinstance(nv, int | float) and math.isfinite(nv) and nv > 0)
+            and not (isinstance(nv, numbers.Real) and math.isfinite(nv) and nv > 0)
         ):
             raise ConfigError(f"noise_variance must be a finite number > 0; got {nv}")
 

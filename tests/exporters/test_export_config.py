@@ -44,6 +44,13 @@ def test_round_trips_through_json_and_yaml(cfg):
     assert ExportConfig.from_dict(yaml.safe_load(yaml.safe_dump(cfg.to_dict()))) == cfg
 
 
+def test_numpy_numbers_are_accepted():
+    import numpy as np
+
+    cfg = ExportConfig(num_samples=np.int64(8), noise_variance=np.float32(0.5))
+    assert cfg.num_samples == 8 and type(cfg.num_samples) is int
+
+
 def test_strings_become_enums_and_the_record_is_frozen():
     cfg = ExportConfig(task="regression", head="auto")
     assert cfg.task is Task.REGRESSION and cfg.head is None
