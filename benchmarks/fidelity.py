@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from qbnn.exporters import export_model  # noqa: E402
-from qbnn.exporters.mcdropout import mc_mode  # noqa: E402
+from qbnn.exporters.modules.dropout import mc_mode  # noqa: E402
 from qbnn.runtimes import Predictor  # noqa: E402
 
 from tiny_models import CASES, example, resnet20_bnn  # noqa: E402

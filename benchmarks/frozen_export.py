@@ -63,7 +63,7 @@ def main() -> None:
         row = json.loads(out.strip().splitlines()[-1])
         rows.append(row)
         print(row, flush=True)
-    from qbnn.exporters.sampleloop import UNROLL_MAX
+    from qbnn.exporters.modules.loopmodel import UNROLL_MAX
 
     t = {r["k"]: r["seconds"] for r in rows}
     lines = [

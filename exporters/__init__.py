@@ -1,18 +1,24 @@
 """torch BNN -> self-contained stochastic ONNX graph.
 
-``export(model, example_input, path, ...)`` is the one public verb; exporters per posterior
-family live in their own modules and register with :func:`register_exporter`.
+``export(model, example_input, path, config=ExportConfig(...))`` is the one public verb
+(:mod:`.api`, the driver; its steps in :mod:`.steps`). The rooms: :mod:`.families` (one module
+per posterior family, each registering with :func:`register_exporter`; :mod:`.registry` holds
+what the rest of qbnn knows about a family), :mod:`.modules` (the torch modules that get
+traced), :mod:`.passes` (ONNX graph passes with one contract, run in one declared order),
+:mod:`.checks` (output form, noise census, BatchNorm statistics, the self-check).
 """
 
 from .api import ExportResult, export, export_model, resolve_family
-from .ensemble import WeightSamples
+from .checks.selfcheck import FidelityReport
+from .config import ExportConfig
+from .families.ensemble import WeightSamples
+from .families.gaussian import WeightGaussian
+from .families.swag import SwagPosterior
+from .modules.vector import DenseTerm, DiagTerm, KronTerm, LowRankTerm, VectorGaussian
 from .registry import Exporter, SamplingMode, get_exporter, known_families, register_exporter
-from .swag import SwagPosterior
-from .vector import DenseTerm, DiagTerm, KronTerm, LowRankTerm, VectorGaussian
-from .verify import FidelityReport
-from .weightgaussian import WeightGaussian
 
 __all__ = [
+    "ExportConfig",
     "ExportResult",
     "Exporter",
     "FidelityReport",

@@ -8,7 +8,7 @@ import onnx
 import torch
 from torch import nn
 
-from qbnn.exporters.graph import strip_tracing_metadata
+from qbnn.exporters.passes.finalize import strip_tracing_metadata
 from qbnn.runtimes.atomic import atomic_path
 from qbnn.runtimes.contract import INPUT, ContractMeta
 from qbnn.runtimes.errors import ExportError, first_line

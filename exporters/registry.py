@@ -1,10 +1,18 @@
-"""The exporter registry: one exporter per posterior family, filled by a decorator."""
+"""The exporter registry: one entry per posterior family, filled by a decorator.
+
+An entry (:class:`Exporter`) holds everything the rest of qbnn knows about a family: how
+``auto`` detects it and in which order, its sampling modes and default, its trainer (for
+``qbnn.source``), whether its draws are whole networks (the BatchNorm policy), how compress
+reads its tensors, and its hooks into the export driver. Families are written only in
+:mod:`qbnn.exporters.families`; everything else reads this registry.
+"""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from importlib.metadata import version
 
 import torch
 from torch import nn
@@ -12,10 +20,13 @@ from torch import nn
 from qbnn.runtimes.contract import Task
 from qbnn.runtimes.errors import ConfigError
 
+from .tensors import CompressTensors
+
 __all__ = [
     "BuiltModel",
     "Exporter",
     "SamplingMode",
+    "detection_order",
     "get_exporter",
     "known_families",
     "register_exporter",
@@ -49,7 +60,7 @@ class BuiltModel:
     (laplace-torch's predictive returns log-probabilities); None means the model's own head.
     ``members``: the K deterministic networks of a ``frozen:K`` export of a whole-network
     posterior (the same objects the graph module and ``reference`` use), for BatchNorm
-    statistics recomputed per draw (:mod:`qbnn.exporters.bnstats`).
+    statistics recomputed per draw (:mod:`qbnn.exporters.checks.bnstats`).
     """
 
     module: nn.Module
@@ -61,9 +72,24 @@ class BuiltModel:
     members: list[nn.Module] | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Exporter:
-    """A posterior family: how to detect it, which sampling modes it emits, how to build."""
+    """A posterior family: how to detect it, which sampling modes it emits, how to build.
+
+    ``priority``: ``auto`` tries families in ascending priority; ``detect(model) -> bool``
+    sees the model only, ``detect_input(model, x)`` (optional) also the example input
+    ``x [B, *F]`` and runs only when one is given. ``trainer``: the distribution whose version
+    goes into ``qbnn.source`` (None: torch only). ``whole_network``: a draw is a whole network
+    (BatchNorm statistics can be recomputed per ``frozen:K`` draw). ``tensors``: how compress
+    reads the graph's posterior tensors, or why it refuses. Hooks into the export driver, all
+    optional: ``check(model, x)`` raises before building; ``heteroscedastic``: the reason a
+    heteroscedastic head is refused (None: allowed); ``noise_variance(model) -> float | None``:
+    the default observation-noise variance of a regression export; ``last_layer(model) ->
+    (network, name) | None``: the network and last-layer name a last-layer graph samples;
+    ``undetected(model)``: raises when ``auto`` detected no family but ``model`` holds this
+    family's layers in a form it cannot export; ``auto_hint``: advice added to ``auto``'s
+    error (which posterior to pass for models detection cannot see).
+    """
 
     family: str
     modes: tuple[str, ...]
@@ -71,6 +97,23 @@ class Exporter:
     detect: Callable[[object], bool]
     build: Callable[..., BuiltModel]
     description: str
+    priority: int = 100
+    detect_input: Callable[[object, torch.Tensor], bool] | None = None
+    trainer: str | None = None
+    whole_network: bool = False
+    tensors: CompressTensors = field(default_factory=CompressTensors)
+    check: Callable[[object, torch.Tensor], None] | None = None
+    heteroscedastic: str | None = None
+    noise_variance: Callable[[object], float | None] | None = None
+    last_layer: Callable[[object], tuple[nn.Module, str] | None] | None = None
+    undetected: Callable[[object], None] | None = None
+    auto_hint: str | None = None
+
+    def source(self) -> str:
+        """The ``qbnn.source`` text: the trainer's version (when it has one) and torch's."""
+        if self.trainer is not None:
+            return f"{self.trainer} {version(self.trainer)}; torch {torch.__version__}"
+        return f"torch {torch.__version__}"
 
     def parse_mode(self, sampling: str | None, num_samples: int) -> SamplingMode:
         """Validate ``sampling`` for this family; ``frozen`` alone means ``frozen:num_samples``."""
@@ -98,28 +141,28 @@ class Exporter:
 _REGISTRY: dict[str, Exporter] = {}
 
 
-def register_exporter(
-    family: str,
-    *,
-    modes: tuple[str, ...],
-    default_mode: str,
-    detect: Callable[[object], bool],
-    description: str,
-):
-    """Decorator registering ``build(model, mode, *, task, seed) -> BuiltModel`` for ``family``."""
+def register_exporter(family: str, **spec: object):
+    """Decorator registering ``build(model, mode, *, task, seed) -> BuiltModel`` for ``family``;
+    ``spec``: the other :class:`Exporter` fields (``modes``, ``default_mode``, ``detect`` and
+    ``description`` are required). Raises ValueError for a family registered twice."""
 
     def deco(build: Callable[..., BuiltModel]) -> Callable[..., BuiltModel]:
         if family in _REGISTRY:
             raise ValueError(f"exporter family '{family}' registered twice")
-        _REGISTRY[family] = Exporter(family, modes, default_mode, detect, build, description)
+        _REGISTRY[family] = Exporter(family=family, build=build, **spec)
         return build
 
     return deco
 
 
+def detection_order() -> list[Exporter]:
+    """The registered exporters in ``auto``'s order (ascending priority, then name)."""
+    return sorted(_REGISTRY.values(), key=lambda e: (e.priority, e.family))
+
+
 def known_families() -> dict[str, Exporter]:
-    """All registered exporters by family name."""
-    return dict(_REGISTRY)
+    """All registered exporters by family name, in alphabetical order."""
+    return dict(sorted(_REGISTRY.items()))
 
 
 def get_exporter(family: str) -> Exporter:
@@ -128,7 +171,8 @@ def get_exporter(family: str) -> Exporter:
         return _REGISTRY[family]
     except KeyError:
         raise ConfigError(
-            f"unknown posterior family '{family}'; known families: auto, {', '.join(_REGISTRY)}"
+            f"unknown posterior family '{family}'; known families: auto, "
+            f"{', '.join(sorted(_REGISTRY))}"
         ) from None
 
 

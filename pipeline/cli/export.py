@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import ast
+import importlib.util
 import re
+from functools import cache
 from pathlib import Path
 from typing import Annotated
 
@@ -12,7 +15,7 @@ from qbnn.runtimes.errors import QbnnError
 
 from .common import handles_errors
 
-__all__ = ["cli_spelling", "export_cmd"]
+__all__ = ["cli_spelling", "export_cmd", "registered_families"]
 
 #: the exporter's keyword hints, as ``qbnn export`` spells them
 _SPELLING = (
@@ -22,6 +25,38 @@ _SPELLING = (
     (re.compile(r"\bpass num_samples\b"), "pass --samples"),
     (re.compile(r"\bbn_update=<training inputs> \(--bn-update\)"), "--bn-update <npz>"),
 )
+
+
+@cache
+def registered_families() -> dict[str, tuple[str, ...]]:
+    """``{family: sampling modes}`` as the modules of ``qbnn.exporters.families`` register them
+    (``@register_exporter("name", modes=(...))``), read from their source so that ``qbnn
+    --help`` does not import torch; ``tests/pipeline/cli/test_help.py`` holds them to the live
+    registry."""
+    spec = importlib.util.find_spec("qbnn.exporters")  # imports qbnn only, not the exporters
+    out: dict[str, tuple[str, ...]] = {}
+    for root in spec.submodule_search_locations if spec else ():
+        for path in sorted((Path(root) / "families").glob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if not (
+                    isinstance(node, ast.Call)
+                    and getattr(node.func, "id", "") == "register_exporter"
+                ):
+                    continue
+                modes = next((k.value for k in node.keywords if k.arg == "modes"), None)
+                out[ast.literal_eval(node.args[0])] = (
+                    tuple(ast.literal_eval(modes)) if modes else ()
+                )
+    return dict(sorted(out.items()))
+
+
+def _posterior_help() -> str:
+    return ", ".join(["auto", *registered_families()])
+
+
+def _sampling_help() -> str:
+    modes = dict.fromkeys(m for ms in registered_families().values() for m in ms)
+    return ", ".join(f"{m}:K" if m == "frozen" else m for m in modes) + " (default per family)"
 
 
 def cli_spelling(message: str) -> str:
@@ -46,19 +81,8 @@ def export_cmd(
     input_shape: Annotated[str, typer.Option("--input-shape", help="feature shape, e.g. 3,32,32")],
     output: Annotated[Path, typer.Option("--output", "-o", help="output .onnx path")],
     weights: Annotated[Path | None, typer.Option("--weights", help="state-dict checkpoint")] = None,
-    posterior: Annotated[
-        str,
-        typer.Option(
-            help="auto, meanfield, flipout, mcdropout, stochastic, ensemble, laplace, swag, "
-            "gaussian"
-        ),
-    ] = "auto",
-    sampling: Annotated[
-        str | None,
-        typer.Option(
-            help="weight, lrt, flipout, frozen:K, dropout, members, loop (default per family)"
-        ),
-    ] = None,
+    posterior: Annotated[str, typer.Option(help=_posterior_help())] = "auto",
+    sampling: Annotated[str | None, typer.Option(help=_sampling_help())] = None,
     samples: Annotated[int, typer.Option("--samples", help="default MC samples S")] = 16,
     seed: Annotated[int | None, typer.Option(help="fix every random node's seed")] = None,
     task: Annotated[str, typer.Option(help="classification|regression")] = "classification",
@@ -94,6 +118,13 @@ def export_cmd(
             "frozen:K draw (SWAG's bn_update)",
         ),
     ] = None,
+    opset: Annotated[int, typer.Option(help="ONNX opset (>= 18)")] = 18,
+    verify_samples: Annotated[
+        int, typer.Option("--verify-samples", help="MC samples of the self-check (>= 2)")
+    ] = 64,
+    source: Annotated[
+        str | None, typer.Option(help="qbnn.source metadata (default: trainer and version)")
+    ] = None,
 ) -> None:
     """Export a trained torch BNN to a stochastic ONNX graph."""
     from ..common import check_output_file, importable, load_npz, require
@@ -102,8 +133,8 @@ def export_cmd(
     check_output_file(output)
     import torch
 
-    from qbnn.exporters import export_model
-    from qbnn.exporters.loading import load_model, parse_shape
+    from qbnn.exporters import ExportConfig, export_model
+    from qbnn.exporters.usermodels import load_model, parse_shape
 
     shape = parse_shape(input_shape)
     with importable(Path.cwd()):  # factory modules in the working directory, as python -m
@@ -116,21 +147,21 @@ def export_cmd(
     if bn_update is not None:
         bn_data = torch.from_numpy(load_npz(bn_update, require=("x",))["x"]).float()
     try:
-        result = export_model(
-            net,
-            example,
-            output,
+        cfg = ExportConfig(
             posterior=posterior,
             sampling=sampling,
             num_samples=samples,
             task=task,
             seed=seed,
             verify=verify,
+            verify_samples=verify_samples,
+            opset=opset,
+            source=source,
             heteroscedastic=heteroscedastic,
             noise_variance=noise_variance,
             head=head,
-            bn_update=bn_data,
         )
+        result = export_model(net, example, output, config=cfg, bn_update=bn_data)
     except QbnnError as exc:
         message = cli_spelling(str(exc))
         if message == str(exc):

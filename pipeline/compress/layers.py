@@ -11,12 +11,15 @@ graphs keep the posterior's tensors as initializers:
 - deterministic and MC-dropout graphs: any weight read directly by Conv/Gemm/MatMul; no
   posterior scale (mu only).
 
-Laplace, SWAG and other ``gaussian`` graphs draw weights from factors; they are refused.
+Which of these layouts a graph may hold, and whether compress refuses it, is the registry
+entry's of the graph's ``qbnn.posterior`` (:attr:`qbnn.exporters.registry.Exporter.tensors`,
+typed readers defined beside the modules that name the buffers); graphs without a posterior
+(plain ONNX) are read by their heavy ops' weights only. Reading a qbnn graph imports the
+exporters' registry (torch).
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -26,13 +29,9 @@ from onnx import numpy_helper
 from qbnn.runtimes.contract import ContractMeta
 from qbnn.runtimes.errors import ConfigError
 
-__all__ = ["HEAVY_OPS", "Layer", "find_layers", "layer_posterior"]
+__all__ = ["HEAVY_OPS", "Layer", "consumers", "find_layers", "layer_posterior"]
 
 HEAVY_OPS = ("Conv", "Gemm", "MatMul")
-REFUSED = ("laplace", "swag", "gaussian")
-_DRAW = re.compile(r"^members\.(\d+)\.(.+)\.(weight|bias)$")
-_LRT = re.compile(r"^net\.(.+)\.(mu_w|var_w|sigma_w|mu_b|var_b|sigma_b)$")
-_SOURCE = re.compile(r"^source\.(mu|sigma)__(.+)__(weight|bias)$")
 _PREFIXES = ("net.", "model.", "module.")
 
 
@@ -68,7 +67,8 @@ def _strip(name: str) -> str:
     return name.removesuffix(".weight")
 
 
-def _consumers(graph: onnx.GraphProto) -> dict[str, list[tuple[onnx.NodeProto, int]]]:
+def consumers(graph: onnx.GraphProto) -> dict[str, list[tuple[onnx.NodeProto, int]]]:
+    """``{tensor name: [(node, input index), ...]}`` over the nodes of ``graph`` (no subgraphs)."""
     out: dict[str, list[tuple[onnx.NodeProto, int]]] = {}
     for n in graph.node:
         for i, name in enumerate(n.input):
@@ -76,61 +76,62 @@ def _consumers(graph: onnx.GraphProto) -> dict[str, list[tuple[onnx.NodeProto, i
     return out
 
 
+def _tensors(posterior: str):
+    """The registry's reading of ``posterior``'s graphs (None for a graph without one)."""
+    if not posterior:
+        return None
+    from qbnn.exporters import get_exporter  # torch: only for qbnn graphs
+
+    return get_exporter(posterior).tensors
+
+
 def find_layers(model: onnx.ModelProto) -> dict[str, Layer]:
     """``{layer name: Layer}`` in graph order; raises :class:`ConfigError` for graphs whose
     posterior is not stored as per-layer initializers (Laplace, SWAG, Gaussian factors)."""
     meta = ContractMeta.from_model(model)
     posterior = meta.posterior or ""
-    if posterior in REFUSED:
+    tensors = _tensors(posterior)
+    if tensors is not None and tensors.refused:
         raise ConfigError(
             f"compress does not support the '{posterior}' posterior (sampling "
-            f"'{meta.sampling or '?'}'): its weights are drawn from factors at run time. "
+            f"'{meta.sampling or '?'}'): {tensors.refused}. "
             "Supported: frozen:K and ensembles, weight/lrt mean-field graphs, deterministic and "
             "MC-dropout models; export with --sampling frozen:K to compress its draws"
         )
     g = model.graph
     inits = {i.name: i for i in g.initializer}
-    cons = _consumers(g)
+    cons = consumers(g)
     layers: dict[str, Layer] = {}
-
-    def get(name: str) -> Layer:
-        return layers.setdefault(name, Layer(name))
-
+    member: dict[str, int] = {}
+    # a TensorRef's slot (qbnn.exporters.tensors.Slot, a StrEnum) -> the Layer field it fills
+    slots = {
+        "weight": "weights",
+        "bias": "biases",
+        "weight_scale": "scales",
+        "bias_scale": "bias_scales",
+    }
     for name in inits:
-        if m := _DRAW.match(name):
-            lay = get(m.group(2))
-            lay.role = "draws"
-            (lay.weights if m.group(3) == "weight" else lay.biases).append(name)
-        elif m := _LRT.match(name):
-            lay = get(m.group(1))
-            lay.role = "mu"
-            if m.group(2)[:-2] in ("var", "sigma"):
-                lay.scale_kind = m.group(2)[:-2]
-            slots = {"mu_w": lay.weights, "var_w": lay.scales, "sigma_w": lay.scales}
-            slots |= {"mu_b": lay.biases, "var_b": lay.bias_scales, "sigma_b": lay.bias_scales}
-            slots[m.group(2)].append(name)
-        elif m := _SOURCE.match(name):
-            lay = get(m.group(2).replace("__", "."))
-            lay.role, lay.scale_kind = "mu", "sigma"
-            mu, w = m.group(1) == "mu", m.group(3) == "weight"
-            target = (
-                (lay.weights if mu else lay.scales)
-                if w
-                else (lay.biases if mu else lay.bias_scales)
-            )
-            target.append(name)
+        ref = tensors.read(name) if tensors is not None else None
+        if ref is None:
+            continue
+        lay = layers.setdefault(ref.layer, Layer(ref.layer))
+        lay.role = ref.role.value
+        if ref.scale_kind is not None:
+            lay.scale_kind = ref.scale_kind
+        getattr(lay, slots[ref.slot]).append(name)
+        member[name] = ref.member
     if not layers:  # deterministic / MC dropout: weights read directly by a heavy op
         for name, init in inits.items():
             users = cons.get(name, [])
             if len(init.dims) >= 2 and any(n.op_type in HEAVY_OPS and i == 1 for n, i in users):
-                lay = get(_strip(name))
+                lay = layers.setdefault(_strip(name), Layer(_strip(name)))
                 lay.weights.append(name)
                 for n, i in users:
                     if n.op_type in ("Conv", "Gemm") and i == 1 and len(n.input) > 2 and n.input[2]:
                         lay.biases.append(n.input[2])
     for lay in layers.values():
-        lay.weights.sort(key=_member_key)
-        lay.biases.sort(key=_member_key)
+        lay.weights.sort(key=lambda n: (member.get(n, 0), n))
+        lay.biases.sort(key=lambda n: (member.get(n, 0), n))
         _attach_nodes(lay, cons)
     layers = {k: v for k, v in layers.items() if v.weights}
     if not layers:
@@ -139,11 +140,6 @@ def find_layers(model: onnx.ModelProto) -> dict[str, Layer]:
             "(frozen:K, ensembles, weight/lrt mean-field, deterministic or MC-dropout graphs)"
         )
     return layers
-
-
-def _member_key(name: str) -> tuple[int, str]:
-    m = _DRAW.match(name)
-    return (int(m.group(1)) if m else 0, name)
 
 
 def _attach_nodes(lay: Layer, cons) -> None:

@@ -19,7 +19,7 @@ from onnx import numpy_helper
 
 from qbnn.runtimes.errors import ConfigError
 
-from .layers import Layer, _consumers
+from .layers import Layer, consumers
 
 __all__ = ["prune_channels"]
 
@@ -125,7 +125,7 @@ def prune_channels(model: onnx.ModelProto, lay: Layer, channels: tuple[int, ...]
     ch = list(channels)
     _zero(model, lay.weights + lay.scales, lay.out_axis, ch)
     _zero(model, lay.biases + lay.bias_scales, 0, ch)
-    cons = _consumers(model.graph)
+    cons = consumers(model.graph)
     found = [_consumer_of(model, n, cons, inits, n_out) for n in lay.nodes]
     removable = (
         lay.role in ("draws", "weight")

@@ -1,6 +1,6 @@
 """int8 convolutions with per-sample weights inside the sample loop (the QBNN arithmetic).
 
-A ``weight``-mode graph (:mod:`qbnn.exporters.sampleloop`) draws every Monte-Carlo sample's
+A ``weight``-mode graph (:mod:`qbnn.exporters.modules.loopmodel`) draws every Monte-Carlo sample's
 weights ``W [S, O, C/g, *k]`` in the outer graph and runs the network in an ONNX ``Scan`` whose
 convolutions take the sample's weight as a run-time input. Static quantizers (INC, ONNX
 Runtime's ``quantize_static``) only quantize initializer weights, so they leave these

@@ -20,7 +20,7 @@ from ..compress import CompressConfig, CompressMode
 from ..quantize import QuantConfig
 from ..validate import ValidateConfig
 
-__all__ = ["DataConfig", "ModelSource", "RunConfig", "Stage", "load_run_config"]
+__all__ = ["EXPORT_KEYS", "DataConfig", "ModelSource", "RunConfig", "Stage", "load_run_config"]
 
 
 class Stage(StrEnum):
@@ -36,9 +36,32 @@ class Stage(StrEnum):
 DEFAULT_STAGES = (Stage.EXPORT, Stage.QUANTIZE, Stage.VALIDATE, Stage.BENCH)
 
 
+#: the keys of ``model:`` that are :class:`qbnn.exporters.ExportConfig` options, passed through
+#: as they are ("" for None); a test holds this to ExportConfig's fields
+EXPORT_KEYS = (
+    "posterior",
+    "sampling",
+    "num_samples",
+    "task",
+    "seed",
+    "verify",
+    "verify_samples",
+    "opset",
+    "source",
+    "heteroscedastic",
+    "noise_variance",
+    "head",
+)
+
+
 @dataclass(frozen=True, kw_only=True)
 class ModelSource:
-    """A torch model (``factory`` + optional ``weights``) to export, or an existing ``onnx``."""
+    """A torch model (``factory`` + optional ``weights``) to export, or an existing ``onnx``.
+
+    The export options (:data:`EXPORT_KEYS`) are those of :class:`qbnn.exporters.ExportConfig`
+    (``seed`` defaults to 0 here, so runs are reproducible); ``bn_update``: an npz with key
+    ``x`` (training inputs) to recompute BatchNorm statistics per ``frozen:K`` draw.
+    """
 
     factory: str = ""
     weights: str = ""
@@ -52,6 +75,17 @@ class ModelSource:
     task: Task = Task.CLASSIFICATION
     heteroscedastic: bool = False
     noise_variance: float | None = None
+    head: str = ""
+    opset: int = 18
+    verify: bool = True
+    verify_samples: int = 64
+    source: str = ""
+    bn_update: str = ""
+
+    def export_options(self) -> dict[str, object]:
+        """The export options as :meth:`qbnn.exporters.ExportConfig.from_dict` takes them."""
+        out = {k: getattr(self, k) for k in EXPORT_KEYS}
+        return {k: (None if v == "" else v) for k, v in out.items()}
 
     def __post_init__(self) -> None:
         coerce_enums(self)

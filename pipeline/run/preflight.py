@@ -37,7 +37,7 @@ def _resolve(base: Path, value: str, key: str) -> Path:
 
 def _check_factory(src: ModelSource, key: str, base: Path) -> None:
     require_modules(("torch",), f"'{key}.factory' ({src.factory})")
-    from qbnn.exporters.loading import import_factory
+    from qbnn.exporters.usermodels import import_factory
 
     try:
         with importable(base):

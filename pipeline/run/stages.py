@@ -68,7 +68,7 @@ def _example(ctx: StageContext, src: ModelSource):
 
 
 def _torch_model(ctx: StageContext, src: ModelSource, key: str):
-    from qbnn.exporters.loading import load_model
+    from qbnn.exporters.usermodels import load_model
 
     weights = ctx.path(src.weights, f"{key}.weights") if src.weights else None
     with importable(ctx.base):
@@ -88,14 +88,17 @@ def export_stage(ctx: StageContext) -> StageOutput:
     if cfg.model.onnx:
         shutil.copyfile(ctx.path(cfg.model.onnx, "model.onnx"), fp32)
     else:
-        from qbnn.exporters import export_model
+        import torch
 
-        res = export_model(
-            _torch_model(ctx, cfg.model, "model"), _example(ctx, cfg.model), fp32,
-            posterior=cfg.model.posterior, sampling=cfg.model.sampling or None,
-            num_samples=cfg.model.num_samples, seed=cfg.model.seed, task=cfg.model.task,
-            heteroscedastic=cfg.model.heteroscedastic, noise_variance=cfg.model.noise_variance,
-        )  # fmt: skip
+        from qbnn.exporters import ExportConfig, export_model
+
+        bn = None
+        if cfg.model.bn_update:
+            path = ctx.path(cfg.model.bn_update, "model.bn_update")
+            bn = torch.from_numpy(load_npz(path, require=("x",))["x"]).float()
+        config = ExportConfig.from_dict(cfg.model.export_options())
+        model = _torch_model(ctx, cfg.model, "model")
+        res = export_model(model, _example(ctx, cfg.model), fp32, config=config, bn_update=bn)
         if res.fidelity is not None:
             out.extra["fidelity"] = res.fidelity.summary()
     out.outputs.append(fp32)

@@ -1,7 +1,7 @@
 """Dense prediction (segmentation) in ``validate``: pixels become rows.
 
 A dense classifier's graph returns ``mean_probs [N, C, *spatial]`` and entropy / MI maps
-``[N, *spatial]`` (:mod:`qbnn.exporters.heads`); its labels are ``y [N, *spatial]``. Every
+``[N, *spatial]`` (:mod:`qbnn.exporters.modules.heads`); its labels are ``y [N, *spatial]``. Every
 classification metric of :mod:`qbnn.pipeline.validate.evaluation` is defined over rows, so the
 pixels are flattened to rows (``N * prod(spatial)`` of them, image-major) and the same code
 measures pixel accuracy, NLL, Brier, ECE, referral and OOD AUROC. Bootstrap intervals then

@@ -11,7 +11,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from qbnn.exporters.api import known_families
+from qbnn.exporters import known_families
 from qbnn.pipeline.cli import COMMANDS, app
 
 runner = CliRunner()
@@ -69,3 +69,11 @@ def test_posterior_list_names_every_family_uncut():
     assert "…" not in block
     for family in ["auto", *known_families()]:
         assert re.search(rf"\b{family}\b", block), (family, block)
+
+
+def test_help_lists_read_from_the_family_modules_match_the_registry():
+    """``qbnn export --help`` reads families and modes from the family modules' source (no
+    torch); they are exactly the live registry's."""
+    from qbnn.pipeline.cli.export import registered_families
+
+    assert registered_families() == {f: e.modes for f, e in known_families().items()}

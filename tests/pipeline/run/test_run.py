@@ -209,7 +209,7 @@ def test_shipped_configs(tmp_path):
     assert (ROOT / "examples" / "demo.yaml").read_text() == demo_config_text()
     cfg, _ = load_run_config(ROOT / "examples" / "pipeline_byo.yaml")
     assert isinstance(cfg, RunConfig) and cfg.model.sampling == "lrt"
-    from qbnn.exporters.api import known_families
+    from qbnn.exporters import known_families
 
     text = (ROOT / "examples" / "pipeline_byo.yaml").read_text()
     line = next(ln for ln in text.splitlines() if ln.strip().startswith("posterior:"))

@@ -1,0 +1,8 @@
+"""Torch-side checks of an export: the model's output form (:mod:`.outputform`), the census of
+the random draws its forward makes (:mod:`.noisecensus`), BatchNorm statistics under weight
+posteriors (:mod:`.bnstats`) and the self-check of the written graph against the torch model
+(:mod:`.selfcheck`)."""
+
+from .selfcheck import FidelityReport, verify_export
+
+__all__ = ["FidelityReport", "verify_export"]

@@ -1,0 +1,173 @@
+"""The noise census: which random draws a model's forward makes, and from which module.
+
+:func:`noise_census` runs the forward once under a dispatch mode that records every random draw
+(ops tagged ``nondeterministic_seeded``) with the module that made it, at two batch sizes, so a
+draw whose shape does not follow the batch (weight-shaped noise, which one pass over a tiled
+batch would share across the S samples) is told apart from per-row noise (activations, dropout
+masks). Families use it to detect self-sampling networks (hand-written Bayes-by-backprop layers,
+noise injection: :func:`draws_own_noise`) and to refuse noise they would get wrong
+(:func:`shared_noise`, :func:`check_traceable_noise`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from qbnn.runtimes.errors import UnsupportedLayerError
+
+from ..modules.btlayers import bayesian_layers
+from ..modules.dropout import mc_mode
+
+__all__ = [
+    "Draw",
+    "check_traceable_noise",
+    "draws_own_noise",
+    "noise_census",
+    "shared_noise",
+]
+
+_DROPOUT_FNS = ("dropout", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout",
+                "feature_alpha_dropout")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Draw:
+    """One random draw of a forward: the module that made it (``""``: the root's own forward),
+    the aten op, the drawn tensor's shape, whether it is dropout and whether its shape follows
+    the batch (per-row noise) or not (shared noise, e.g. shaped like a weight)."""
+
+    module: str
+    op: str
+    shape: tuple[int, ...]
+    dropout: bool
+    per_row: bool
+    into_state: str = ""  # the buffer / parameter an in-place draw writes (``eps.normal_()``)
+
+    def where(self) -> str:
+        return f"module '{self.module}'" if self.module else "the model's own forward"
+
+
+class _Recorder(TorchDispatchMode):
+    def __init__(self, stack, flags: dict[str, bool], state: dict[int, str]) -> None:
+        super().__init__()
+        self.stack, self.flags, self.state = stack, flags, state
+        self.draws: list[tuple[str, str, tuple[int, ...], bool, str]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if torch.Tag.nondeterministic_seeded in func.tags:
+            name, mod = self.stack[-1] if self.stack else ("", None)
+            dropout = self.flags["dropout"] or isinstance(mod, nn.RNNBase)
+            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else ()
+            op = str(func.overloadpacket.__name__)
+            into = ""
+            if op.endswith("_") and args and isinstance(args[0], torch.Tensor):
+                into = self.state.get(args[0].untyped_storage().data_ptr(), "")
+            self.draws.append((name, op, shape, dropout, into))
+        return out
+
+
+@contextlib.contextmanager
+def _dropout_flag(flags: dict[str, bool]):
+    """Mark draws made inside the functional dropout family (``nn.Dropout*`` call it)."""
+    saved = {n: getattr(F, n) for n in _DROPOUT_FNS}
+
+    def wrap(fn):
+        def inner(*args, **kwargs):
+            flags["dropout"] = True
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                flags["dropout"] = False
+
+        return inner
+
+    for n, fn in saved.items():
+        setattr(F, n, wrap(fn))
+    try:
+        yield
+    finally:
+        for n, fn in saved.items():
+            setattr(F, n, fn)
+
+
+def _record(net: nn.Module, x: torch.Tensor) -> list[tuple[str, str, tuple[int, ...], bool, str]]:
+    stack: list[tuple[str, nn.Module]] = []
+    flags = {"dropout": False}
+    hooks = []
+
+    def enter(name: str, mod: nn.Module) -> None:
+        stack.append((name, mod))
+
+    def leave(*_) -> None:
+        stack.pop()  # returns None: the module's output is kept
+
+    for name, mod in net.named_modules():
+        hooks.append(mod.register_forward_pre_hook(lambda m, a, n=name: enter(n, m)))
+        hooks.append(mod.register_forward_hook(leave))
+    state = {t.untyped_storage().data_ptr(): n for n, t in net.named_buffers()}
+    state.update({p.untyped_storage().data_ptr(): n for n, p in net.named_parameters()})
+    rec = _Recorder(stack, flags, state)
+    try:
+        with torch.no_grad(), torch.random.fork_rng(), _dropout_flag(flags), rec:
+            net(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return rec.draws
+
+
+def noise_census(model: nn.Module, x: torch.Tensor) -> list[Draw]:
+    """Every random draw of ``model``'s forward on ``x [B, *F]`` in MC mode (train mode except
+    normalization layers, as the sampling families run it), in call order.
+
+    ``per_row`` compares with a second run on ``B + 1`` rows: a draw whose shape changes follows
+    the batch. Returns ``[]`` for a forward that fails (the export's own probe reports it).
+    """
+    net = mc_mode(copy.deepcopy(model))
+    xb = torch.cat([x, x[:1]])
+    try:
+        first, second = _record(net, x), _record(net, xb)
+    except Exception:  # noqa: BLE001 - the sampler probe names the model's own error
+        return []
+    same_calls = len(first) == len(second)
+    out = []
+    for i, (name, op, shape, dropout, into) in enumerate(first):
+        per_row = not same_calls or second[i][2] != shape
+        out.append(Draw(name, op, shape, dropout, per_row, into))
+    return out
+
+
+def check_traceable_noise(model: nn.Module, draws: Sequence[Draw]) -> None:
+    """Refuse in-place draws into module state (``self.eps.data.normal_()``, as blitz layers
+    do): torch.export cannot trace them, so name the module and the fix. Bayesian-Torch layers
+    are left to :func:`build_stochastic`, which names their own families."""
+    if any(True for _ in bayesian_layers(model)):
+        return
+    for d in draws:
+        if d.into_state:
+            raise UnsupportedLayerError(
+                f"{d.where()} draws noise in place into its state '{d.into_state}' ({d.op}); "
+                "the exporter traces functional draws only: draw it as a new tensor, e.g. "
+                "eps = torch.randn_like(mu)"
+            )
+
+
+def shared_noise(draws: Sequence[Draw]) -> list[Draw]:
+    """Non-dropout draws whose shape does not follow the batch (weight-shaped noise)."""
+    return [d for d in draws if not d.dropout and not d.per_row]
+
+
+def draws_own_noise(model: object, x: torch.Tensor) -> bool:
+    """Whether ``model``'s forward draws noise other than dropout (the ``stochastic`` family)."""
+    if not isinstance(model, nn.Module) or any(True for _ in bayesian_layers(model)):
+        return False
+    return any(not d.dropout for d in noise_census(model, x))
