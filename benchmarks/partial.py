@@ -4,7 +4,7 @@ once, measured side by side in one interleaved run (issue 21).
 Contenders per (model, batch, S) cell, 2 threads, the same inputs:
   qbnn         the default export (``posterior="auto"``, default sampling mode), fp32, provider
                ``auto``: one ``session.run`` for all S samples, with the exporter's split passes
-  qbnn_nosplit the same export with the split passes turned off (``SPLIT_PASSES = ()``): the graph
+  qbnn_nosplit the same export with the split passes turned off (``split=False``): the graph
                qbnn wrote before issue 21, where the whole network runs once per MC sample
   det_once     the deterministic network (same weights, no noise) in PyTorch, one pass: the floor
   ort_det_once the same deterministic network as plain ONNX in ONNX Runtime (same provider rule):
@@ -23,7 +23,6 @@ import json
 import statistics
 import time
 from pathlib import Path
-from unittest import mock
 
 import numpy as np
 import partial_models as pm
@@ -58,11 +57,7 @@ def _export(name: str, bnn, shape, sampling: str | None, split: bool) -> Path:
     CACHE.mkdir(parents=True, exist_ok=True)
     x = torch.from_numpy(pm.inputs(shape, 4))
     kwargs = {"sampling": sampling} if sampling else {}
-    if split:
-        export(bnn, x, path, verify=False, **kwargs)
-    else:
-        with mock.patch("qbnn.exporters.api.SPLIT_PASSES", ()):
-            export(bnn, x, path, verify=False, **kwargs)
+    export(bnn, x, path, verify=False, split=split, **kwargs)
     return path
 
 

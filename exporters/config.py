@@ -28,9 +28,12 @@ class ExportConfig:
     self-check; ``opset``: the ONNX opset (>= 18, torch.onnx's dynamo exporter); ``source``:
     the ``qbnn.source`` text (None: the trainer's name and version); ``heteroscedastic``,
     ``noise_variance`` (finite, > 0): regression heads; ``head``: a classifier's output form
-    (None or ``auto``: detected). String values (from YAML, JSON or the CLI) become the enums;
-    a bad value raises :class:`ConfigError` naming it. Family names and sampling modes are
-    checked against the registry when the export runs.
+    (None or ``auto``: detected); ``split``: run the split passes
+    (:data:`qbnn.exporters.passes.SPLIT_PASSES`) that compute the deterministic part of the
+    network once per call instead of once per MC sample (False: the whole network per sample,
+    for A/B measurements; the outputs' law is the same). String values (from YAML, JSON or the
+    CLI) become the enums; a bad value raises :class:`ConfigError` naming it. Family names and
+    sampling modes are checked against the registry when the export runs.
     """
 
     posterior: str = "auto"
@@ -45,6 +48,7 @@ class ExportConfig:
     heteroscedastic: bool = False
     noise_variance: float | None = None
     head: Head | None = None
+    split: bool = True
 
     def __post_init__(self) -> None:
         try:

@@ -27,13 +27,20 @@ from torch import nn
 from qbnn.runtimes.contract import Task
 from qbnn.runtimes.errors import ConfigError
 
+from ..modules.btlayers import FLIPOUT_TYPES, REPARAM_TYPES
 from ..modules.heads import HeadSpec, to_probs
 from ..modules.loopmodel import SampleLoopModel, StackedDraws, stack_state_dicts
 from ..modules.vectormodel import LastLayerModel
 from ..registry import BuiltModel, Exporter, SamplingMode, known_families
 from .outputform import network_of
 
-__all__ = ["apply_bn_policy", "has_batchnorm", "measure_effect", "recompute"]
+__all__ = [
+    "apply_bn_policy",
+    "batchnorm_after_posterior",
+    "has_batchnorm",
+    "measure_effect",
+    "recompute",
+]
 
 log = logging.getLogger("qbnn.export")
 
@@ -50,6 +57,42 @@ def has_batchnorm(net: nn.Module | None) -> bool:
         isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
         for m in net.modules()
     )
+
+
+def batchnorm_after_posterior(net: nn.Module | None, x: torch.Tensor) -> bool:
+    """Whether a BatchNorm layer (tracking running statistics) runs after a sampled layer in
+    ``net``'s forward on ``x [B, ...]``. Sampled layers are Bayesian-Torch's mean-field and
+    flipout layers; a network with none of them (SWAG, Laplace, Gaussian posteriors over plain
+    layers) counts every layer as sampled, so any BatchNorm counts. A BatchNorm that runs only
+    before the first sampled layer (a deterministic backbone under a Bayesian head) sees the same
+    inputs in every draw: its stored statistics are right for all of them."""
+    if not has_batchnorm(net):
+        return False
+    sampled = (*REPARAM_TYPES, *FLIPOUT_TYPES)
+    if not any(type(m).__name__ in sampled for m in net.modules()):
+        return True
+    order: list[str] = []
+    hooks = [
+        m.register_forward_pre_hook(lambda mod, _a: order.append(_kind(mod, sampled)))
+        for m in net.modules()
+        if _kind(m, sampled)
+    ]
+    try:
+        with torch.no_grad():
+            net(x)
+    except Exception:  # the probe is advisory: a forward that fails here fails later by name
+        return True
+    finally:
+        for h in hooks:
+            h.remove()
+    return "bn" in order[order.index("sampled") :] if "sampled" in order else False
+
+
+def _kind(m: nn.Module, sampled: tuple[str, ...]) -> str:
+    if type(m).__name__ in sampled:
+        return "sampled"
+    bn = isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+    return "bn" if bn else ""
 
 
 BnData = torch.Tensor | Iterable
@@ -133,6 +176,8 @@ def apply_bn_policy(
             )
     if not whole or not has_batchnorm(net):
         return
+    if bn_update is None and not batchnorm_after_posterior(net, x):
+        return  # only a deterministic backbone before the sampled layers has BatchNorm
     if mode.name == "frozen" and bn_update is not None and built.members is not None:
         stored = _predictive(built.members, x, task, head)
         recompute(built.members, bn_update)

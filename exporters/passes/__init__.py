@@ -14,7 +14,7 @@ from .sink_tile import SinkTile
 #: Passes that move deterministic work out of the per-MC-sample part of the graph, in order
 #: (issue 21): code motion first (out of the sample loop's Scan; below the sample tile of
 #: tiled-batch graphs), then de-duplication of what the copies share. Each runs after
-#: :func:`qbnn.exporters.graph.finalize`.
+#: :func:`qbnn.exporters.passes.finalize.finalize`.
 SPLIT_PASSES: tuple[GraphPass, ...] = (ScanLICM(), SinkTile(), DedupPass())
 
 __all__ = ["SPLIT_PASSES", "GraphPass", "PassResult", "run_passes"]

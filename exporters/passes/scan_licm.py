@@ -1,7 +1,7 @@
 """Loop-invariant code motion out of the sample loop's ``Scan`` body (issue 21, item 1).
 
 A ``weight``-mode graph (:mod:`qbnn.exporters.sampleloop`) runs the whole network once per MC
-sample inside a ``Scan``. After :func:`~qbnn.exporters.graph.finalize` the body is
+sample inside a ``Scan``. After :func:`~qbnn.exporters.passes.finalize.finalize` the body is
 self-contained: outer constants are body initializers, the input batch is a loop state the body
 passes through unchanged, and the per-sample weights and noise are scanned inputs (the random
 ops were drawn outside by :func:`~qbnn.exporters.hoist.hoist_scan_noise`). Whatever the body
@@ -198,7 +198,7 @@ def _plan(body: onnx.GraphProto, scan: onnx.NodeProto, n_states: int, names: _Na
 
 def _state_info(src: onnx.ValueInfoProto | None, name: str) -> onnx.ValueInfoProto:
     """``src``'s type under ``name`` (float32 of unknown shape when ``src`` is None, as
-    :func:`~qbnn.exporters.graph.self_contained_scans` does)."""
+    :func:`~qbnn.exporters.passes.finalize.self_contained_scans` does)."""
     info = onnx.ValueInfoProto()
     if src is not None:
         info.CopyFrom(src)
@@ -372,7 +372,7 @@ class ScanLICM:
 
     ``__call__(model)`` edits ``model`` in place and returns it in a :class:`PassResult`,
     ``modified`` when any node moved, with one note per Scan that changed. Preconditions: the
-    graph came out of :func:`~qbnn.exporters.graph.finalize` (self-contained Scan bodies,
+    graph came out of :func:`~qbnn.exporters.passes.finalize.finalize` (self-contained Scan bodies,
     unique node names) or is any valid ONNX model. Postconditions: the same outputs for the
     same inputs (and seeds); no body reads an outer-scope value it did not read before; node
     and tensor names stay unique.

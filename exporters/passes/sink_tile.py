@@ -258,9 +258,9 @@ def _retile(frontier, once, facts: Facts, site: TileSite, names: _Names, inits):
 class SinkTile:
     """The graph pass (see the module docstring). ``__call__`` edits ``model`` in place.
 
-    Precondition: :func:`qbnn.exporters.graph.finalize` ran (unique node names, ``num_samples``
-    input). Postcondition when modified: no node of the region reads a tensor that depends on
-    ``num_samples``; every random op reads a tensor of the same shape as before.
+    Precondition: :func:`qbnn.exporters.passes.finalize.finalize` ran (unique node names,
+    ``num_samples`` input). Postcondition when modified: no node of the region reads a tensor
+    that depends on ``num_samples``; every random op reads a tensor of the same shape as before.
     """
 
     name = "sink-tile"

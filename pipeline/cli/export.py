@@ -125,6 +125,14 @@ def export_cmd(
     source: Annotated[
         str | None, typer.Option(help="qbnn.source metadata (default: trainer and version)")
     ] = None,
+    split: Annotated[
+        bool,
+        typer.Option(
+            "--split/--no-split",
+            help="run the deterministic part once per call, not once per MC sample "
+            "(--no-split: the whole network per sample, for A/B measurements)",
+        ),
+    ] = True,
 ) -> None:
     """Export a trained torch BNN to a stochastic ONNX graph."""
     from ..common import check_output_file, importable, load_npz, require
@@ -160,6 +168,7 @@ def export_cmd(
             heteroscedastic=heteroscedastic,
             noise_variance=noise_variance,
             head=head,
+            split=split,
         )
         result = export_model(net, example, output, config=cfg, bn_update=bn_data)
     except QbnnError as exc:

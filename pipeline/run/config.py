@@ -51,6 +51,7 @@ EXPORT_KEYS = (
     "heteroscedastic",
     "noise_variance",
     "head",
+    "split",
 )
 
 
@@ -81,6 +82,7 @@ class ModelSource:
     verify_samples: int = 64
     source: str = ""
     bn_update: str = ""
+    split: bool = True
 
     def export_options(self) -> dict[str, object]:
         """The export options as :meth:`qbnn.exporters.ExportConfig.from_dict` takes them."""

@@ -217,3 +217,41 @@ def test_cli_bn_update(tmp_path):
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
     assert "note: BatchNorm statistics recomputed per draw on 256 rows" in res.output
+
+
+class _HeadOnBnBody(nn.Module):
+    """Conv-BN-ReLU body, then a Bayesian-Torch head (``head_first=False``), or a Bayesian conv
+    before the BatchNorm (``head_first=True``)."""
+
+    def __init__(self, bayes_conv: bool) -> None:
+        super().__init__()
+        from bayesian_torch.layers import Conv2dReparameterization, LinearReparameterization
+
+        self.conv = Conv2dReparameterization(1, 4, 3) if bayes_conv else nn.Conv2d(1, 4, 3)
+        self.bn = nn.BatchNorm2d(4)
+        self.head = nn.Linear(4, 3) if bayes_conv else LinearReparameterization(4, 3)
+
+    def forward(self, x):
+        h = self.conv(x)
+        h = h[0] if isinstance(h, tuple) else h
+        h = torch.relu(self.bn(h)).mean((2, 3))
+        out = self.head(h)
+        return out[0] if isinstance(out, tuple) else out
+
+
+@pytest.mark.parametrize("bayes_conv", [False, True])
+def test_batchnorm_warning_only_when_a_sampled_layer_feeds_it(tmp_path, caplog, bayes_conv):
+    """A Bayesian head on a BatchNorm backbone: every draw sees the same BatchNorm inputs, so
+    the stored statistics are right and no warning is due; a Bayesian conv before the
+    BatchNorm changes its inputs per draw: warned."""
+    from qbnn.exporters.checks.bnstats import batchnorm_after_posterior
+
+    torch.manual_seed(0)
+    net = _HeadOnBnBody(bayes_conv).eval()
+    x = torch.randn(4, 1, 6, 6)
+    assert batchnorm_after_posterior(net, x) is bayes_conv
+    with caplog.at_level(logging.WARNING, logger="qbnn.export"):
+        res = export_model(net, x, tmp_path / "m.onnx", verify=False)
+    warned = any("BatchNorm" in n for n in res.notes)
+    assert warned is bayes_conv, res.notes
+    assert any("BatchNorm" in r.getMessage() for r in caplog.records) is bayes_conv

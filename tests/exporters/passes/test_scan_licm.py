@@ -18,10 +18,9 @@ from bayesian_torch.layers import Conv2dReparameterization, LinearReparameteriza
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
-import qbnn.exporters.api as export_api
 from qbnn.exporters import export
-from qbnn.exporters.graph import _outer_refs
 from qbnn.exporters.passes import SPLIT_PASSES, run_passes
+from qbnn.exporters.passes.finalize import outer_refs as _outer_refs
 from qbnn.exporters.passes.scan_licm import ScanLICM
 from qbnn.pipeline.quantize import QuantConfig, quantize_model
 from qbnn.runtimes import Predictor, available_providers
@@ -308,9 +307,7 @@ def exported(tmp_path_factory):
             factory, shape = MODELS[case]
             model, x = factory(), example(shape, batch=4, seed=5)
             kw = {"sampling": "weight", "seed": 3}
-            with pytest.MonkeyPatch.context() as mp:
-                mp.setattr(export_api, "SPLIT_PASSES", ())
-                p0 = export(model, x, tmp / f"{case}_0.onnx", **kw, verify=False)
+            p0 = export(model, x, tmp / f"{case}_0.onnx", **kw, verify=False, split=False)
             p1 = export(model, x, tmp / f"{case}_1.onnx", **kw)
             cache[case] = (model, x, onnx.load(str(p0)), onnx.load(str(p1)))
         return cache[case]

@@ -14,12 +14,11 @@ from bayesian_torch.layers import LinearFlipout, LinearReparameterization
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
-import qbnn.exporters.api as export_api
 from qbnn.exporters import export_model
-from qbnn.exporters.mcdropout import mc_mode
+from qbnn.exporters.families.reference import loop_sampler
+from qbnn.exporters.modules.dropout import mc_mode
 from qbnn.exporters.passes import SPLIT_PASSES
 from qbnn.exporters.passes.sink_tile import SinkTile, TileSite, find_tile
-from qbnn.exporters.sampling import loop_sampler
 from qbnn.runtimes import Predictor, available_providers
 from qbnn.runtimes.onnxgraph import walk_nodes
 
@@ -331,11 +330,8 @@ MODELS = {
 
 def _export(model, x, path, monkeypatch=None, **kw) -> onnx.ModelProto:
     """The export's graph; with ``monkeypatch``, the graph as it was before the split passes."""
-    if monkeypatch is not None:
-        monkeypatch.setattr(export_api, "SPLIT_PASSES", ())
-    export_model(model, x, path, verify=False, seed=11, num_samples=16, **kw)
-    if monkeypatch is not None:
-        monkeypatch.undo()
+    split = monkeypatch is None
+    export_model(model, x, path, verify=False, seed=11, num_samples=16, split=split, **kw)
     return onnx.load(str(path))
 
 

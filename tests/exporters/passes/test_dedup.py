@@ -23,13 +23,12 @@ from bayesian_torch.layers import LinearReparameterization
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
-import qbnn.exporters.api as export_api
 from qbnn.exporters import export_model
-from qbnn.exporters.ensemble import WeightSamples
+from qbnn.exporters.families.ensemble import WeightSamples
+from qbnn.exporters.families.gaussian import WeightGaussian
+from qbnn.exporters.modules.vector import DiagTerm, VectorGaussian
 from qbnn.exporters.passes import SPLIT_PASSES
 from qbnn.exporters.passes.dedup import DedupPass
-from qbnn.exporters.vector import DiagTerm, VectorGaussian
-from qbnn.exporters.weightgaussian import WeightGaussian
 
 from tiny_models import example
 
@@ -234,9 +233,7 @@ class BayesHeadNet(nn.Module):
 def _export_both(model, x, tmp_path, monkeypatch, **kw) -> tuple[onnx.ModelProto, ...]:
     """The model exported without the split passes and with them (same seed)."""
     assert any(isinstance(p, DedupPass) for p in SPLIT_PASSES)
-    with monkeypatch.context() as patch:
-        patch.setattr(export_api, "SPLIT_PASSES", ())
-        plain = export_model(model, x, tmp_path / "plain.onnx", seed=0, **kw)
+    plain = export_model(model, x, tmp_path / "plain.onnx", seed=0, split=False, **kw)
     res = export_model(model, x, tmp_path / "dedup.onnx", seed=0, **kw)
     assert any(n.startswith("dedup: ") for n in res.notes)
     return onnx.load(plain.path), onnx.load(res.path)
