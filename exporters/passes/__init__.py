@@ -8,6 +8,7 @@ changed, and adds human-readable notes (shown by ``qbnn export``).
 
 from .base import GraphPass, PassResult, run_passes
 from .dedup import DedupPass
+from .scan_batch import ScanBatch
 from .scan_licm import ScanLICM
 from .sink_tile import SinkTile
 
@@ -15,6 +16,6 @@ from .sink_tile import SinkTile
 #: (issue 21): code motion first (out of the sample loop's Scan; below the sample tile of
 #: tiled-batch graphs), then de-duplication of what the copies share. Each runs after
 #: :func:`qbnn.exporters.graph.finalize`.
-SPLIT_PASSES: tuple[GraphPass, ...] = (ScanLICM(), SinkTile(), DedupPass())
+SPLIT_PASSES: tuple[GraphPass, ...] = (ScanLICM(), ScanBatch(), SinkTile(), DedupPass())
 
 __all__ = ["SPLIT_PASSES", "GraphPass", "PassResult", "run_passes"]
