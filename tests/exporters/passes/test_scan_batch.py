@@ -80,7 +80,8 @@ def _loop(trans_b: int = 1, bias: bool = True, body_op: str = "Gemm", use_final:
     scan = helper.make_node(
         "Scan", scan_in, ["x_final", "ys"], body=body, num_scan_inputs=len(scan_in) - 1, name="loop"
     )
-    outputs = [_info("ys", ["S", "B", OUT * (4 if conv else 1)]), *([_info("x_final", x_shape)] if use_final else [])]
+    outputs = [_info("ys", ["S", "B", OUT * (4 if conv else 1)])]
+    outputs += [_info("x_final", x_shape)] if use_final else []
     graph_in = [_info("input", x_shape), _info("w", ["S", *w_shape])]
     graph_in += [_info("c", ["S", OUT])] if bias else []
     g = helper.make_graph([scan], "g", graph_in, outputs)
@@ -210,7 +211,8 @@ def test_scan_batch_runs_right_after_licm():
 
 class ConvBodyBayesHead(nn.Module):
     """Deterministic Conv-BN-ReLU, mean pool; a Bayesian-Torch head of one
-    ``LinearReparameterization`` or (``mlp``) two with a ReLU between. ``[B, 1, 8, 8] -> [B, 4]``."""
+    ``LinearReparameterization`` or (``mlp``) two with a ReLU between.
+    ``[B, 1, 8, 8] -> [B, 4]``."""
 
     def __init__(self, mlp: bool) -> None:
         super().__init__()
