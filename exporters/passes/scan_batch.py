@@ -40,6 +40,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from qbnn.runtimes.onnxgraph import iter_graphs, subgraphs
+from qbnn.runtimes.seeding import RANDOM_OPS
 
 from .base import PassResult
 
@@ -259,14 +260,12 @@ class _Batcher:
         return _T(c.output[0], batched, rank)
 
     def _invariant(self, node, ins, out) -> _T:
-        """A node that reads no batched value runs once, as it is (never a random op: those
-        are not in the default-domain whitelist below and would differ per iteration)."""
+        """A node that reads no batched value runs once, as it is (never a random op: its
+        draws differ per iteration)."""
         if out is not None:
             raise _Decline(f"per-sample output '{node.output[0]}' does not vary between samples")
         op = node.op_type
-        if op in ("RandomUniformLike", "RandomNormalLike", "RandomUniform", "RandomNormal"):
-            raise _Decline(f"random op '{node.name}' in the body")
-        if op in ("Bernoulli", "Multinomial", "Dropout"):
+        if op in RANDOM_OPS or op == "Dropout":
             raise _Decline(f"random op '{node.name}' in the body")
         if op == "Identity":
             return ins[0]

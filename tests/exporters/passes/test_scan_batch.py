@@ -161,6 +161,27 @@ def test_a_used_final_state_is_the_initial_value():
         np.testing.assert_allclose(b, a, rtol=1e-6, atol=1e-6)
 
 
+def test_matmul_add_body_lifts_the_lower_rank_operand():
+    """``MatMul(x, W_s) + C_s`` with ``C_s [O]`` per sample: batched ``C [S, O]`` would align S
+    with the batch axis under numpy broadcasting, so it is unsqueezed to ``[S, 1, O]``."""
+    model = _loop(trans_b=0)
+    body = model.graph.node[0].attribute[0].g
+    head = body.node[1]
+    head.op_type, head.input[:] = "MatMul", ["x_in", "w_s"]
+    del head.attribute[:]
+    body.node.insert(2, helper.make_node("Add", ["g", "c_s"], ["gc"], name="bias"))
+    body.node[3].input[0] = "gc"
+    before = copy.deepcopy(model)
+    assert BATCH(model).modified
+    assert [n.op_type for n in model.graph.node] == [
+        "MatMul", "Unsqueeze", "Add", "Relu", "Reshape",
+    ]  # fmt: skip
+    for s, b in ((1, 1), (3, 5), (8, 5)):
+        feed = _feed(before, s, b)
+        ref, out = _run(before, feed, ["ys"])[0], _run(model, feed, ["ys"])[0]
+        np.testing.assert_allclose(out, ref, rtol=1e-6, atol=1e-6)
+
+
 def _reverse(m: onnx.ModelProto) -> None:
     m.graph.node[0].attribute.append(helper.make_attribute("scan_input_directions", [0, 1]))
 
@@ -178,14 +199,24 @@ def _alpha(m: onnx.ModelProto) -> None:
     m.graph.node[0].attribute[0].g.node[1].attribute.append(helper.make_attribute("alpha", 2.0))
 
 
+def _random(m: onnx.ModelProto) -> None:
+    body = m.graph.node[0].attribute[0].g
+    body.node.insert(1, helper.make_node("RandomNormalLike", ["x_in"], ["eps"], name="noise"))
+    body.node[2].input[0] = "eps"  # the Gemm reads fresh noise each iteration
+
+
 DECLINES = {
     "conv": (lambda: _loop(body_op="Conv"), "Conv 'head' in the body"),
     "changing_state": (lambda: _loop(), "loop state 0 ('x_in') changes between iterations"),
     "reverse": (lambda: _loop(), "a reverse direction in scan_input_directions"),
     "output_axis": (lambda: _loop(), "a non-zero axis in scan_output_axes"),
     "alpha": (lambda: _loop(), "Gemm 'head' with alpha or beta != 1"),
+    "random": (lambda: _loop(), "random op 'noise' in the body"),
 }
-EDITS = {"changing_state": _changing, "reverse": _reverse, "output_axis": _axis, "alpha": _alpha}
+EDITS = {
+    "changing_state": _changing, "reverse": _reverse, "output_axis": _axis, "alpha": _alpha,
+    "random": _random,
+}  # fmt: skip
 
 
 @pytest.mark.parametrize("case", list(DECLINES))
