@@ -8,15 +8,13 @@ changed, and adds human-readable notes (shown by ``qbnn export``).
 
 from .base import GraphPass, PassResult, run_passes
 from .dedup import DedupPass
-from .scan_batch import ScanBatch
 from .scan_licm import ScanLICM
 from .sink_tile import SinkTile
 
 #: Passes that move deterministic work out of the per-MC-sample part of the graph, in order
-#: (issue 21): code motion out of the sample loop's Scan, the loop's remaining dense layers as
-#: batched MatMul over S, the sample tile of tiled-batch graphs sunk below the row-wise prefix,
-#: then de-duplication of what the copies share. Each runs after
+#: (issue 21): code motion first (out of the sample loop's Scan; below the sample tile of
+#: tiled-batch graphs), then de-duplication of what the copies share. Each runs after
 #: :func:`qbnn.exporters.passes.finalize.finalize`.
-SPLIT_PASSES: tuple[GraphPass, ...] = (ScanLICM(), ScanBatch(), SinkTile(), DedupPass())
+SPLIT_PASSES: tuple[GraphPass, ...] = (ScanLICM(), SinkTile(), DedupPass())
 
 __all__ = ["SPLIT_PASSES", "GraphPass", "PassResult", "run_passes"]
