@@ -21,67 +21,11 @@ from pathlib import Path
 
 import pytest
 
+from layout_rules import import_cycles, imports, modules
+
 ROOT = Path(__file__).resolve().parents[2]
 EXPORTERS = ROOT / "exporters"
 ROOMS = ("families", "modules", "passes", "checks")
-
-
-def _modules(root: Path, package: str) -> dict[str, Path]:
-    """``{dotted module name: path}`` of every ``.py`` under ``root`` (the package ``package``)."""
-    out = {}
-    for path in sorted(root.rglob("*.py")):
-        parts = list(path.relative_to(root).with_suffix("").parts)
-        if parts[-1] == "__init__":
-            parts.pop()
-        out[".".join([package, *parts])] = path
-    return out
-
-
-def _imports(name: str, path: Path) -> list[tuple[str, list[str], int]]:
-    """Every import of a module (also inside functions) as (absolute module, names, line)."""
-    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-    out = []
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = package.split(".")
-                base = base[: len(base) - node.level + 1]
-                target = ".".join(base + ([node.module] if node.module else []))
-            else:
-                target = node.module or ""
-            out.append((target, [a.name for a in node.names], node.lineno))
-        elif isinstance(node, ast.Import):
-            out += [(a.name, [], node.lineno) for a in node.names]
-    return out
-
-
-def import_cycles(root: Path, package: str) -> list[str]:
-    """Import cycles between the modules under ``root`` (each as ``a -> b -> a``)."""
-    modules = _modules(root, package)
-    graph: dict[str, set[str]] = {}
-    for name, path in modules.items():
-        deps = set()
-        for target, names, _ in _imports(name, path):
-            subs = {f"{target}.{n}" for n in names if f"{target}.{n}" in modules}
-            deps |= subs
-            if target in modules and len(subs) < max(len(names), 1):  # names from its body
-                deps.add(target)
-        graph[name] = deps - {name}
-    cycles, state = [], {}
-
-    def visit(node: str, stack: list[str]) -> None:
-        state[node] = 1
-        for dep in sorted(graph[node]):
-            if state.get(dep) == 1:
-                cycles.append(" -> ".join([*stack[stack.index(dep) :], dep]))
-            elif dep not in state:
-                visit(dep, [*stack, dep])
-        state[node] = 2
-
-    for name in sorted(graph):
-        if name not in state:
-            visit(name, [name])
-    return cycles
 
 
 def _room(module: str, package: str) -> str:
@@ -92,8 +36,8 @@ def _room(module: str, package: str) -> str:
 def cross_room_private_imports(root: Path, package: str) -> list[str]:
     """Imports of a private name (``_x``, not dunder) from a module of another room."""
     bad = []
-    for name, path in _modules(root, package).items():
-        for target, names, line in _imports(name, path):
+    for name, path in modules(root, package).items():
+        for target, names, line in imports(name, path):
             if not target.startswith(package) or _room(target, package) == _room(name, package):
                 continue
             private = [n for n in names if n.startswith("_") and not n.startswith("__")]
@@ -107,7 +51,7 @@ def registrations_outside_families(root: Path, package: str) -> list[str]:
     defines it, and the package ``__init__``, which exports it, excepted)."""
     allowed = {f"{package}.registry", package}
     bad = []
-    for name, path in _modules(root, package).items():
+    for name, path in modules(root, package).items():
         if _room(name, package) == "families" or name in allowed:
             continue
         for node in ast.walk(ast.parse(path.read_text())):
@@ -143,7 +87,7 @@ def family_literals(roots: list[tuple[Path, str]], families: set[str]) -> list[s
     """Code literals equal to a family name outside ``families/`` (docstrings excepted)."""
     bad = []
     for root, package in roots:
-        for name, path in _modules(root, package).items():
+        for name, path in modules(root, package).items():
             if _room(name, package) == "families":
                 continue
             tree = ast.parse(path.read_text())

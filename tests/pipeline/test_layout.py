@@ -3,12 +3,13 @@ import cycles; stages use each other only through those public APIs; every packa
 
 from __future__ import annotations
 
-import ast
 import importlib
 import tomllib
 from pathlib import Path
 
 import pytest
+
+from layout_rules import import_cycles, imports, modules
 
 ROOT = Path(__file__).resolve().parents[2]
 PIPELINE = ROOT / "pipeline"
@@ -30,26 +31,7 @@ def _module_name(path: Path) -> str:
 
 
 def _modules() -> dict[str, Path]:
-    return {_module_name(p): p for p in sorted(PIPELINE.rglob("*.py"))}
-
-
-def _imports(name: str, path: Path) -> list[tuple[str, list[str]]]:
-    """Every ``import`` in the module (also inside functions and TYPE_CHECKING blocks), as
-    (absolute module, imported names)."""
-    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-    out = []
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = package.split(".")
-                base = base[: len(base) - node.level + 1]
-                target = ".".join(base + ([node.module] if node.module else []))
-            else:
-                target = node.module or ""
-            out.append((target, [a.name for a in node.names]))
-        elif isinstance(node, ast.Import):
-            out += [(a.name, []) for a in node.names]
-    return out
+    return modules(PIPELINE, "qbnn.pipeline")
 
 
 def test_every_package_is_listed_in_pyproject():
@@ -70,31 +52,7 @@ def test_subpackage_names_its_public_api(sub):
 
 
 def test_no_import_cycles():
-    modules = _modules()
-    graph: dict[str, set[str]] = {}
-    for name, path in modules.items():
-        deps = set()
-        for target, names in _imports(name, path):
-            subs = {f"{target}.{n}" for n in names if f"{target}.{n}" in modules}
-            deps |= subs
-            if target in modules and len(subs) < max(len(names), 1):  # names from its body
-                deps.add(target)
-        graph[name] = deps - {name}
-    state: dict[str, int] = {}
-
-    def visit(node: str, stack: list[str]) -> None:
-        state[node] = 1
-        for dep in sorted(graph[node]):
-            if state.get(dep) == 1:
-                cycle = stack[stack.index(dep) :] + [dep]
-                pytest.fail("import cycle: " + " -> ".join(cycle))
-            if dep not in state:
-                visit(dep, [*stack, dep])
-        state[node] = 2
-
-    for name in sorted(graph):
-        if name not in state:
-            visit(name, [name])
+    assert import_cycles(PIPELINE, "qbnn.pipeline") == []
 
 
 def _stage(module: str) -> str | None:
@@ -105,7 +63,7 @@ def _stage(module: str) -> str | None:
 def test_stages_use_each_other_only_through_their_public_api():
     bad = []
     for name, path in _modules().items():
-        for target, names in _imports(name, path):
+        for target, names, _ in imports(name, path):
             own, other = _stage(name), _stage(target)
             if other is None or other == own:
                 continue
