@@ -5,9 +5,10 @@ imports as absolute names, and the import cycles between them."""
 from __future__ import annotations
 
 import ast
+import importlib
 from pathlib import Path
 
-__all__ = ["import_cycles", "imports", "modules"]
+__all__ = ["import_cycles", "imports", "modules", "public_api_problems"]
 
 
 def modules(root: Path, package: str) -> dict[str, Path]:
@@ -66,3 +67,14 @@ def import_cycles(root: Path, package: str) -> list[str]:
         if name not in state:
             visit(name, [name])
     return cycles
+
+
+def public_api_problems(package: str) -> list[str]:
+    """What is missing from ``package``'s public API: a docstring, a non-empty ``__all__``, and
+    every name ``__all__`` lists."""
+    mod = importlib.import_module(package)
+    problems = [] if mod.__doc__ else [f"{package} has no docstring"]
+    if not getattr(mod, "__all__", None):
+        return [*problems, f"{package}.__all__ is empty"]
+    missing = [name for name in mod.__all__ if not hasattr(mod, name)]
+    return problems + [f"{package}.__all__ names missing {name!r}" for name in missing]
