@@ -97,6 +97,8 @@ class CalibrationConfig:
             raise ConfigError(
                 f"calibration.size and batch_size must be >= 1; got {self.size}, {self.batch_size}"
             )
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ConfigError(f"calibration.seed must be an integer >= 0; got {self.seed!r}")
         if self.num_samples < 8:
             raise ConfigError(
                 f"calibration.num_samples must be >= 8 so ranges cover the noise; got "

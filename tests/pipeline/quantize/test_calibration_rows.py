@@ -105,3 +105,12 @@ def test_calibration_size_must_be_positive(size: int) -> None:
 
     with pytest.raises(ConfigError, match=f"batch_size must be >= 1; got {size}"):
         CalibrationConfig(size=size)
+
+
+@pytest.mark.parametrize("seed", [-1, 1.5, "0"])
+def test_calibration_seed_must_be_a_non_negative_integer(seed) -> None:
+    from qbnn.pipeline.quantize import CalibrationConfig
+    from qbnn.runtimes.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"calibration.seed must be an integer >= 0; got"):
+        CalibrationConfig(seed=seed)
