@@ -114,11 +114,7 @@ async def _infer(state: _State, name: str, request: Request) -> Response:
     if len(req.inputs) != 1 or req.inputs[0].name != info.input_name:
         got = [i.name for i in req.inputs]
         raise BadRequest(f"model {name!r} takes one input named {info.input_name!r}, got {got}")
-    inp = req.inputs[0]
-    if inp.datatype != "FP32":
-        raise BadRequest(f"input {inp.name!r} has datatype {inp.datatype}; this model accepts "
-                         "FP32")  # fmt: skip
-    x, _ = decode_input(inp, memoryview(tail), 0)
+    x, _ = decode_input(req.inputs[0], memoryview(tail), 0, model_dtype=info.input_dtype)
     x = model.check_input(x)
     params = req.parameters or {}
     s, seed = model.num_samples(params), _seed(params)

@@ -19,7 +19,7 @@ from qbnn.runtimes import Prediction, Predictor, PredictorOptions, Task
 from .batcher import DynamicBatcher
 from .config import ModelSpec, ServeConfig
 from .errors import BadRequest
-from .protocol import ModelMetadata, TensorMetadata
+from .protocol import ModelMetadata, TensorMetadata, input_datatypes
 
 __all__ = ["ServedModel", "output_fields"]
 
@@ -81,7 +81,8 @@ class ServedModel:
         return self.spec.num_samples or min(info.default_samples, self.config.max_num_samples)
 
     def metadata(self) -> ModelMetadata:
-        """The contract as v2 tensor metadata (``-1``: variable, e.g. the batch or S)."""
+        """The contract as v2 tensor metadata (``-1``: variable, e.g. the batch or S); the
+        input's datatype is the graph's (FP32, or INT64 / INT32 for token ids)."""
         info = self.predictor.info
         fs = [d if isinstance(d, int) and d > 0 else -1 for d in info.feature_shape]
         width = -1 if info.contract.width is None else info.contract.width
@@ -96,7 +97,8 @@ class ServedModel:
             outs.append(TensorMetadata(name=name, datatype="FP32", shape=shape))
         return ModelMetadata(
             name=self.spec.name, versions=["1"], platform="onnxruntime_onnx",
-            inputs=[TensorMetadata(name=info.input_name, datatype="FP32", shape=[-1, *fs])],
+            inputs=[TensorMetadata(name=info.input_name, shape=[-1, *fs],
+                                   datatype=input_datatypes(info.input_dtype)[0])],
             outputs=outs,
             parameters={
                 "task": str(info.task), "posterior": info.posterior, "sampling": info.sampling,
@@ -123,7 +125,8 @@ class ServedModel:
         return s
 
     def check_input(self, x: np.ndarray) -> np.ndarray:
-        """``x [B, *feature_shape]`` checked (rows limit, shape, NaN/inf) as float32."""
+        """``x [B, *feature_shape]`` checked (rows limit, shape, NaN/inf) in the graph input's
+        dtype (float32, or int64 / int32 token ids)."""
         if x.ndim >= 1 and x.shape[0] > self.config.max_request_rows:
             raise BadRequest(f"input has {x.shape[0]} rows, more than max_request_rows "
                              f"{self.config.max_request_rows}; split the request")  # fmt: skip

@@ -29,12 +29,14 @@ __all__ = [
     "TensorMetadata",
     "decode_input",
     "encode_response",
+    "input_datatypes",
     "parse_request",
 ]
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 
-#: v2 datatype name -> numpy dtype (BYTES is not a numeric tensor; qbnn models take FP32)
+#: v2 datatype name -> numpy dtype (BYTES is not a numeric tensor; qbnn models take FP32, or
+#: INT64 / INT32 token ids: see :func:`input_datatypes`)
 DATATYPES: dict[str, np.dtype] = {
     name: np.dtype(dt)
     for name, dt in {
@@ -140,12 +142,33 @@ def parse_request(body: bytes, header_length: str | None) -> tuple[InferRequest,
         raise BadRequest(f"invalid inference request: {_first_error(exc)}") from None
 
 
-def decode_input(inp: RequestInput, tail: memoryview, offset: int) -> tuple[np.ndarray, int]:
-    """The tensor of ``inp`` (shape ``inp.shape``, dtype of ``inp.datatype``) and the offset
-    after its bytes in ``tail``. Raises :class:`BadRequest` on a mismatch."""
-    if inp.datatype not in DATATYPES:
-        raise BadRequest(f"input {inp.name!r}: unknown datatype {inp.datatype!r}; "
-                         f"expected one of {sorted(DATATYPES)}")  # fmt: skip
+def input_datatypes(input_dtype: str) -> tuple[str, ...]:
+    """The v2 datatypes a request may send for a graph input of numpy dtype ``input_dtype``
+    (``"float32"``, ``"int64"``, ...); the first is the graph's own, which ``/v2/models/{name}``
+    reports. A float graph takes its own datatype (FP32); an integer graph (token ids) takes
+    INT64 and INT32, converted to the graph's dtype. Used by ``qbnn serve`` and its Ray Serve
+    deployment alike (both run :func:`qbnn.serve.create_app`)."""
+    dtype = np.dtype(input_dtype)
+    own = _NAMES.get(dtype)
+    if own is None:
+        raise ValueError(f"graph input dtype {input_dtype!r} has no v2 datatype")
+    if np.issubdtype(dtype, np.integer):
+        return (own, *(d for d in ("INT64", "INT32") if d != own))
+    return (own,)
+
+
+def decode_input(
+    inp: RequestInput, tail: memoryview, offset: int, *, model_dtype: str = "float32"
+) -> tuple[np.ndarray, int]:
+    """The tensor of ``inp`` (shape ``inp.shape``) converted to the graph input's numpy dtype
+    ``model_dtype``, and the offset after its bytes in ``tail``. Raises :class:`BadRequest` for
+    a datatype the graph does not accept (see :func:`input_datatypes`), non-integer values or
+    values outside ``model_dtype`` for an integer graph, or a size mismatch."""
+    accepted = input_datatypes(model_dtype)
+    if inp.datatype not in accepted:
+        what = " (integer token ids)" if np.issubdtype(np.dtype(model_dtype), np.integer) else ""
+        raise BadRequest(f"input {inp.name!r} has datatype {inp.datatype}; this model accepts "
+                         f"{' or '.join(accepted)}{what}")  # fmt: skip
     dtype = DATATYPES[inp.datatype].newbyteorder("<")
     if any(d < 0 for d in inp.shape):
         raise BadRequest(f"input {inp.name!r}: shape {inp.shape} has a negative dimension")
@@ -159,18 +182,65 @@ def decode_input(inp: RequestInput, tail: memoryview, offset: int) -> tuple[np.n
         if offset + size > len(tail):
             raise BadRequest(f"input {inp.name!r}: the body ends before its {size} binary bytes")
         arr = np.frombuffer(tail[offset : offset + size], dtype=dtype)
-        return arr.reshape(inp.shape), offset + size
+        return _to_model(inp, arr.reshape(inp.shape), model_dtype), offset + size
     if inp.data is None:
         raise BadRequest(f"input {inp.name!r} has neither 'data' nor binary_data_size")
-    try:
-        arr = np.asarray(inp.data, dtype=dtype)
-    except (ValueError, TypeError) as exc:
-        raise BadRequest(f"input {inp.name!r}: data is not a regular {inp.datatype} array "
-                         f"({exc})") from None  # fmt: skip
+    arr = _json_data(inp, dtype)
     if arr.size != count:
         raise BadRequest(f"input {inp.name!r}: data has {arr.size} values, shape {inp.shape} "
                          f"needs {count}")  # fmt: skip
-    return arr.reshape(inp.shape), offset
+    return _to_model(inp, arr.reshape(inp.shape), model_dtype), offset
+
+
+def _json_data(inp: RequestInput, dtype: np.dtype) -> np.ndarray:
+    """``inp.data`` as an array of ``dtype``; integer datatypes need JSON integers in range
+    (numpy alone would truncate 1.5 to 1)."""
+    try:
+        if not np.issubdtype(dtype, np.integer):
+            return np.asarray(inp.data, dtype=dtype)
+        raw = np.asarray(inp.data)
+        if raw.size and raw.dtype.kind not in "iu":
+            flat = np.asarray(inp.data, dtype=object).ravel()
+            _check_integers(inp, flat, dtype)
+            raw = np.asarray(inp.data, dtype=dtype)
+        return _fit(inp, raw, dtype, inp.datatype)
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise BadRequest(f"input {inp.name!r}: data is not a regular {inp.datatype} array "
+                         f"({exc})") from None  # fmt: skip
+
+
+def _check_integers(inp: RequestInput, flat: np.ndarray, dtype: np.dtype) -> None:
+    """Raise :class:`BadRequest` naming the first value of ``flat`` (Python objects) that is
+    not an integer in ``dtype``'s range."""
+    info = np.iinfo(dtype)
+    for i, v in enumerate(flat):
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise BadRequest(f"input {inp.name!r}: datatype {inp.datatype} needs integer values,"
+                             f" got {v!r} at flat index {i}; send the token ids as JSON "
+                             "integers")  # fmt: skip
+        if not info.min <= v <= info.max:
+            raise BadRequest(f"input {inp.name!r}: value {v} is outside {inp.datatype} "
+                             f"[{info.min}, {info.max}]")  # fmt: skip
+
+
+def _fit(inp: RequestInput, arr: np.ndarray, dtype: np.dtype, label: str) -> np.ndarray:
+    """Integer ``arr`` cast to integer ``dtype``; a value outside its range is a BadRequest."""
+    info = np.iinfo(dtype)
+    if arr.size and (arr.min() < info.min or arr.max() > info.max):
+        bad = arr.max() if arr.max() > info.max else arr.min()
+        raise BadRequest(f"input {inp.name!r}: value {int(bad)} is outside {label} "
+                         f"[{info.min}, {info.max}]")  # fmt: skip
+    return arr.astype(dtype, copy=False)
+
+
+def _to_model(inp: RequestInput, arr: np.ndarray, model_dtype: str) -> np.ndarray:
+    """``arr`` (the request's datatype) in the graph input's dtype."""
+    want = np.dtype(model_dtype)
+    if arr.dtype == want:
+        return arr
+    if np.issubdtype(want, np.integer):
+        return _fit(inp, arr, want, f"the model's {want.name}")
+    return arr.astype(want)
 
 
 def encode_response(

@@ -17,7 +17,9 @@
 - ``cells``: one per (model, provider, batch, S): ``model``, ``provider``, ``batch``,
   ``num_samples`` (S), ``plain`` (no ``num_samples`` input: run at S = 1), ``runs``,
   ``median_ms``, ``p90_ms``, ``p99_ms``, ``mean_ms``, ``min_ms``, ``max_ms`` (one
-  ``session.run``), ``images_per_s`` (batch / median), ``samples_per_s`` (batch * S / median).
+  ``session.run``), ``images_per_s`` (batch / median), ``samples_per_s`` (batch * S / median;
+  ``null`` for an exact posterior), ``exact`` (ensemble members or ``frozen:K`` draws, no
+  random ops: every call evaluates all the members whatever S is).
 - ``notes``: remarks (plain models run at S = 1 only, probes that failed, ...).
 - with a baseline: ``baseline`` (its name) and ``ratios``: [{``model``, ``provider``,
   ``batch``, ``num_samples``, ``baseline_num_samples``, ``throughput``}] (images/s over the
@@ -87,7 +89,8 @@ def cell_table(result: BenchResult, baseline: str | None = None):
     for c in result.cells:
         row = [c.model, c.provider, str(c.batch), str(c.num_samples)]
         row += [f"{v:.3f}" for v in (c.median_ms, c.p90_ms, c.p99_ms)]
-        row += [f"{c.images_per_s:,.0f}", f"{c.samples_per_s:,.0f}"]
+        row += [f"{c.images_per_s:,.0f}"]
+        row.append("exact" if c.samples_per_s is None else f"{c.samples_per_s:,.0f}")
         if baseline is not None:
             r = ratios.get((c.model, c.provider, c.batch, c.num_samples))
             row.append("baseline" if c.model == baseline else f"{r.throughput:.2f}" if r else "n/a")

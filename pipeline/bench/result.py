@@ -23,7 +23,12 @@ SCHEMA_VERSION = "1"
 
 @dataclass(frozen=True)
 class Cell:
-    """Timing of one (model, provider, batch, S): ``runs`` timed calls, times in ms."""
+    """Timing of one (model, provider, batch, S): ``runs`` timed calls, times in ms.
+
+    ``samples_per_s`` (batch * S / median) is ``None`` for an ``exact`` posterior (ensemble
+    members, ``frozen:K`` draws: no random ops): each call evaluates all its members whatever S
+    is, so batch * S / median would count rows that were copied, not computed.
+    """
 
     model: str
     provider: str
@@ -38,7 +43,8 @@ class Cell:
     min_ms: float
     max_ms: float
     images_per_s: float
-    samples_per_s: float
+    samples_per_s: float | None
+    exact: bool = False
 
 
 @dataclass(frozen=True)

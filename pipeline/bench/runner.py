@@ -132,15 +132,23 @@ def _time_group(runners: list[_Runner], cfg: BenchConfig, tick: Callable[[], Non
             k += repeats
 
 
+def _exact(info) -> bool:
+    """An exact posterior: S is an input but no op draws noise (every call evaluates all the
+    members; S only sets the rows of the per-sample outputs)."""
+    return info.takes_num_samples and not info.stochastic
+
+
 def _cell(r: _Runner, batch: int, samples: int) -> Cell:
     ms = np.asarray(r.times) * 1e3
     median, p90, p99 = (float(v) for v in np.percentile(ms, [50, 90, 99]))
+    exact = _exact(r.info)
     return Cell(
         model=r.name, provider=r.spec.name, batch=batch, num_samples=samples,
         plain=not r.info.takes_num_samples, runs=len(ms),
         median_ms=median, p90_ms=p90, p99_ms=p99, mean_ms=float(ms.mean()),
         min_ms=float(ms.min()), max_ms=float(ms.max()),
-        images_per_s=batch / (median / 1e3), samples_per_s=batch * samples / (median / 1e3),
+        images_per_s=batch / (median / 1e3),
+        samples_per_s=None if exact else batch * samples / (median / 1e3), exact=exact,
     )  # fmt: skip
 
 
@@ -150,6 +158,12 @@ def _open_runners(named: dict[str, Path], cfg: BenchConfig, notes: list[str]) ->
         notes.append(f"providers {list(cfg.providers)} resolve to {specs}; each is run once")
     runners = [_Runner(n, p, s, cfg) for n, p in named.items() for s in specs]
     for r in runners:
+        if r.spec.name == specs[0] and _exact(r.info):
+            notes.append(
+                f"'{r.name}' is an exact posterior (sampling '{r.info.sampling}', no random ops): "
+                "every call evaluates all its members whatever S is, S only sets the rows of "
+                "its per-sample outputs; samples/s is not reported for it (compare images/s)"
+            )
         if r.spec.name == specs[0] and not r.info.takes_num_samples:
             skipped = [s for s in cfg.samples if s != 1]
             notes.append(

@@ -74,8 +74,8 @@ def export_cmd(
         typer.Option(
             "--model",
             "-m",
-            help="pkg.module:factory; modules in the working directory are importable, "
-            "as with python -m",
+            help="module:factory returning the torch model (modules in the working "
+            "directory are importable, as with python -m)",
         ),
     ],
     input_shape: Annotated[str, typer.Option("--input-shape", help="feature shape, e.g. 3,32,32")],
@@ -85,11 +85,14 @@ def export_cmd(
     sampling: Annotated[str | None, typer.Option(help=_sampling_help())] = None,
     samples: Annotated[int, typer.Option("--samples", help="default MC samples S")] = 16,
     seed: Annotated[int | None, typer.Option(help="fix every random node's seed")] = None,
-    task: Annotated[str, typer.Option(help="classification|regression")] = "classification",
+    task: Annotated[
+        str, typer.Option(help="classification (default) or regression", show_default=False)
+    ] = "classification",
     batch: Annotated[int, typer.Option(help="example batch for the self-check")] = 4,
     verify: Annotated[bool, typer.Option("--verify/--no-verify", help="self-check")] = True,
     heteroscedastic: Annotated[
-        bool, typer.Option(help="regression head outputs [mean, log-variance]")
+        bool,
+        typer.Option("--heteroscedastic", help="regression head outputs [mean, log-variance]"),
     ] = False,
     noise_variance: Annotated[
         float | None,
@@ -97,10 +100,13 @@ def export_cmd(
     ] = None,
     head: Annotated[
         str | None,
-        typer.Option(help="classifier output: logits|probs|log_probs (default: detected)"),
+        typer.Option(help="classifier output: logits, probs or log_probs (default: detected)"),
     ] = None,
     trust_checkpoint: Annotated[
-        bool, typer.Option(help="allow full unpickling of --weights (trusted files only)")
+        bool,
+        typer.Option(
+            "--trust-checkpoint", help="allow full unpickling of --weights (trusted files only)"
+        ),
     ] = False,
     example_data: Annotated[
         Path | None,

@@ -20,14 +20,18 @@ def predict_cmd(
     data: Annotated[Path, typer.Option("--data", help="npz with key 'x' [N, *feature_shape]")],
     output: Annotated[Path, typer.Option("--output", "-o", help="output .npz")],
     samples: Annotated[int | None, typer.Option("--samples", help="MC samples S")] = None,
-    provider: Annotated[str, typer.Option(help="auto|cpu|openvino|dnnl")] = "auto",
+    provider: Annotated[str, typer.Option(help="auto, cpu, openvino or dnnl")] = "auto",
     precision: Annotated[
         str, typer.Option(help="fp32|bf16 (bf16: OpenVINO only, gate it like int8)")
     ] = "fp32",
     seed: Annotated[int | None, typer.Option(help="reproducible noise")] = None,
     threads: Annotated[int | None, typer.Option(help="intra-op threads")] = None,
-    save_samples: Annotated[bool, typer.Option(help="also save probs [S, N, C]")] = False,
-    allow_nonfinite: Annotated[bool, typer.Option(help="accept NaN/inf inputs")] = False,
+    save_samples: Annotated[
+        bool, typer.Option("--save-samples", help="also save probs [S, N, C]")
+    ] = False,
+    allow_nonfinite: Annotated[
+        bool, typer.Option("--allow-nonfinite", help="accept NaN/inf inputs")
+    ] = False,
     plain_output: Annotated[str, typer.Option(help="plain models: logits|probs")] = "logits",
 ) -> None:
     """MC-batched inference: npz in (key x), npz out (the Prediction fields)."""

@@ -25,6 +25,7 @@ from .config import Backend, CalibMethod, QType, QuantConfig, QuantFormat
 __all__ = [
     "BACKENDS",
     "inc_static_config",
+    "inc_vnni_notice",
     "quiet_backend",
     "restore_contract",
     "run_backend",
@@ -32,6 +33,11 @@ __all__ = [
 
 BackendFn = Callable[..., None]
 BACKENDS: dict[Backend, BackendFn] = {}
+
+#: INC's notice, logged for every static config it builds on a CPU without VNNI (2-4 times per
+#: quantize) unless INC itself is given ``reduce_range=True``
+INC_VNNI_NOTICE = "VNNI is not supported"
+log = logging.getLogger("qbnn.quantize")
 
 
 def _register(name: Backend):
@@ -107,6 +113,47 @@ def _ort(cfg: QuantConfig, src: Path, dst: Path, reader, exclude: list[str]) -> 
                               cfg.calibration.method],
         extra_options=_extra(cfg),
     )  # fmt: skip
+
+
+class _Dropped(logging.Filter):
+    """Drops (and counts) the records whose message starts with ``prefix``."""
+
+    def __init__(self, prefix: str) -> None:
+        super().__init__()
+        self.prefix, self.count = prefix, 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.getMessage().startswith(self.prefix):
+            self.count += 1
+            return False
+        return True
+
+
+@contextlib.contextmanager
+def inc_vnni_notice(reduce_range: bool):
+    """Keep INC's ``VNNI is not supported and reduce_range=False, reduce_range=True is
+    recommended`` off the output within; when INC raised it, say once in qbnn's words what
+    applies. With ``reduce_range`` (qbnn's default) qbnn halves the int8 weight grids itself
+    after INC (:mod:`qbnn.pipeline.quantize.weightrange`; INC's own flag leaves the weights in
+    [-127, 127]), which is what the notice asks for: an INFO line. Without it, a warning."""
+    inc_log = logging.getLogger("onnx_neural_compressor")
+    notice = _Dropped(INC_VNNI_NOTICE)
+    inc_log.addFilter(notice)
+    try:
+        yield
+    finally:
+        inc_log.removeFilter(notice)
+    if notice.count and reduce_range:
+        log.info(
+            "this CPU has no VNNI: qbnn puts int8 conv/GEMM weights on a 7-bit grid "
+            "(reduce_range: true) so ONNX Runtime's int16 pair sums cannot saturate"
+        )
+    elif notice.count:
+        log.warning(
+            "this CPU has no VNNI and reduce_range is off: int8 convolutions and GEMMs may "
+            "saturate ONNX Runtime's int16 pair sums (outputs several steps off); set "
+            "reduce_range: true in the quantization config"
+        )
 
 
 @contextlib.contextmanager

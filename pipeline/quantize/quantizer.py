@@ -27,7 +27,7 @@ from qbnn.runtimes.seeding import RANDOM_OPS
 from qbnn.runtimes.session import model_info
 
 from ..common import atomic_path, load_npz, to_dict
-from .backends import restore_contract, run_backend
+from .backends import inc_vnni_notice, restore_contract, run_backend
 from .calibration import CalibrationRows, select_rows
 from .census import Census, already_quantized, take_census
 from .config import CalibrationConfig, OnErasure, QuantConfig, QuantFormat
@@ -224,6 +224,11 @@ def quantize_model(
     ``guard.on_erasure == fail`` (or keeping layers in fp32 did not help).
     """
     cfg = config or QuantConfig()
+    with inc_vnni_notice(cfg.reduce_range):
+        return _quantize_model(src, dst, cfg, calib, speed_check)
+
+
+def _quantize_model(src, dst, cfg: QuantConfig, calib, speed_check: bool) -> QuantizeResult:
     src_model = load_onnx(src)
     done = already_quantized(src_model)
     if done:

@@ -35,8 +35,10 @@ def _fmt(key: str, value) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
-def _throughput(root: Path) -> dict[str, str]:
-    """images/s per model at the largest batch and the largest S it was benched at."""
+def _table_cells(root: Path) -> dict[str, tuple[int, int, float]]:
+    """``model -> (batch, S, images/s)`` of the benchmark cell the summary shows: the largest
+    batch benched, and each model's largest S at that batch. The table's images/s column and
+    the int8-vs-fp32 note both read these, so they show the same figures."""
     path = root / "bench" / "bench.json"
     cells = json.loads(path.read_text()).get("cells", []) if path.is_file() else []
     if not cells:
@@ -48,7 +50,12 @@ def _throughput(root: Path) -> dict[str, str]:
             continue
         key = (c["num_samples"], c["images_per_s"])
         best[c["model"]] = max(best.get(c["model"], key), key)
-    return {m: f"{v:,.0f} (B={batch}, S={s})" for m, (s, v) in best.items()}
+    return {m: (batch, s, v) for m, (s, v) in best.items()}
+
+
+def _throughput(root: Path) -> dict[str, str]:
+    """images/s per model at the largest batch and the largest S it was benched at."""
+    return {m: f"{v:,.0f} (B={b}, S={s})" for m, (b, s, v) in _table_cells(root).items()}
 
 
 def _report(root: Path) -> dict:
@@ -120,16 +127,14 @@ def speed_notes(root: str | Path) -> list[str]:
 
 
 def _bench_speed(root: Path) -> list[str]:
-    path = root / "bench" / "bench.json"
-    cells = json.loads(path.read_text()).get("cells", []) if path.is_file() else []
-    best: dict[str, float] = {}
-    for c in cells:
-        best[c["model"]] = max(best.get(c["model"], 0.0), c["images_per_s"])
-    if "fp32" not in best or "int8" not in best or best["int8"] >= best["fp32"]:
+    cells = _table_cells(root)
+    if "fp32" not in cells or "int8" not in cells or cells["int8"][2] >= cells["fp32"][2]:
         return []
+    (bi, si, int8), (bf, sf, fp32) = cells["int8"], cells["fp32"]
+    where = f"B={bi}, S={si}" if (bi, si) == (bf, sf) else f"B={bi}, S={si} vs B={bf}, S={sf}"
     lead = (
-        f"int8 ran slower than fp32 here ({best['int8']:,.0f} vs {best['fp32']:,.0f} images/s "
-        "at their best benchmarked batch and S)"
+        f"int8 ran slower than fp32 here ({int8:,.0f} vs {fp32:,.0f} images/s at {where}, the "
+        "table's images/s)"
     )
     mode = _sampling(root / _FILES["int8"])
     if mode == "lrt":

@@ -151,7 +151,8 @@ def core_metrics(
     Returns:
         Classification: ``accuracy``, ``nll``, ``brier``, ``ece``, ``mean_mi``,
         ``referral_needed@<t>`` (``None`` = never reached) and, with OOD data,
-        ``ood_auroc_entropy`` / ``ood_auroc_mi``. Regression: ``rmse``, ``gaussian_nll``,
+        ``ood_auroc_entropy`` / ``ood_auroc_mi`` (the latter only with S > 1: a single sample's
+        MI is 0 everywhere). Regression: ``rmse``, ``gaussian_nll``,
         ``picp@0.68``, ``picp@0.95``, ``mean_variance`` and ``mean_epistemic_variance``.
     """
     if not out.is_classifier:
@@ -185,8 +186,16 @@ def core_metrics(
         res[referral_key(t)] = M.referral_needed(out.entropy, correct, t)
     if out.has_ood:
         res["ood_auroc_entropy"] = M.auroc(out.ood_entropy, out.entropy)
-        res["ood_auroc_mi"] = M.auroc(out.ood_mi, out.mi)
+        if _ranks_by_mi(out):
+            res["ood_auroc_mi"] = M.auroc(out.ood_mi, out.mi)
     return res
+
+
+def _ranks_by_mi(out: Outputs) -> bool:
+    """Whether MI can rank inputs: with one sample (a deterministic model, or S = 1) MI is 0 for
+    every input, and an AUROC of all-tied scores (0.5) would describe the metric, not the
+    model; then the ``*_mi`` rankings are absent (shown as '-')."""
+    return out.num_samples > 1
 
 
 def full_metrics(
@@ -216,7 +225,8 @@ def full_metrics(
         res[f"{key}_wrong"] = _nan_to_none(split["wrong_mean"])
     if out.has_ood:
         res["ood_aupr_entropy"] = M.aupr(out.ood_entropy, out.entropy)
-        res["ood_aupr_mi"] = M.aupr(out.ood_mi, out.mi)
+        if _ranks_by_mi(out):
+            res["ood_aupr_mi"] = M.aupr(out.ood_mi, out.mi)
         res["mean_entropy_ood"] = _mean(out.ood_entropy)
         res["mean_mi_ood"] = _mean(out.ood_mi)
     return {k: res[k] for k in sorted(res, key=_rank)}

@@ -174,7 +174,7 @@ GATE_SPECS: tuple[GateSpec, ...] = (
         "ood_auroc_mi",
         GateKind.DROP,
         ("max_ood_auroc_drop",),
-        "OOD data (--ood) and a classifier",
+        "OOD data (--ood), a classifier and S > 1",
     ),
     GateSpec(
         "referral99_increase",

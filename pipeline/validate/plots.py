@@ -153,7 +153,9 @@ def _ood_roc(plt, report, out: Path) -> Path:
     ):
         for m in report.models:
             c = m.curves[f"roc_{key}"]
-            auc = m.metrics[f"ood_auroc_{key}"]
+            auc = m.metrics.get(f"ood_auroc_{key}")
+            if auc is None:  # MI of a single-sample model: 0 everywhere, no ranking
+                continue
             ax.plot(
                 c["fpr"],
                 c["tpr"],

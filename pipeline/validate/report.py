@@ -17,7 +17,9 @@
   absent when unavailable; ``referral_needed@t`` is ``null`` when never reached), ``deltas``
   {key: model - reference}, ``intervals`` {key: [low, high]} (95 % percentile bootstrap over
   rows), ``mc_noise`` {key: {``values``: [one per seed; a single one for deterministic models],
-  ``spread``: max - min}}, ``curves`` (see ``evaluation.curves``).
+  ``spread``: max - min, ``null`` with a single run: no MC noise}}, ``curves`` (see
+  ``evaluation.curves``). ``ood_auroc_mi`` / ``ood_aupr_mi`` are absent for a model run with
+  one sample (a deterministic baseline): its MI is 0 for every input.
 - ``gates``: {candidate name: [{``name``, ``value``, ``limit``, ``passed`` (true|false|null =
   skipped), ``status``, ``detail``, ``noise``, ``within_noise``}]}.
 - ``failed_gates``: [{``model``, ``gate``, ``detail``}]; ``plots``: PNG file names in the
@@ -209,7 +211,13 @@ def _md_table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def _mc_rows(report: Report) -> tuple[list[str], list[list[str]]]:
-    keys = [k for k in _metric_keys(report) if any(k in m.mc_noise for m in report.models)]
+    """Metrics measured over MC seeds (rows) per model; ``—`` where there is no spread (a
+    deterministic model runs once; a metric undefined at every seed)."""
+    keys = [
+        k
+        for k in _metric_keys(report)
+        if any(m.mc_noise.get(k, {}).get("spread") is not None for m in report.models)
+    ]
     header = ["metric"] + [m.name for m in report.models]
     rows = []
     for k in keys:
@@ -219,6 +227,13 @@ def _mc_rows(report: Report) -> tuple[list[str], list[list[str]]]:
             cells.append("—" if s is None else f"{s:.4f}")
         rows.append([k, *cells])
     return header, rows
+
+
+def _mc_section(report: Report) -> str:
+    header, rows = _mc_rows(report)
+    if not rows:
+        return "_No MC noise measured (deterministic models, or one MC seed)._"
+    return _md_table(header, rows)
 
 
 def to_markdown(report: Report) -> str:
@@ -239,8 +254,9 @@ def to_markdown(report: Report) -> str:
         "## Gates\n\nVerdicts use the point estimates at the main seed; `noise ±` is the combined "
         "half-width of the statistic (paired bootstrap over rows + range over MC seeds).",
         _md_table(*gate_table(report)) if report.gates else "_No candidate: nothing gated._",
-        "## MC noise\n\nRange (max - min) of each metric over the MC seeds.",
-        _md_table(*_mc_rows(report)),
+        "## MC noise\n\nRange (max - min) of each metric over the MC seeds; — where there is "
+        "none to measure (a deterministic model runs once) or the metric is undefined.",
+        _mc_section(report),
     ]
     if report.plots:
         parts.append("## Plots\n\n" + "\n".join(f"![{p}]({p})" for p in report.plots))

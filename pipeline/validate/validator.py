@@ -107,10 +107,15 @@ def _info(pred: Predictor, out: E.Outputs) -> dict:
 
 
 def _mc_noise(per_seed: list[dict]) -> dict[str, dict]:
-    """``{key: {"values": [...], "spread": max - min}}`` over the seeds' core metrics."""
+    """``{key: {"values": [...], "spread": max - min}}`` over the seeds' core metrics; the
+    spread is ``None`` with a single run (a deterministic model has no MC noise)."""
     keys = [k for k in per_seed[0] if all(k in d for d in per_seed)]
+    single = len(per_seed) < 2
     return {
-        k: {"values": [d[k] for d in per_seed], "spread": E.spread([d[k] for d in per_seed])}
+        k: {
+            "values": [d[k] for d in per_seed],
+            "spread": None if single else E.spread([d[k] for d in per_seed]),
+        }
         for k in keys
     }
 
@@ -147,7 +152,10 @@ def _attach_noise(g: GateResult, spec: GateSpec, noise: float | None) -> GateRes
     if g.value is None or noise is None:
         return g
     within = abs(g.value - spec.null) <= noise
-    note = f"; change {'within' if within else 'exceeds'} combined noise ±{noise:.4g}"
+    if noise == 0:  # e.g. both exact, or both 0 (referral) on every resample and seed
+        note = "; no noise: the statistic is the same on every bootstrap resample and MC seed"
+    else:
+        note = f"; change {'within' if within else 'exceeds'} combined noise ±{noise:.4g}"
     return replace(g, noise=noise, within_noise=within, detail=g.detail + note)
 
 

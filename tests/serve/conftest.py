@@ -9,6 +9,7 @@ import pytest
 
 pytest.importorskip("fastapi", reason="needs the serve extra: pip install 'qbnn[serve]'")
 
+from serving import IDS, TokenNet  # noqa: E402
 from tiny_models import CASES, bayes_mlp, example  # noqa: E402
 
 
@@ -35,3 +36,19 @@ def model_files(tmp_path_factory) -> dict[str, Path]:
             verify=False,
         ),  # fmt: skip
     }
+
+
+@pytest.fixture(scope="session")
+def token_files(tmp_path_factory) -> dict[str, Path]:
+    """``ids64`` / ``ids32``: :class:`serving.TokenNet` (MC dropout over token ids) exported by
+    qbnn with an int64 / int32 ``input [B, 7]``, 16 samples by default."""
+    import torch
+
+    from qbnn.exporters import export
+
+    d = tmp_path_factory.mktemp("tokens")
+    return {
+        name: export(TokenNet().eval(), torch.as_tensor(IDS, dtype=dt), d / f"{name}.onnx",
+                     seed=0, verify=False)
+        for name, dt in (("ids64", torch.int64), ("ids32", torch.int32))
+    }  # fmt: skip

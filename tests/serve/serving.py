@@ -7,7 +7,28 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
+import torch
+from torch import nn
+
 from qbnn.serve import ModelSpec, ServeConfig, make_server
+
+VOCAB, T = 50, 7
+#: token ids [4, T] for :class:`TokenNet`
+IDS = np.random.default_rng(0).integers(0, VOCAB, (4, T))
+
+
+class TokenNet(nn.Module):
+    """A token-id model: ids [B, T] -> Embedding -> mean over T -> Dropout(0.2) -> Linear ->
+    3 logits (MC dropout)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.emb, self.drop, self.fc = nn.Embedding(VOCAB, 16), nn.Dropout(0.2), nn.Linear(16, 3)
+
+    def forward(self, ids):
+        return self.fc(self.drop(self.emb(ids).mean(1)))
 
 
 @contextlib.contextmanager

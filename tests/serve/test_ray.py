@@ -17,6 +17,8 @@ from qbnn.runtimes import Predictor
 from qbnn.runtimes.errors import ConfigError
 from qbnn.serve import ModelSpec, ScoreConfig, ServeConfig, score, shard_seed
 
+from serving import IDS
+
 ray = pytest.importorskip("ray")
 pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")
@@ -99,7 +101,7 @@ def test_score_cli(model_files, shards, tmp_path):
     assert r.exit_code == 1 and "does not exist or is not a folder" in r.output  # fmt: skip
 
 
-def test_ray_serve_replicas_answer_the_protocol(model_files):
+def test_ray_serve_replicas_answer_the_protocol(model_files, token_files):
     from ray import serve
 
     from qbnn.serve.ray_serve import deploy_ray
@@ -107,7 +109,8 @@ def test_ray_serve_replicas_answer_the_protocol(model_files):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    cfg = ServeConfig(models=[ModelSpec(name="cnn", path=model_files["cnn"])], port=port,
+    cfg = ServeConfig(models=[ModelSpec(name="cnn", path=model_files["cnn"]),
+                              ModelSpec(name="ids", path=token_files["ids64"])], port=port,
                       provider="cpu", threads=1)  # fmt: skip
     deploy_ray(cfg, replicas=2)
     try:
@@ -121,6 +124,13 @@ def test_ray_serve_replicas_answer_the_protocol(model_files):
         inp.set_data_from_numpy(x)
         res = client.infer("cnn", [inp], parameters={"num_samples": 4, "seed": 5})
         ref = Predictor(model_files["cnn"], provider="cpu", seed=5).predict(x, 4)
+        np.testing.assert_array_equal(res.as_numpy("mean_probs"), ref.mean_probs)
+        # the token-id model: the same dtype logic as qbnn serve (INT64 graph, INT32 accepted)
+        assert client.get_model_metadata("ids")["inputs"][0]["datatype"] == "INT64"
+        ids = tritonhttp.InferInput("input", list(IDS.shape), "INT32")
+        ids.set_data_from_numpy(IDS.astype(np.int32))
+        res = client.infer("ids", [ids], parameters={"num_samples": 8, "seed": 5})
+        ref = Predictor(token_files["ids64"], provider="cpu", seed=5).predict(IDS, 8)
         np.testing.assert_array_equal(res.as_numpy("mean_probs"), ref.mean_probs)
         bad = httpx.post(f"{base}/v2/models/cnn/infer", content=b"{", timeout=30)
         assert bad.status_code == 400 and "malformed JSON" in bad.json()["error"]

@@ -22,12 +22,13 @@ from qbnn.pipeline.bench import BenchConfig, bench, model_names, schedule
 from qbnn.pipeline.bench import probe as bench_probe
 from qbnn.pipeline.bench import runner as B
 from qbnn.pipeline.bench.environment import cpu_model
+from qbnn.pipeline.bench.report import cell_table
 from qbnn.pipeline.cli import app
 from qbnn.pipeline.common import from_dict, load_config, to_dict
 from qbnn.runtimes import available_providers, known_providers
 from qbnn.runtimes.errors import ConfigError, ModelLoadError
 
-from tiny_models import bayes_mlp, example, plain_mlp
+from tiny_models import bayes_mlp, ensemble, example, plain_mlp
 
 runner = CliRunner()
 KNOWN = ["auto", *known_providers()]
@@ -89,6 +90,7 @@ def test_percentiles_positive_ordered_and_throughput_from_median(cli_run):
         assert 0 < c["min_ms"] <= c["median_ms"] <= c["p90_ms"] <= c["p99_ms"] <= c["max_ms"]
         assert c["images_per_s"] == pytest.approx(c["batch"] / (c["median_ms"] / 1e3))
         assert c["samples_per_s"] == pytest.approx(c["images_per_s"] * c["num_samples"])
+        assert c["exact"] is False
 
 
 def test_models_sizes_memory_and_metadata(cli_run, models):
@@ -192,6 +194,31 @@ def test_ratios_and_json_of_the_api(models):
     assert data["version"] == "1" and len(data["cells"]) == 8 and len(data["ratios"]) == 4
     with pytest.raises(ConfigError, match=r"unknown baseline model 'c'; models: \['a', 'b'\]"):
         result.ratios("c")
+
+
+def test_exact_posteriors_report_no_samples_per_s(models, tmp_path):
+    """Issue 24, item 4: a 3-member ensemble at S = 16 was reported at batch * 16 / median
+    "samples/s" (2,382,193), though each call runs the 3 members once and copies rows. Exact
+    posteriors (no random ops) get no samples/s, a label in the table and a note; sampled
+    models keep batch * S / median."""
+    ens = export(ensemble(), example((6,)), tmp_path / "ens.onnx", verify=False)
+    cfg = replace(FAST, batches=(2,), samples=(1, 16))
+    result = bench({"ens": ens, "w": models["weight"]}, cfg)
+    by = {(c.model, c.num_samples): c for c in result.cells}
+    assert by["ens", 16].exact and by["ens", 16].samples_per_s is None
+    w = by["w", 16]
+    assert not w.exact and w.samples_per_s == pytest.approx(w.images_per_s * 16)
+    header, rows = cell_table(result)
+    col = header.index("samples/s")
+    assert {r[3]: r[col] for r in rows if r[0] == "ens"} == {"1": "exact", "16": "exact"}
+    assert all(r[col] != "exact" for r in rows if r[0] == "w")
+    note = "'ens' is an exact posterior (sampling 'members'"
+    assert any(n.startswith(note) for n in result.notes), result.notes
+    data = json.loads(result.to_json())
+    assert {(c["model"], c["exact"], c["samples_per_s"] is None) for c in data["cells"]} == {
+        ("ens", True, True),
+        ("w", False, False),
+    }
 
 
 @pytest.mark.parametrize("fail", ["model", "baseline"])

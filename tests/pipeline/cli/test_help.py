@@ -77,3 +77,13 @@ def test_help_lists_read_from_the_family_modules_match_the_registry():
     from qbnn.pipeline.cli.export import registered_families
 
     assert registered_families() == {f: e.modes for f, e in known_families().items()}
+
+
+@pytest.mark.parametrize("command", ["qbnn", *ORDER])
+def test_help_is_not_cut_at_80_columns(command):
+    """Issue 24, item 4: at 80 columns Rich cut words that did not fit their column
+    (``pkg.module:factor…``, ``classification|re…``, ``--no-heteroscedas…``)."""
+    text = _help(*([] if command == "qbnn" else [command]), width=80)
+    cut = [line for line in text.splitlines() if "…" in line]
+    assert not cut, "\n".join(cut)
+    assert max(map(len, text.splitlines())) <= 80

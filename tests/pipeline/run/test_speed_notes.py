@@ -72,3 +72,30 @@ def test_quantize_stage_measurement_comes_first_when_int8_was_slower(tmp_path):
     assert notes[0] == line and notes[1].startswith("int8 ran slower than fp32 here")
     _manifest(tmp_path, {"int8_slower": False, "message": "int8 runs 1.20x as fast ..."})
     assert len(speed_notes(tmp_path)) == 1  # only the benchmark's
+
+
+def test_note_and_table_show_the_same_figures(tmp_path):
+    """Issue 24, item 4: the demo's table said fp32 891 / int8 633 images/s while the note
+    under it said "15,619 vs 22,870 images/s at their best benchmarked batch and S" (another
+    cell). Both now show the table's cell: the largest batch, each model's largest S there."""
+    from qbnn.pipeline.run import summary_rows
+
+    (tmp_path / "bench").mkdir()
+    cells = [
+        {"model": m, "batch": b, "num_samples": s, "images_per_s": v}
+        for m, grid in {
+            "fp32": {(1, 1): 22870.0, (32, 1): 20000.0, (32, 64): 891.0},
+            "int8": {(1, 1): 15619.0, (32, 1): 14000.0, (32, 64): 633.0},
+        }.items()
+        for (b, s), v in grid.items()
+    ]
+    (tmp_path / "bench" / "bench.json").write_text(json.dumps({"cells": cells}))
+    for name in ("fp32", "int8"):
+        _model(tmp_path / f"model.{name}.onnx", "frozen:8")
+    table = {r["model"]: r["images_per_s"] for r in summary_rows(tmp_path)}
+    assert table == {"fp32": "891 (B=32, S=64)", "int8": "633 (B=32, S=64)"}
+    (note,) = speed_notes(tmp_path)
+    assert note.startswith(
+        "int8 ran slower than fp32 here (633 vs 891 images/s at B=32, S=64, the table's images/s)"
+    )
+    assert "22,870" not in note and "15,619" not in note

@@ -12,6 +12,7 @@ import contextlib
 import copy
 import io
 import json
+import re
 from types import SimpleNamespace
 
 import numpy as np
@@ -194,18 +195,39 @@ def test_cli_writes_report_schema_and_every_plot(cli_run):
             "entropy_correct",
             "mi_wrong",
             "ood_aupr_entropy",
-            "ood_aupr_mi",
         }
+        # issue 24, item 4: MI ranks nothing with one sample (0 everywhere: AUROC 0.5 by ties)
+        bayes = m["name"] != "det"
+        assert ("ood_auroc_mi" in m["metrics"]) == ("ood_aupr_mi" in m["metrics"]) == bayes
     assert list(rep["gates"]) == ["zeroed"]  # the baseline is not gated
     assert len(rep["models"][0]["mc_noise"]["accuracy"]["values"]) == 3
-    assert len(rep["models"][2]["mc_noise"]["accuracy"]["values"]) == 1  # deterministic
+    assert rep["models"][0]["mc_noise"]["accuracy"]["spread"] is not None
+    det_noise = rep["models"][2]["mc_noise"]["accuracy"]
+    assert len(det_noise["values"]) == 1 and det_noise["spread"] is None  # deterministic
     assert set(rep["plots"]) == PLOTS
     for name in PLOTS:
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     md = (out / "report.md").read_text()
     assert "| metric | fp32 (reference) | zeroed (candidate) | det (baseline) |" in md
+    assert re.search(r"^\| ood_auroc_mi \| 0\.\d{4} \[.*\| —(?: \(\S+\))? \|$", md, re.M), md
+    mc = md[md.index("## MC noise") :]
+    (acc,) = [line for line in mc.splitlines() if line.startswith("| accuracy |")]
+    assert re.fullmatch(r"\| accuracy \| \d\.\d{4} \| \d\.\d{4} \| — \|", acc), acc
     assert "mi_ratio" in md and "![ood_roc.png](ood_roc.png)" in md
     assert not list(out.glob(".*"))  # no temporary files left behind
+
+
+def test_run_summary_shows_no_mi_auroc_for_the_baseline(cli_run, tmp_path):
+    """Issue 24, item 4: the demo's summary showed the deterministic baseline's OOD AUROC (MI)
+    as 0.5000 (all-tied zeros); it is '-' (not applicable), the Bayesian models keep theirs."""
+    from qbnn.pipeline.run import summary_rows
+
+    (tmp_path / "report").mkdir()
+    (tmp_path / "report" / "report.json").write_text(json.dumps(cli_run.report))
+    rows = {r["model"]: r for r in summary_rows(tmp_path)}
+    assert rows["det"]["ood_auroc_mi"] == "-"
+    assert re.fullmatch(r"0\.\d{4}", rows["fp32"]["ood_auroc_mi"])
+    assert re.fullmatch(r"0\.\d{4}", rows["det"]["ood_auroc_entropy"])
 
 
 def test_zeroed_posterior_fails_the_mi_gates(cli_run):
@@ -242,9 +264,10 @@ def test_report_equals_direct_computation_from_the_predictor(cli_run, dm):
             "referral_needed@0.99": M.referral_needed(r.predictive_entropy, correct, 0.99),
             "mean_mi": float(np.mean(r.mutual_information, dtype=np.float64)),
             "ood_auroc_entropy": M.auroc(o.predictive_entropy, r.predictive_entropy),
-            "ood_auroc_mi": M.auroc(o.mutual_information, r.mutual_information),
-            "ood_aupr_mi": M.aupr(o.mutual_information, r.mutual_information),
         }
+        if pred.info.is_qbnn:  # the plain baseline's MI is 0 everywhere: no MI ranking
+            expected["ood_auroc_mi"] = M.auroc(o.mutual_information, r.mutual_information)
+            expected["ood_aupr_mi"] = M.aupr(o.mutual_information, r.mutual_information)
         for key, value in expected.items():
             assert m["metrics"][key] == pytest.approx(value, abs=1e-12), (m["name"], key)
 
@@ -256,6 +279,10 @@ def test_identical_models_pass_and_ood_gates_are_skipped(dm, cli_run, tmp_path):
     gates = {g.name: g for g in report.gates["b"]}
     for name in ("accuracy_drop", "ece_delta", "referral99_increase", "mi_ratio"):
         assert gates[name].passed is True and gates[name].within_noise is True
+        # the same file and seeds: the statistic is exactly null everywhere (not "within ±0")
+        assert gates[name].noise == 0 and "±0" not in gates[name].detail
+        assert gates[name].detail.endswith("no noise: the statistic is the same on every "
+                                           "bootstrap resample and MC seed")  # fmt: skip
     for name in ("ood_auroc_entropy_drop", "ood_auroc_mi_drop"):
         assert gates[name].status == "skipped" and "needs OOD data" in gates[name].detail
     assert list(gates) == [s.name for s in gate_specs("classification")]  # no regression gate
