@@ -295,9 +295,7 @@ def _set_head(built: BuiltModel, head: HeadSpec) -> None:
             f"predictive is a softmax over classes ({built.reference_head}); multi-label is not "
             "supported for it: use MC dropout, an ensemble or a Bayesian-layer network"
         )
-    if head.form not in (Head.LOGITS, Head.MULTILABEL) and isinstance(
-        built.module, LastLayerModel
-    ):
+    if head.form not in (Head.LOGITS, Head.MULTILABEL) and isinstance(built.module, LastLayerModel):
         raise ConfigError(
             f"the model outputs {head.value}, but a last-layer posterior replaces the last Linear "
             "and drops every op after it (softmax / log_softmax); not supported yet: fit the "

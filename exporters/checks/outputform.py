@@ -34,9 +34,9 @@ from qbnn.runtimes.contract import Task
 from qbnn.runtimes.errors import ConfigError, UnsupportedLayerError
 
 from ..modules.heads import Head, HeadSpec
-from .multilabel import multilabel_form
 from ..modules.vectormodel import last_layer_body
 from ..modules.wrapper import first_output
+from .multilabel import multilabel_form
 
 __all__ = [
     "OutputForm",
