@@ -97,7 +97,10 @@ def export_cmd(
     ] = None,
     head: Annotated[
         str | None,
-        typer.Option(help="classifier output: logits|probs|log_probs (default: detected)"),
+        typer.Option(
+            help="classifier output: logits|probs|log_probs, or multilabel (K independent "
+            "sigmoid labels from logits) | multilabel_probs (default: detected)"
+        ),
     ] = None,
     trust_checkpoint: Annotated[
         bool, typer.Option(help="allow full unpickling of --weights (trusted files only)")
