@@ -54,8 +54,8 @@ def multilabel_form(
     v = pred.double().reshape(pred.shape[0], *row_shape)
     if len(row_shape) > 1 and (multi or end == SIGMOID):
         raise UnsupportedLayerError(
-            f"multi-label dense outputs (per-row shape {list(row_shape)} after a sigmoid) are "
-            "not supported; export per-position labels as a flat [B, K] output"
+            f"multi-label dense outputs (K independent labels per position, per-row shape "
+            f"{list(row_shape)}) are not supported; return a flat [B, K] output"
         )
     if end == LOG_SIGMOID:
         raise UnsupportedLayerError(

@@ -18,7 +18,8 @@ runs over it only, per position), or one column ``[1]`` / ``[]`` for a binary cl
 Bernoulli head: ``p = sigmoid(logit)``, or the probability itself, or ``exp`` of its log). A
 Bernoulli head is reported as two classes ``[1 - p, p]`` so every downstream metric (ECE, NLL,
 AUROC, argmax) works unchanged; its entropy and mutual information are the Bernoulli ones
-(the two-class entropy of ``[1 - p, p]`` is ``H(p)``).
+(the two-class entropy of ``[1 - p, p]`` is ``H(p)``). K > 1 columns from a final sigmoid, or
+``head='multilabel'``, are K independent labels (:mod:`.multilabel`), never a softmax.
 """
 
 from __future__ import annotations
