@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from .contract import MULTILABEL_OUTPUTS, NUM_SAMPLES, Task
-from .errors import ConfigError, RuntimeInputError
+from .errors import ConfigError, ModelLoadError, RuntimeInputError
 from .options import Precision, SessionOptions
 from .session import ModelInfo, open_model
 
@@ -135,6 +135,12 @@ class Predictor:
         self.precision: str = opened.precision
         #: why ``auto`` skipped providers it tried first (one line each)
         self.fallbacks: tuple[str, ...] = opened.fallbacks
+        missing = [o for o in MULTILABEL_OUTPUTS if o not in self.info.outputs]
+        if self.info.multilabel and missing:
+            raise ModelLoadError(
+                f"{path} declares a multi-label head (qbnn.multilabel) but lacks the outputs "
+                f"{missing}; re-export it with qbnn export"
+            )
 
     def describe(self) -> str:
         """``"<provider> (<precision>)"``, e.g. ``"openvino (int8)"``."""

@@ -229,3 +229,19 @@ def test_cli_export_head_multilabel(tmp_path):
     assert meta["qbnn.head"] == "multilabel" and meta["qbnn.multilabel"] == "true"
     res = CliRunner().invoke(app, [*args, "--head", "multilabels", "-o", str(tmp_path / "x.onnx")])
     assert res.exit_code != 0 and "multilabel" in res.output
+
+
+def test_predictor_refuses_a_multilabel_flag_without_label_outputs(tmp_path):
+    """A file that claims ``qbnn.multilabel`` but lacks the per-label outputs (hand-edited)
+    is refused in one line instead of being read as one categorical."""
+    from qbnn.runtimes.contract import ContractMeta
+    from qbnn.runtimes.errors import ModelLoadError
+    from qbnn.runtimes.loading import set_metadata
+
+    x = example((F,))
+    res = export_model(InlineSigmoid(False), x, tmp_path / "c.onnx", verify=False)
+    model = onnx.load(str(res.path))
+    set_metadata(model, ContractMeta(multilabel=True).to_props())
+    onnx.save_model(model, str(tmp_path / "bad.onnx"))
+    with pytest.raises(ModelLoadError, match=r"lacks the outputs \['label_predictive_entropy'"):
+        Predictor(tmp_path / "bad.onnx")
