@@ -54,7 +54,11 @@ def export(
     ``[B, *feature_shape]``, float (exported as float32) or integer token ids (int64 / int32,
     kept). The graph takes ``input [B', *feature_shape]`` and an optional int64 scalar
     ``num_samples`` and returns ``probs [S, B', C]``, ``mean_probs [B', C]``,
-    ``predictive_entropy``, ``expected_entropy``, ``mutual_information`` ``[B']`` (regression:
+    ``predictive_entropy``, ``expected_entropy``, ``mutual_information`` ``[B']``; a multi-label
+    head (``head='multilabel'`` for K logits, or detected sigmoid outputs) has K independent
+    per-label probabilities in ``probs [S, B', K]`` / ``mean_probs [B', K]``, entropies summed
+    over the labels and adds ``label_predictive_entropy``, ``label_expected_entropy``,
+    ``label_mutual_information`` ``[B', K]`` (regression:
     ``mean [S, B', D]``, ``pred_mean``, ``pred_variance [B', D]``). ``config``: an
     :class:`ExportConfig`; ``options``: its fields as keywords (``posterior``, ``sampling``,
     ``num_samples``, ``task``, ``seed``, ``verify``, ``verify_samples``, ``opset``, ``source``,
@@ -124,6 +128,7 @@ def _metadata(p: Prepared, cfg: ExportConfig) -> dict[str, str]:
         output_dim=None if classifier else out_dim,
         heteroscedastic=p.heteroscedastic,
         head=head_e.value if classifier else None,
+        multilabel=True if classifier and head_e.multilabel else None,
         output_shape=(head_e.shape or (out_dim,)) if classifier else None,
         noise_variance=p.noise_variance or None,
     )

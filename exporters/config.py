@@ -28,7 +28,8 @@ class ExportConfig:
     self-check; ``opset``: the ONNX opset (>= 18, torch.onnx's dynamo exporter); ``source``:
     the ``qbnn.source`` text (None: the trainer's name and version); ``heteroscedastic``,
     ``noise_variance`` (finite, > 0): regression heads; ``head``: a classifier's output form
-    (None or ``auto``: detected); ``split``: run the split passes
+    (None or ``auto``: detected; ``multilabel``: K independent labels given as logits, see
+    :class:`~qbnn.exporters.modules.heads.Head`); ``split``: run the split passes
     (:data:`qbnn.exporters.passes.SPLIT_PASSES`) that compute the deterministic part of the
     network once per call instead of once per MC sample (False: the whole network per sample,
     for A/B measurements; the outputs' law is the same). String values (from YAML, JSON or the

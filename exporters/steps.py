@@ -21,6 +21,7 @@ from qbnn.runtimes.contract import (
     CLASSIFICATION_OUTPUTS,
     HETEROSCEDASTIC_OUTPUTS,
     INPUT,
+    MULTILABEL_OUTPUTS,
     REGRESSION_OUTPUTS,
     Task,
 )
@@ -216,11 +217,16 @@ def _noise_variance(
 def trace(p: Prepared, opset: int) -> onnx.ModelProto:
     """``torch.onnx.export`` (dynamo) of the export module on ``p.x`` (a batch of one is
     tiled to two so the batch axis stays dynamic); raises :class:`ExportError`."""
-    return _trace(p.built, p.x, p.task, opset, p.heteroscedastic)
+    return _trace(p.built, p.x, p.task, opset, p.heteroscedastic, p.head.multilabel)
 
 
 def _trace(
-    built: BuiltModel, x: torch.Tensor, task: Task, opset: int, heteroscedastic: bool = False
+    built: BuiltModel,
+    x: torch.Tensor,
+    task: Task,
+    opset: int,
+    heteroscedastic: bool = False,
+    multilabel: bool = False,
 ) -> onnx.ModelProto:
     xb = x if x.shape[0] > 1 else x.expand(2, *x.shape[1:]).contiguous()
     template = torch.zeros(2)
@@ -228,6 +234,8 @@ def _trace(
     outputs = REGRESSION_OUTPUTS if task == Task.REGRESSION else CLASSIFICATION_OUTPUTS
     if heteroscedastic:
         outputs = HETEROSCEDASTIC_OUTPUTS
+    if multilabel:
+        outputs = MULTILABEL_OUTPUTS
     try:
         with quiet_export():
             prog = torch.onnx.export(
@@ -279,8 +287,15 @@ def _pair_model(model, family: str):
 
 
 def _set_head(built: BuiltModel, head: HeadSpec) -> None:
-    """Record the head on the export module; last-layer posteriors keep logits only."""
-    if head.form != Head.LOGITS and isinstance(built.module, LastLayerModel):
+    """Record the head on the export module; last-layer posteriors keep logits only and a
+    trainer's fixed categorical predictive (``reference_head``) refuses a multi-label head."""
+    if head.multilabel and built.reference_head is not None:
+        raise ConfigError(
+            f"the model is a multi-label head (K independent labels), but this posterior's own "
+            f"predictive is a softmax over classes ({built.reference_head}); multi-label is not "
+            "supported for it: use MC dropout, an ensemble or a Bayesian-layer network"
+        )
+    if head.form not in (Head.LOGITS, Head.MULTILABEL) and isinstance(built.module, LastLayerModel):
         raise ConfigError(
             f"the model outputs {head.value}, but a last-layer posterior replaces the last Linear "
             "and drops every op after it (softmax / log_softmax); not supported yet: fit the "

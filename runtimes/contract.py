@@ -24,6 +24,8 @@ __all__ = [
     "ContractMeta",
     "HETEROSCEDASTIC_OUTPUTS",
     "FORMAT_VERSION",
+    "LABEL_OUTPUTS",
+    "MULTILABEL_OUTPUTS",
     "INPUT",
     "META_PREFIX",
     "NUM_SAMPLES",
@@ -50,6 +52,17 @@ CLASSIFICATION_OUTPUTS = (
     "expected_entropy",
     "mutual_information",
 )
+#: per-label uncertainty of a multi-label head (``qbnn.multilabel`` true), each ``[B, K]``:
+#: binary entropy of the per-label mean, mean per-sample binary entropy, their difference (BALD)
+LABEL_OUTPUTS = (
+    "label_predictive_entropy",
+    "label_expected_entropy",
+    "label_mutual_information",
+)
+#: multi-label heads: probs [S, B, K] and mean_probs [B, K] hold K independent per-label
+#: probabilities (rows do not sum to 1); the three [B] entropies are sums over the labels of
+#: the per-label ones, which follow as :data:`LABEL_OUTPUTS`
+MULTILABEL_OUTPUTS = CLASSIFICATION_OUTPUTS + LABEL_OUTPUTS
 #: mean [S, B, D], pred_mean [B, D], pred_variance [B, D]
 REGRESSION_OUTPUTS = ("mean", "pred_mean", "pred_variance")
 #: heteroscedastic heads add the per-sample predicted variance ``variance [S, B, D]``
@@ -84,6 +97,7 @@ class MetaKey(StrEnum):
     HETEROSCEDASTIC = "qbnn.heteroscedastic"
     NOISE_VARIANCE = "qbnn.noise_variance"
     HEAD = "qbnn.head"
+    MULTILABEL = "qbnn.multilabel"
     OUTPUT_SHAPE = "qbnn.output_shape"
     COMPRESSION = "qbnn.compression"
 
@@ -154,7 +168,9 @@ class ContractMeta:
     ``source`` (trainer), ``version`` (qbnn's), ``seed`` (baked in at export),
     ``input_shape`` (feature shape, no batch), ``heteroscedastic`` (regression graph with a
     ``variance [S, B, D]`` output), ``noise_variance`` (fixed observation noise), ``head``
-    (classifier output form: ``logits``/``probs``/``log_probs``), ``output_shape`` (the
+    (classifier output form: ``logits``/``probs``/``log_probs``/``multilabel``/
+    ``multilabel_probs``), ``multilabel`` (true: K independent Bernoulli labels, the graph has
+    :data:`MULTILABEL_OUTPUTS`; absent: one categorical), ``output_shape`` (the
     network's per-row output), ``quantization`` (quantize's record), ``compression`` (compress's
     record). Raises :class:`ConfigError` for a value of the wrong type.
     """
@@ -175,6 +191,7 @@ class ContractMeta:
     heteroscedastic: bool | None = _meta(_BOOL)
     noise_variance: float | None = _meta(_FLOAT)
     head: str | None = _meta(_STR)
+    multilabel: bool | None = _meta(_BOOL)
     output_shape: tuple[int, ...] | None = _meta(_SHAPE)
     quantization: Mapping[str, Any] | None = _meta(_JSON)
     compression: Mapping[str, Any] | None = _meta(_JSON)

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .contract import NUM_SAMPLES, Task
-from .errors import ConfigError, RuntimeInputError
+from .contract import MULTILABEL_OUTPUTS, NUM_SAMPLES, Task
+from .errors import ConfigError, ModelLoadError, RuntimeInputError
 from .options import Precision, SessionOptions
 from .session import ModelInfo, open_model
 
@@ -59,6 +59,10 @@ class Prediction:
     """Predictive summary of one call. Classification fields:
     ``mean_probs [B, C]``, ``predictive_entropy [B]``, ``expected_entropy [B]``,
     ``mutual_information [B]``, ``probs [S, B, C]`` (only with ``return_samples``).
+    Multi-label models (``multilabel`` true): ``mean_probs [B, K]`` and ``probs [S, B, K]`` are
+    K independent per-label probabilities (rows do not sum to 1), the three ``[B]`` entropies
+    are sums over the labels, and ``label_predictive_entropy``, ``label_expected_entropy``,
+    ``label_mutual_information [B, K]`` hold the per-label values (None for other models).
     Regression fields: ``pred_mean [B, D]``, ``pred_variance [B, D]``, ``samples [S, B, D]`` and,
     for heteroscedastic heads, ``variance_samples [S, B, D]`` (both only with ``return_samples``);
     ``epistemic_variance [B, D]``: the spread of the per-sample means over the S samples (the
@@ -76,11 +80,16 @@ class Prediction:
     samples: np.ndarray | None = None
     variance_samples: np.ndarray | None = None
     epistemic_variance: np.ndarray | None = None
+    label_predictive_entropy: np.ndarray | None = None
+    label_expected_entropy: np.ndarray | None = None
+    label_mutual_information: np.ndarray | None = None
+    multilabel: bool = False
 
     def as_dict(self) -> dict[str, np.ndarray]:
         """Non-empty fields as arrays (for ``np.savez``)."""
         out = {f.name: getattr(self, f.name) for f in fields(self)}
         out["num_samples"] = np.array(self.num_samples)
+        out["multilabel"] = np.array(self.multilabel) if self.multilabel else None
         return {k: v for k, v in out.items() if v is not None}
 
 
@@ -126,6 +135,12 @@ class Predictor:
         self.precision: str = opened.precision
         #: why ``auto`` skipped providers it tried first (one line each)
         self.fallbacks: tuple[str, ...] = opened.fallbacks
+        missing = [o for o in MULTILABEL_OUTPUTS if o not in self.info.outputs]
+        if self.info.multilabel and missing:
+            raise ModelLoadError(
+                f"{path} declares a multi-label head (qbnn.multilabel) but lacks the outputs "
+                f"{missing}; re-export it with qbnn export"
+            )
 
     def describe(self) -> str:
         """``"<provider> (<precision>)"``, e.g. ``"openvino (int8)"``."""
@@ -250,6 +265,11 @@ class Predictor:
         if self.info.task == Task.REGRESSION:
             return self._merge_regression(parts, keep)
         probs = np.concatenate([p["probs"] for p in parts], axis=1)
+        if self.info.multilabel:  # the graph's per-label outputs; never recomputed as softmax
+            cat = {k: np.concatenate([p[k] for p in parts]) for k in MULTILABEL_OUTPUTS[1:]}
+            return Prediction(
+                num_samples=probs.shape[0], probs=probs if keep else None, multilabel=True, **cat
+            )
         if all("mean_probs" in p for p in parts):
             cat = {
                 k: np.concatenate([p[k] for p in parts])

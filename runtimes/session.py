@@ -54,6 +54,13 @@ class ModelInfo:
     input_dtype: str = "float32"
     contract: ContractMeta = field(default_factory=ContractMeta)
 
+    @property
+    def multilabel(self) -> bool:
+        """A multi-label classifier (``qbnn.multilabel`` true): K independent per-label
+        probabilities and the per-label outputs of
+        :data:`~qbnn.runtimes.contract.MULTILABEL_OUTPUTS`."""
+        return bool(self.contract.multilabel)
+
     def accepts(self, shape: tuple[int, ...]) -> bool:
         """Whether an input of ``shape`` (``[N >= 1, *feature_shape]``) fits the model;
         symbolic or unknown feature dims accept any size."""

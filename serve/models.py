@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from qbnn.runtimes import Prediction, Predictor, PredictorOptions, Task
+from qbnn.runtimes.contract import LABEL_OUTPUTS
 
 from .batcher import DynamicBatcher
 from .config import ModelSpec, ServeConfig
@@ -24,19 +25,23 @@ from .protocol import ModelMetadata, TensorMetadata, input_datatypes
 __all__ = ["ServedModel", "output_fields"]
 
 
-def output_fields(task: Task, heteroscedastic: bool) -> dict[str, str]:
+def output_fields(task: Task, heteroscedastic: bool, multilabel: bool = False) -> dict[str, str]:
     """Contract output name -> :class:`~qbnn.runtimes.Prediction` field; per-sample outputs
-    (``probs [S, B, C]``; ``mean``, ``variance [S, B, D]``) come only when requested."""
+    (``probs [S, B, C]``; ``mean``, ``variance [S, B, D]``) come only when requested.
+    Multi-label models add the per-label ``label_*`` outputs ``[B, K]``."""
     if task == Task.REGRESSION:
         out = {"pred_mean": "pred_mean", "pred_variance": "pred_variance", "mean": "samples"}
         if heteroscedastic:
             out["variance"] = "variance_samples"
         return out
-    return {
+    out = {
         "mean_probs": "mean_probs", "predictive_entropy": "predictive_entropy",
         "expected_entropy": "expected_entropy", "mutual_information": "mutual_information",
         "probs": "probs",
     }  # fmt: skip
+    if multilabel:
+        out |= {name: name for name in LABEL_OUTPUTS}
+    return out
 
 
 PER_SAMPLE = {"probs", "mean", "variance"}
@@ -71,7 +76,7 @@ class ServedModel:
     @property
     def outputs(self) -> dict[str, str]:
         info = self.predictor.info
-        return output_fields(info.task, bool(info.contract.heteroscedastic))
+        return output_fields(info.task, bool(info.contract.heteroscedastic), info.multilabel)
 
     def default_samples(self) -> int:
         """S for a request that names none."""
@@ -90,7 +95,7 @@ class ServedModel:
         for name in self.outputs:
             if name in PER_SAMPLE:
                 shape = [-1, -1, width]
-            elif name in ("mean_probs", "pred_mean", "pred_variance"):
+            elif name in ("mean_probs", "pred_mean", "pred_variance", *LABEL_OUTPUTS):
                 shape = [-1, width]
             else:
                 shape = [-1]
@@ -102,6 +107,7 @@ class ServedModel:
             outputs=outs,
             parameters={
                 "task": str(info.task), "posterior": info.posterior, "sampling": info.sampling,
+                "multilabel": info.multilabel,
                 "default_num_samples": self.default_samples(),
                 "max_num_samples": self.config.max_num_samples,
                 "max_request_rows": self.config.max_request_rows,

@@ -6,7 +6,9 @@ shape) or else only numeric columns (one feature each, in column order; ``[N, F]
 column of a Parquet input is copied to the output.
 Outputs: one Parquet file per shard with ``row`` (int64, the row's index in its shard), ``id``
 (when given) and the contract outputs (``mean_probs`` as a fixed-size list of C float32,
-``predictive_entropy``, ``expected_entropy``, ``mutual_information`` float32; regression:
+``predictive_entropy``, ``expected_entropy``, ``mutual_information`` float32; multi-label
+models add ``label_predictive_entropy``, ``label_expected_entropy``,
+``label_mutual_information`` as fixed-size lists of K; regression:
 ``pred_mean``, ``pred_variance`` lists of D), written atomically (temp file, then rename), with
 the run's identity (model sha256, S, seed) in the schema metadata.
 """
@@ -26,6 +28,7 @@ __all__ = ["SUFFIXES", "find_shards", "read_identity", "read_shard", "write_scor
 SUFFIXES = (".npz", ".parquet")
 _OUTPUTS = (
     "mean_probs", "predictive_entropy", "expected_entropy", "mutual_information",
+    "label_predictive_entropy", "label_expected_entropy", "label_mutual_information",
     "pred_mean", "pred_variance",
 )  # fmt: skip
 

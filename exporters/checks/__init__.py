@@ -1,4 +1,5 @@
-"""Torch-side checks of an export: the model's output form (:mod:`.outputform`), the census of
+"""Torch-side checks of an export: the model's output form (:mod:`.outputform`; multi-label
+heads: :mod:`.multilabel`), the census of
 the random draws its forward makes (:mod:`.noisecensus`), BatchNorm statistics under weight
 posteriors (:mod:`.bnstats`) and the self-check of the written graph against the torch model
 (:mod:`.selfcheck`)."""

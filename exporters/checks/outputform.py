@@ -18,7 +18,8 @@ runs over it only, per position), or one column ``[1]`` / ``[]`` for a binary cl
 Bernoulli head: ``p = sigmoid(logit)``, or the probability itself, or ``exp`` of its log). A
 Bernoulli head is reported as two classes ``[1 - p, p]`` so every downstream metric (ECE, NLL,
 AUROC, argmax) works unchanged; its entropy and mutual information are the Bernoulli ones
-(the two-class entropy of ``[1 - p, p]`` is ``H(p)``).
+(the two-class entropy of ``[1 - p, p]`` is ``H(p)``). K > 1 columns from a final sigmoid, or
+``head='multilabel'``, are K independent labels (:mod:`.multilabel`), never a softmax.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from qbnn.runtimes.contract import Task
 from qbnn.runtimes.errors import ConfigError, UnsupportedLayerError
@@ -35,6 +37,7 @@ from qbnn.runtimes.errors import ConfigError, UnsupportedLayerError
 from ..modules.heads import Head, HeadSpec
 from ..modules.vectormodel import last_layer_body
 from ..modules.wrapper import first_output
+from .multilabel import multilabel_form
 
 __all__ = [
     "OutputForm",
@@ -78,12 +81,42 @@ def network_of(model: object) -> nn.Module | None:
     return net if isinstance(net, nn.Module) else None
 
 
+class _EndOps(TorchFunctionMode):
+    """Records which tensors come out of ``sigmoid`` / ``log_sigmoid`` (the function, the
+    ``Tensor`` method or ``nn.Sigmoid``), followed through shape-only ops (reshape, view, ...),
+    so a forward that ends in ``torch.sigmoid(z)`` is told apart from one returning logits."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.origin: dict[int, tuple[torch.Tensor, str]] = {}  # id -> (tensor kept alive, end)
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        name = getattr(func, "__name__", "")
+        end = _FUNC_ENDS.get(name)
+        if end is None and name in _SHAPE_OPS and args and isinstance(args[0], torch.Tensor):
+            end = self.end_of(args[0])
+        if end is not None and isinstance(out, torch.Tensor):
+            self.origin[id(out)] = (out, end)
+        return out
+
+    def end_of(self, t: object) -> str | None:
+        """``Sigmoid`` / ``LogSigmoid`` when ``t`` was computed by one of them, else None."""
+        kept = self.origin.get(id(t))
+        return kept[1] if kept is not None and kept[0] is t else None
+
+
+_FUNC_ENDS = {"sigmoid": "Sigmoid", "log_sigmoid": "LogSigmoid", "logsigmoid": "LogSigmoid"}
+_SHAPE_OPS = {"reshape", "view", "flatten", "squeeze", "unsqueeze", "contiguous", "clone"}
+
+
 def _run_eval(net: nn.Module, x: torch.Tensor):
     """``net(x)`` once in eval mode under no_grad, restoring train flags and the global RNG.
 
     Returns ``(output, end)``: ``end`` is the type name of the innermost module that returned
-    the output tensor itself (``Sigmoid``, ``Softmax``, ...), None when forward computed it
-    inline."""
+    the output tensor itself (``Sigmoid``, ``Softmax``, ...), else ``Sigmoid`` / ``LogSigmoid``
+    when forward computed it with ``torch.sigmoid`` / ``F.logsigmoid`` (possibly reshaped),
+    None otherwise."""
     flags = [(m, m.training) for m in net.modules()]
     seen: list[tuple[object, str]] = []
 
@@ -91,8 +124,9 @@ def _run_eval(net: nn.Module, x: torch.Tensor):
         seen.append((out, type(mod).__name__))
 
     handles = [m.register_forward_hook(hook) for m in net.modules()]
+    ops = _EndOps()
     try:
-        with torch.no_grad(), torch.random.fork_rng():
+        with torch.no_grad(), torch.random.fork_rng(), ops:
             net.eval()
             out = net(x)
     finally:
@@ -102,7 +136,7 @@ def _run_eval(net: nn.Module, x: torch.Tensor):
             m.training = training
     pred = out[0] if isinstance(out, (tuple, list)) and out else out
     end = next((name for o, name in seen if o is pred), None)
-    return out, end
+    return out, ops.end_of(pred) or end
 
 
 def inspect_output(net: nn.Module, x: torch.Tensor, task: Task) -> OutputForm:
@@ -247,7 +281,8 @@ def head_spec(head: Head, form: OutputForm | None, task: Task) -> HeadSpec:
 
 def resolve_head(requested: str | None, form: OutputForm | None, task: Task) -> Head:
     """The head to export: ``requested`` if it agrees with the model's output, else the
-    detected one (``requested`` None or ``auto``); a contradiction raises :class:`ConfigError`."""
+    detected one (``requested`` None or ``auto``); a contradiction raises :class:`ConfigError`.
+    Multi-label heads follow :func:`qbnn.exporters.checks.multilabel.multilabel_form`."""
     if requested not in (None, "auto"):
         try:
             req = Head(requested)
@@ -263,6 +298,9 @@ def resolve_head(requested: str | None, form: OutputForm | None, task: Task) -> 
     if form is None or form.prediction.numel() == 0:
         return req or Head.LOGITS
     pred = form.prediction
+    multi = multilabel_form(req, pred, form.end, form.row_shape)
+    if multi is not None:
+        return multi  # K independent labels (checks/multilabel.py)
     if form.row_shape[0] == 1 and req is not None and _fits(pred, req):
         return req  # a Bernoulli head the user named and the values allow
     if form.row_shape[0] == 1 and req is not None:

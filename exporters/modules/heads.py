@@ -22,11 +22,24 @@ __all__ = [
 
 
 class Head(StrEnum):
-    """What a classifier's forward returns per sample: ``[B, C]`` of this form."""
+    """What a classifier's forward returns per sample: ``[B, C]`` of this form.
+
+    ``logits`` / ``probs`` / ``log_probs``: one categorical over C classes (softmax of logits).
+    ``multilabel`` / ``multilabel_probs``: K independent labels (a Bernoulli per label), the
+    network returning their logits (``p = sigmoid(z)`` per label) or their probabilities (a
+    network ending in ``nn.Sigmoid`` / ``torch.sigmoid``). Never a softmax over the labels.
+    """
 
     LOGITS = "logits"
     PROBS = "probs"
     LOG_PROBS = "log_probs"
+    MULTILABEL = "multilabel"
+    MULTILABEL_PROBS = "multilabel_probs"
+
+    @property
+    def multilabel(self) -> bool:
+        """K independent Bernoulli labels (sigmoid per label), not one categorical."""
+        return self in (Head.MULTILABEL, Head.MULTILABEL_PROBS)
 
 
 @dataclass(frozen=True)
@@ -39,8 +52,14 @@ class HeadSpec:
 
     @property
     def binary(self) -> bool:
-        """One output per row (or per position): a Bernoulli head."""
-        return len(self.shape) >= 1 and self.shape[0] == 1
+        """One output per row (or per position): a Bernoulli head reported as two classes
+        (a multi-label head with K = 1 stays one label)."""
+        return len(self.shape) >= 1 and self.shape[0] == 1 and not self.multilabel
+
+    @property
+    def multilabel(self) -> bool:
+        """K independent labels ``[B, K]`` (see :class:`Head`)."""
+        return self.form.multilabel
 
     @property
     def dense(self) -> bool:
@@ -64,11 +83,17 @@ def to_probs(per_sample: torch.Tensor, head: Head | str | HeadSpec) -> torch.Ten
     ``softmax`` of logits, probabilities unchanged, ``exp`` of log-probabilities. A Bernoulli
     head (one column) becomes two classes ``[1 - p, p]`` with ``p = sigmoid(logit)`` (computed
     as ``[sigmoid(-z), sigmoid(z)]``), ``p``, or ``exp(log p)``. Returns ``[S, B, C, *spatial]``
-    (``C = 2`` for a Bernoulli head).
+    (``C = 2`` for a Bernoulli head). A multi-label head gives the K per-label probabilities
+    ``[S, B, K]``: ``sigmoid(z)`` of logits, probabilities unchanged (no normalisation: a row
+    sums to anything in ``[0, K]``).
     """
     spec = as_spec(head)
     if spec.shape:
         per_sample = per_sample.reshape(*per_sample.shape[:2], *spec.shape)
+    if spec.form == Head.MULTILABEL:
+        return torch.sigmoid(per_sample)
+    if spec.form == Head.MULTILABEL_PROBS:
+        return per_sample
     if spec.binary:
         if spec.form == Head.LOGITS:
             return torch.cat([torch.sigmoid(-per_sample), torch.sigmoid(per_sample)], dim=2)

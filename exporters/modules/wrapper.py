@@ -13,7 +13,7 @@ from torch import nn
 from qbnn.runtimes.contract import Task
 
 from ..tensors import LayerMoments, MemberDraws, Slot
-from .heads import Head, HeadSpec, to_probs
+from .heads import Head, HeadSpec, as_spec, to_probs
 from .layers import SampleContext
 
 __all__ = [
@@ -24,6 +24,7 @@ __all__ = [
     "SampledModel",
     "exact_head",
     "first_output",
+    "multilabel_head",
     "uncertainty_head",
 ]
 
@@ -58,6 +59,32 @@ def _entropy(p: torch.Tensor, dim: int = -1) -> torch.Tensor:
     return -(p * torch.log(torch.clamp(p, min=1e-12))).sum(dim)
 
 
+def _binary_entropy(p: torch.Tensor) -> torch.Tensor:
+    """Elementwise Bernoulli entropy ``H(p) = -p log p - (1 - p) log(1 - p)`` in nats."""
+    q = 1.0 - p
+    return -(p * torch.log(torch.clamp(p, min=1e-12)) + q * torch.log(torch.clamp(q, min=1e-12)))
+
+
+def multilabel_head(probs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Contract outputs of K independent Bernoulli labels from per-sample probabilities
+    ``probs [S, B, K]``: ``probs [S, B, K]``, ``mean_probs [B, K]`` (per-label predictive),
+    the summaries ``predictive_entropy``, ``expected_entropy``, ``mutual_information [B]``
+    and per label ``label_predictive_entropy`` (``H(mean_probs)``), ``label_expected_entropy``
+    (mean over samples of ``H(probs)``), ``label_mutual_information`` (BALD per label) ``[B, K]``.
+
+    Each summary is the **sum** over the labels: the entropy of the product of the per-label
+    predictives (the joint entropy when labels are independent), the joint expected entropy
+    (labels are independent given the weights), and their difference, which bounds the joint
+    BALD score from above. A sum keeps K = 1 equal to a binary head and does not shrink with
+    K the way a mean would.
+    """
+    mean_probs = probs.mean(0)
+    lpe = _binary_entropy(mean_probs)
+    lee = _binary_entropy(probs).mean(0)
+    lmi = torch.clamp(lpe - lee, min=0.0)
+    return probs, mean_probs, lpe.sum(-1), lee.sum(-1), lmi.sum(-1), lpe, lee, lmi
+
+
 def uncertainty_head(
     per_sample: torch.Tensor,
     task: Task,
@@ -73,7 +100,8 @@ def uncertainty_head(
     With a :class:`~.heads.HeadSpec` layout the per-sample outputs (flattened
     ``[S, B, N]``) are read as ``[S, B, *shape]``: dense heads give ``probs [S, B, C, *spatial]``,
     ``mean_probs [B, C, *spatial]`` and entropy / MI maps ``[B, *spatial]`` (class axis only); a
-    Bernoulli head gives two classes ``[1 - p, p]``.
+    Bernoulli head gives two classes ``[1 - p, p]``; a multi-label head
+    (:attr:`~.heads.HeadSpec.multilabel`) gives :func:`multilabel_head`'s eight outputs.
     Regression: ``mean [S,B,D], pred_mean [B,D], pred_variance [B,D]``. Heteroscedastic heads
     output ``[S, B, 2D]`` (mean, log-variance) and add ``variance [S,B,D]``; then
     ``pred_variance = E[variance] + Var[mean]`` (law of total variance). Homoscedastic heads add
@@ -92,6 +120,8 @@ def uncertainty_head(
             pred_var = pred_var + noise_variance
         return per_sample, pred_mean, pred_var
     probs = to_probs(per_sample, head)  # [S, B, C, *spatial], class axis 2
+    if as_spec(head).multilabel:
+        return multilabel_head(probs)
     mean_probs = probs.mean(0)
     pe = _entropy(mean_probs, 1)
     ee = _entropy(probs, 2).mean(0)

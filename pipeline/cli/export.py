@@ -100,7 +100,10 @@ def export_cmd(
     ] = None,
     head: Annotated[
         str | None,
-        typer.Option(help="classifier output: logits, probs or log_probs (default: detected)"),
+        typer.Option(
+            help="classifier output: logits, probs, log_probs, multilabel (K independent "
+            "sigmoid labels from logits) or multilabel_probs (default: detected)"
+        ),
     ] = None,
     trust_checkpoint: Annotated[
         bool,

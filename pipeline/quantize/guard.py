@@ -198,11 +198,12 @@ def erased_quantizers(
 
 
 def _spread_tensor(model: onnx.ModelProto, task: Task) -> str:
-    """The per-sample pre-softmax tensor (logits ``[S, B, C]``) or the regression ``mean``."""
+    """The per-sample pre-softmax (multi-label: pre-sigmoid) tensor (logits ``[S, B, C]``) or
+    the regression ``mean``."""
     if task == Task.REGRESSION:
         return "mean"
     for node in model.graph.node:
-        if node.op_type == "Softmax" and "probs" in node.output:
+        if node.op_type in ("Softmax", "Sigmoid") and "probs" in node.output:
             return node.input[0]
     return "probs"
 

@@ -238,6 +238,11 @@ def _quantize_model(src, dst, cfg: QuantConfig, calib, speed_check: bool) -> Qua
     if cfg.format == QuantFormat.AUTO:  # the int8 format of the provider auto will pick
         cfg = replace(cfg, format=QuantFormat(int8_format(src_model)))
     info = model_info(src_model)
+    if info.multilabel and cfg.autotune is not None:
+        raise ConfigError(
+            "autotune scores candidates by top-1 accuracy / NLL over one categorical, which "
+            f"does not fit the multi-label model {src}: drop the 'autotune' section"
+        )
     x, rows = _calibration_inputs(calib, info, cfg.calibration)
     kept: set[str] = set()
     for _round in range(MAX_ROUNDS):

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import metrics as M
+from . import multilabel as ML
 
 __all__ = [
     "INTERVAL_KEYS",
@@ -88,6 +89,9 @@ class Outputs:
     ``num_samples``: the MC sample count S actually used (1 for plain models).
     Dense classifiers (:mod:`~qbnn.pipeline.validate.dense`): one row per pixel, ``spatial``
     the per-input map shape and ``maps`` the first images' uncertainty maps.
+    ``multilabel``: ``mean_probs [N, K]`` holds K independent label probabilities, ``entropy``
+    and ``mi`` their sums over the labels, and labels are ``[N, K]`` in {0, 1}
+    (:mod:`~qbnn.pipeline.validate.multilabel`).
     """
 
     num_samples: int
@@ -101,6 +105,7 @@ class Outputs:
     epistemic_variance: np.ndarray | None = None
     spatial: tuple[int, ...] = ()
     maps: dict | None = None
+    multilabel: bool = False
 
     @property
     def is_classifier(self) -> bool:
@@ -125,6 +130,7 @@ class Outputs:
             sel(self.ood_mi, idx_ood),
             sel(self.pred_mean, idx),
             sel(self.pred_variance, idx),
+            multilabel=self.multilabel,
         )
 
 
@@ -147,6 +153,9 @@ def core_metrics(
         y: ``[N] int`` labels (classification) or ``[N, D] float`` targets (regression).
         n_bins: equal-width ECE bins.
         targets: accuracies for which the needed referral fraction is reported.
+
+    Multi-label outputs use the definitions of :mod:`~qbnn.pipeline.validate.multilabel`
+    (per-label accuracy, NLL, Brier and ECE averaged over the labels).
 
     Returns:
         Classification: ``accuracy``, ``nll``, ``brier``, ``ece``, ``mean_mi``,
@@ -174,16 +183,19 @@ def core_metrics(
             )
         return res
     p = out.mean_probs
-    correct = np.argmax(p, axis=1) == y
-    res = {
-        "accuracy": M.accuracy(p, y),
-        "nll": M.nll(p, y),
-        "brier": M.brier(p, y),
-        "ece": M.ece(p, y, n_bins),
-        "mean_mi": _mean(out.mi),
-    }
+    if out.multilabel:
+        res = ML.label_metrics(p, y, n_bins)
+    else:
+        res = {
+            "accuracy": M.accuracy(p, y),
+            "nll": M.nll(p, y),
+            "brier": M.brier(p, y),
+            "ece": M.ece(p, y, n_bins),
+        }
+    res["mean_mi"] = _mean(out.mi)
+    u, correct = _selective(out, y)
     for t in targets:
-        res[referral_key(t)] = M.referral_needed(out.entropy, correct, t)
+        res[referral_key(t)] = M.referral_needed(u, correct, t)
     if out.has_ood:
         res["ood_auroc_entropy"] = M.auroc(out.ood_entropy, out.entropy)
         if _ranks_by_mi(out):
@@ -205,20 +217,20 @@ def full_metrics(
 
     Classification extras: ``ece_equal_mass``, ``mce``, ``aurc``, ``mean_entropy``,
     ``entropy_correct`` / ``entropy_wrong`` and ``mi_correct`` / ``mi_wrong`` (means over
-    correct / wrong predictions; ``None`` if the group is empty) and, with OOD data,
+    correct / wrong predictions, for multi-label rows with every label right / not; ``None``
+    if the group is empty), multi-label ``subset_accuracy`` and, with OOD data,
     ``ood_aupr_entropy``, ``ood_aupr_mi``, ``mean_entropy_ood``, ``mean_mi_ood``.
     """
     res = core_metrics(out, y, n_bins=n_bins, targets=targets)
     if not out.is_classifier:
         return res
     p = out.mean_probs
-    correct = np.argmax(p, axis=1) == y
-    res |= {
-        "ece_equal_mass": M.ece_equal_mass(p, y, n_bins),
-        "mce": M.mce(p, y, n_bins),
-        "aurc": M.aurc(out.entropy, correct),
-        "mean_entropy": _mean(out.entropy),
-    }
+    if out.multilabel:
+        res |= ML.label_metrics(p, y, n_bins, full=True)
+    else:
+        res |= {"ece_equal_mass": M.ece_equal_mass(p, y, n_bins), "mce": M.mce(p, y, n_bins)}
+    res |= {"aurc": M.aurc(*_selective(out, y)), "mean_entropy": _mean(out.entropy)}
+    correct = _row_correct(out, y)
     for key, u in (("entropy", out.entropy), ("mi", out.mi)):
         split = M.uncertainty_split(u, correct)
         res[f"{key}_correct"] = _nan_to_none(split["correct_mean"])
@@ -230,6 +242,21 @@ def full_metrics(
         res["mean_entropy_ood"] = _mean(out.ood_entropy)
         res["mean_mi_ood"] = _mean(out.ood_mi)
     return {k: res[k] for k in sorted(res, key=_rank)}
+
+
+def _row_correct(out: Outputs, y: np.ndarray) -> np.ndarray:
+    """``[N] bool``: the top class is right, or (multi-label) every label of the row is."""
+    if out.multilabel:
+        return ML.row_correct(out.mean_probs, y)
+    return np.argmax(out.mean_probs, axis=1) == y
+
+
+def _selective(out: Outputs, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(uncertainty, correct)`` for referral and AURC: rows ranked by predictive entropy;
+    a multi-label row counts as its K label slots (per-label accuracy of the kept rows)."""
+    if out.multilabel:
+        return ML.label_slots(out.mean_probs, y, out.entropy)
+    return out.entropy, _row_correct(out, y)
 
 
 def _rank(key: str) -> int:
@@ -291,18 +318,22 @@ def curves(out: Outputs, y: np.ndarray, *, n_bins: int) -> dict[str, dict]:
 
     Returns:
         ``reliability``: :func:`metrics.reliability_curve` as lists (``[n_bins]``; NaN for
-        empty bins); ``referral``: ``referral [F]`` and ``accuracy [F]`` for F = 96 fractions
-        0..0.95; ``entropy_hist``: ``edges [31]`` over ``[0, log C]`` and counts ``correct``,
+        empty bins; multi-label: all label decisions pooled); ``referral``: ``referral [F]``
+        and ``accuracy [F]`` for F = 96 fractions 0..0.95; ``entropy_hist``: ``edges [31]``
+        over ``[0, log C]`` (multi-label: ``[0, K log 2]``) and counts ``correct``,
         ``wrong`` (and ``ood``) ``[30]``; with OOD data ``roc_entropy`` / ``roc_mi``:
         ``fpr``, ``tpr`` (at most 201 points).
     """
     if not out.is_classifier:
         return regression_curves(out, y)
     p = out.mean_probs
-    correct = np.argmax(p, axis=1) == y
-    rel = M.reliability_curve(p, y, n_bins)
-    ref = M.referral_curve(out.entropy, correct, REFERRAL_FRACTIONS)
-    edges = np.linspace(0.0, max(np.log(p.shape[1]), 1e-6), HIST_BINS + 1)
+    correct = _row_correct(out, y)
+    rel = (
+        ML.label_reliability(p, y, n_bins) if out.multilabel else M.reliability_curve(p, y, n_bins)
+    )
+    ref = M.referral_curve(*_selective(out, y), REFERRAL_FRACTIONS)
+    top = p.shape[1] * np.log(2.0) if out.multilabel else np.log(p.shape[1])
+    edges = np.linspace(0.0, max(top, 1e-6), HIST_BINS + 1)
     hist = {"edges": edges.tolist()}
     groups = {"correct": out.entropy[correct], "wrong": out.entropy[~correct]}
     if out.has_ood:

@@ -173,6 +173,8 @@ def check_models(
     if len(set(declared.values())) > 1:
         raise ConfigError(f"models predict different numbers of classes: {declared}")
     n_classes = next(iter(declared.values()), None)
+    if any(p.info.multilabel for p in preds.values()):
+        return task, n_classes  # [N, K] 0/1 labels, checked once the heads are known
     if n_classes is not None and y.ndim > 1:  # class maps of a dense classifier (or wrong)
         check_labels(y.reshape(-1), y.size, n_classes, source)
     elif n_classes is not None:

@@ -40,6 +40,7 @@ from qbnn.runtimes.errors import ConfigError
 
 from . import dense as D
 from . import evaluation as E
+from . import multilabel as ML
 from .config import MAX_SAMPLES, ValidateConfig
 from .gates import GateResult, Gates, GateSpec, evaluate_gates, gate_specs, gate_statistic
 from .inputs import ModelEntry, check_labels, check_targets, load_arrays, model_entries
@@ -83,7 +84,7 @@ def _predict(pred: Predictor, x: np.ndarray, x_ood: np.ndarray | None, s: int) -
         None if o is None else o.mutual_information,
     )
     if not D.is_dense(r.mean_probs):
-        return E.Outputs(r.num_samples, *fields)
+        return E.Outputs(r.num_samples, *fields, multilabel=r.multilabel)
     maps = D.uncertainty_maps(*fields[:3])  # pixels become rows, the metric code is shared
     spatial = tuple(r.mean_probs.shape[2:])
     return E.Outputs(r.num_samples, *D.flatten_pixels(*fields), spatial=spatial, maps=maps)
@@ -208,7 +209,8 @@ def validate(
                 f"dense prediction: metrics over {len(y)} pixels ({len(x)} inputs of "
                 f"{list(ref_out.spatial)}); bootstrap intervals resample pixels"
             )
-        y = check_labels(y, len(ref_out.mean_probs), n_classes, source)
+        y, note = _labels(outs, y, n_classes, source)
+        notes += [note] if note else []
     else:
         y = check_targets(y, outs)
     results, per_model = _measure(entries, preds, outs, x, x_ood, y, cfg)
@@ -277,6 +279,28 @@ def _ood_warnings(results: list[ModelResult]) -> list[str]:
                 )
             out.append(f"{m.name}: OOD AUROC by {by} is {value:.3f} < 0.5{why}")
     return out
+
+
+def _labels(outs: dict[str, E.Outputs], y, n_classes: int, source: str):
+    """Class labels ``[N]`` (or ``[N, K]`` 0/1 for multi-label models) checked against the
+    models, and the note a multi-label report carries; models must agree on the head."""
+    kinds = {n: o.multilabel for n, o in outs.items()}
+    if len(set(kinds.values())) > 1:
+        multi = sorted(n for n, k in kinds.items() if k)
+        raise ConfigError(
+            f"models mix multi-label ({', '.join(multi)}) and single-label classifiers; "
+            "validate compares models of one head: use a multi-label baseline or none"
+        )
+    n = len(next(iter(outs.values())).mean_probs)
+    if not any(kinds.values()):
+        return check_labels(y, n, n_classes, source), None
+    note = (
+        f"multi-label: {n_classes} independent labels, 'y' [N, {n_classes}] in {{0, 1}}; "
+        "accuracy is per-label (Hamming) accuracy (subset_accuracy: every label right), NLL "
+        "the mean Bernoulli NLL, Brier and ECE per label averaged over the labels; referral, "
+        "AURC and OOD rank inputs by the predictive entropy / MI summed over the labels"
+    )
+    return ML.check_labels(y, n, n_classes, source), note
 
 
 def _common_classes(outs: dict[str, E.Outputs], declared: int | None) -> int:

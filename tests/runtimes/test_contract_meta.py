@@ -26,7 +26,8 @@ FULL = ContractMeta(
     format_version="1", task=Task.REGRESSION, posterior="meanfield", sampling="lrt",
     default_samples=8, max_samples=64, num_classes=3, output_dim=2, precision="int8",
     source="bayesian-torch", version="0.1.0", seed=7, input_shape=(1, 8, 8),
-    heteroscedastic=True, noise_variance=0.25, head="log_probs", output_shape=(3, 8, 8),
+    heteroscedastic=True, noise_variance=0.25, head="log_probs", multilabel=False,
+    output_shape=(3, 8, 8),
     quantization={"backend": "inc", "kept_fp32": ["a"]}, compression={"mode": "plan"},
 )  # fmt: skip
 

@@ -40,7 +40,9 @@ class Diagnosis(nn.Module):
         if self.end == "sigmoid":
             return self.sig(z)  # nn.Sigmoid module: detected as probabilities
         if self.end == "inline":
-            return torch.sigmoid(z)  # values in [0, 1], nothing says they are probabilities
+            return torch.sigmoid(z)  # torch.sigmoid, no module: detected as probabilities too
+        if self.end == "tanh":
+            return (torch.tanh(z) + 1.0) / 2.0  # values in [0, 1], nothing says probabilities
         return z.squeeze(-1)  # one logit per row, shape [B] (BCEWithLogitsLoss style)
 
 
@@ -118,17 +120,20 @@ def test_bernoulli_head_matches_torch(tmp_path, end, head):
 
 
 def test_ambiguous_one_column_needs_head(tmp_path):
-    """Inline torch.sigmoid: values in [0, 1] fit logits and probabilities: one clear refusal,
-    then head='probs' exports (self-check against the model's own samples on)."""
+    """Values in [0, 1] from no sigmoid fit logits and probabilities: one clear refusal, then
+    head='probs' exports (self-check against the model's own samples on). An inline
+    ``torch.sigmoid`` is detected as probabilities (issue 22)."""
     x = example((6,))
+    res = export_model(Diagnosis("inline"), x, tmp_path / "i.onnx", seed=1)
+    assert _meta(res.path)["qbnn.head"] == "probs"
     with pytest.raises(ConfigError) as info:
-        export_model(Diagnosis("inline"), x, tmp_path / "m.onnx")
+        export_model(Diagnosis("tanh"), x, tmp_path / "m.onnx")
     assert str(info.value) == (
         "the binary classifier's one output per row lies in [0, 1] on the example input, so it "
         "could be logits or probs (a sigmoid probability); pass head='logits' or head='probs' "
         "(--head) to say which"
     )
-    res = export_model(Diagnosis("inline"), x, tmp_path / "m.onnx", head="probs", seed=1)
+    res = export_model(Diagnosis("tanh"), x, tmp_path / "m.onnx", head="probs", seed=1)
     assert _meta(res.path)["qbnn.head"] == "probs"
     with pytest.raises(ConfigError, match=r"head='probs' contradicts the binary classifier's"):
         export_model(Diagnosis("logit"), x, tmp_path / "n.onnx", head="probs")
