@@ -39,6 +39,15 @@ def compress_cmd(
     match: Annotated[
         float, typer.Option("--match", help="--share: variance matching of draws, 0-1")
     ] = 0.0,
+    max_trials: Annotated[
+        int, typer.Option("--max-trials", help="--auto: plans validated at most")
+    ] = 12,
+    sigma_bits: Annotated[
+        int, typer.Option("--sigma-bits", help="--share: log-grid bits of sigma (4, 8; 32 = fp32)")
+    ] = 4,
+    snr: Annotated[
+        float, typer.Option("--snr", help="--share: prune weights with |mu|/sigma below this")
+    ] = 0.0,
     samples: Annotated[int | None, typer.Option("--samples", help="validate MC samples")] = None,
     gates: Annotated[Path | None, typer.Option(help="gates YAML/JSON")] = None,
     report: Annotated[
@@ -64,8 +73,10 @@ def compress_cmd(
         model,
         output,
         plan=load_plan(plan) if plan is not None else None,
-        auto=AutoConfig(budget=budget) if auto else None,
-        share=ShareConfig(k=k, max_unique=max_unique, match=match) if share else None,
+        auto=AutoConfig(budget=budget, max_trials=max_trials) if auto else None,
+        share=ShareConfig(k=k, max_unique=max_unique, match=match, sigma_bits=sigma_bits, snr=snr)
+        if share
+        else None,
         calib=calib,
         data=data,
         ood=ood,
@@ -82,8 +93,11 @@ def compress_cmd(
     )
     if report is not None:
         typer.echo(f"report -> {report / 'compress.json'}")
+    if rec["gates_passed"] is not None:
+        failed = [g for g in rec["gates"] if g["status"] == "FAIL"]
+        verdict = "all pass" if not failed else "FAIL " + "; ".join(
+            f"{g['name']} {g['value']:.4g} (limit {g['limit']})" for g in failed
+        )
+        typer.echo(f"gates ({len(rec['gates'])} against {model.name}): {verdict}")
     if rec["gates_passed"] is False:
-        for g in rec["gates"]:
-            if g["status"] == "FAIL":
-                typer.echo(f"FAILED gate {g['name']}: value {g['value']}", err=True)
         raise typer.Exit(1)
