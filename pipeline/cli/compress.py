@@ -58,6 +58,7 @@ def compress_cmd(
     from ..common import check_output_dir, check_output_file
     from ..compress import AutoConfig, ShareConfig, compress, load_plan
     from ..validate import ValidateConfig, load_gates
+    from ..validate.gates import format_limit
 
     if sum((plan is not None, auto, share)) != 1:
         raise UsageError("give exactly one of --plan PLAN, --auto or --share")
@@ -96,7 +97,7 @@ def compress_cmd(
     if rec["gates_passed"] is not None:
         failed = [g for g in rec["gates"] if g["status"] == "FAIL"]
         verdict = "all pass" if not failed else "FAIL " + "; ".join(
-            f"{g['name']} {g['value']:.4g} (limit {g['limit']})" for g in failed
+            f"{g['name']} {g['value']:.4g} (limit {format_limit(g['limit'])})" for g in failed
         )
         typer.echo(f"gates ({len(rec['gates'])} against {model.name}): {verdict}")
     if rec["gates_passed"] is False:

@@ -70,8 +70,10 @@ class AutoConfig:
         object.__setattr__(self, "snr", tuple(self.snr))
         object.__setattr__(self, "match", tuple(self.match))
         object.__setattr__(self, "sigma_bits", tuple(self.sigma_bits))
-        if not self.sigma_bits or any(b not in (4, 8, 32) for b in self.sigma_bits):
-            raise ConfigError(f"auto.sigma_bits: {list(self.sigma_bits)} must be 4, 8 or 32")
+        if not self.sigma_bits or any(b not in (0, 4, 8, 32) for b in self.sigma_bits):
+            raise ConfigError(
+                f"auto.sigma_bits: {list(self.sigma_bits)} must be 0 (one per channel), 4, 8, 32"
+            )
         if not self.match or any(not 0 <= m <= 1 for m in self.match):
             raise ConfigError(f"auto.match: {list(self.match)} must be numbers in [0, 1]")
         if not self.fractions or any(not f > 0 for f in self.fractions):

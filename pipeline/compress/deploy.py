@@ -31,7 +31,7 @@ from .plan import LayerPlan, Plan
 from .probe import Probe, probe_model
 from .prune import prune_channels
 from .share import ShareConfig, deploy_codebook, replace_with_codebook, share_layer
-from .sigma import log_grid, snr_prune
+from .sigma import log_grid, per_channel_scale, snr_prune
 
 __all__ = ["COMPRESSION_KEY", "CompressResult", "LayerReport", "deploy_plan", "deploy_share"]
 
@@ -181,8 +181,12 @@ def deploy_plan(
     total = sum(base.macs.values()) or 1.0
     for n in {n for lay in layers.values() for n in lay.scale_nodes} & quantized:
         bits[n] = (8, 8)  # a variance-path op INC quantized with its layer
+    # SNR-pruned weights (mu = sigma = 0) are 0 in every draw: their MACs count as removed
+    dense = {n: 1 - snr_pruned[lay.name] for lay in layers.values()
+             for n in lay.nodes + lay.scale_nodes + [d for _, d in lay.drawn]}  # fmt: skip
+    used = {n: probe.macs[n] * dense.get(n, 1.0) for n in nodes}
     # no op reads a weight, stored or drawn: BOPs are not defined for the plan
-    rel = _bops(base, {n: probe.macs[n] for n in nodes}, bits) if nodes else None
+    rel = _bops(base, used, bits) if nodes else None
     reports = [replace(r, macs_share=_share(layers[r.name], probe, total)) for r in reports]
     return _write(model, src, dst, "plan", rel, reports, plan=plan, stored=stored)
 
@@ -393,9 +397,12 @@ def deploy_share(src: str | Path, dst: str | Path, cfg: ShareConfig | None = Non
 
 def _code_scales(model, lay: Layer, bits: int) -> int:
     """Put the layer's weight scales on a ``2**bits``-value log grid (:mod:`.sigma`) stored as
-    codebook + indices; returns their bytes (0 when ``bits`` is 32 or there are none)."""
+    codebook + indices, or (``bits`` 0) one scale per output channel; returns their bytes (0
+    when ``bits`` is 32 or there are none)."""
     if bits >= 32 or not lay.scales:
         return 0
+    if bits == 0:
+        return sum(per_channel_scale(model, lay, n) for n in lay.scales)
     arrs = [_arr(model, n).astype(np.float32) for n in lay.scales]
     book, idx = log_grid(np.concatenate([a.ravel() for a in arrs]), bits)
     parts, start = [], 0

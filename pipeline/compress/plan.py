@@ -30,7 +30,8 @@ than adding noise); ``--auto`` searches ``m``. In ``weight``-mode graphs (weight
 time) ``weight_bits`` also rounds every drawn weight onto a b-bit grid before its op, and ``m``
 shrinks the stored sigma to make room for that rounding noise (see :mod:`.drawn`).
 ``sigma_bits`` (mean-field layers: ``weight``, ``lrt``, ``flipout``): the stored posterior scales
-on a ``2**b``-value log grid, 4 or 8 (32 = fp32; see :mod:`.sigma`). ``prune_snr`` ``t``
+on a ``2**b``-value log grid, 4 or 8, or 0: one scale per output channel (32 = fp32; see
+:mod:`.sigma`). ``prune_snr`` ``t``
 (mean-field layers): weights with ``|mu| / sigma < t`` get mu = sigma = 0 (Blundell et al. 2015).
 """
 
@@ -49,7 +50,7 @@ from qbnn.runtimes.errors import ConfigError
 __all__ = ["ACT_BITS", "SIGMA_BITS", "WEIGHT_BITS", "LayerPlan", "Plan", "load_plan"]
 
 WEIGHT_BITS = (0, 2, 4, 8, 16, 32)
-SIGMA_BITS = (4, 8, 32)
+SIGMA_BITS = (0, 4, 8, 32)
 ACT_BITS = (2, 4, 8, 16, 32)
 
 

@@ -61,10 +61,10 @@ class ShareConfig:
             raise ConfigError(f"share.max_unique: {self.max_unique!r} must be in [2, 256]")
         if not 0 <= self.match <= 1:
             raise ConfigError(f"share.match: {self.match!r} must be in [0, 1]")
-        if self.sigma_bits not in (4, 8, 32):
+        if self.sigma_bits not in (0, 4, 8, 32):
             raise ConfigError(
-                f"share.sigma_bits: {self.sigma_bits!r} is not one of 4, 8, 32 (32 keeps sigma "
-                "fp32)"
+                f"share.sigma_bits: {self.sigma_bits!r} is not one of 0 (one per channel), 4, 8, "
+                "32 (fp32)"
             )
         if not self.snr >= 0:
             raise ConfigError(f"share.snr: {self.snr!r} must be >= 0 (0 prunes nothing)")

@@ -5,7 +5,10 @@ Mean-field graphs (``weight``, ``lrt``, ``flipout``) store one scale per weight 
 
 - **Pruning by signal-to-noise ratio** (Blundell et al. 2015, "Weight Uncertainty in Neural
   Networks", sec. 5.1): a weight with ``|mu| / sigma < t`` is indistinguishable from 0 under its
-  own posterior; its mu *and* sigma are set to exactly 0 (the weight is then always 0).
+  own posterior; its mu *and* sigma are set to exactly 0 (the weight is then always 0). The
+  noise those weights injected goes with them: on the digits CNN, t = 2 pruned 8-37 % of each
+  layer and the mutual information fell to 0.74x (the gates decide; rescaling the kept sigma
+  per channel to keep the noise power over-corrected, 2.4x, and is not done).
 - **Sigma on a log grid**: a scale needs its order of magnitude, not its digits. Per layer, the
   positive scales are rounded in log space onto ``2**b`` geometrically spaced values between the
   layer's smallest and largest scale (one value is 0 when pruned weights are present) and
@@ -13,17 +16,23 @@ Mean-field graphs (``weight``, ``lrt``, ``flipout``) store one scale per weight 
   else UINT8), rebuilt by ``Gather`` under the tensor's own name (:func:`.share.deploy_codebook`).
   The relative error of a coded scale is at most ``sqrt(r)`` with ``r`` the grid ratio
   ``(max / min) ** (1 / (2**b - 1))``.
+- **Sigma per output channel** (``sigma_bits: 0``, no bits per weight): one float32 scale per
+  output channel, the root mean square of the channel's nonzero scales (it keeps the noise
+  power the channel injects), broadcast back by ``Expand``; in a layer with pruned weights
+  (zero scales) it is multiplied by ``mu != 0`` so that they stay exactly 0 (a weight whose
+  mu was rounded or shared to 0 then loses its noise too). ``lrt`` graphs store variances: the
+  mean variance.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
+from onnx import helper, numpy_helper
 
 from .layers import Layer
 
-__all__ = ["log_grid", "snr_prune"]
+__all__ = ["log_grid", "per_channel_scale", "snr_prune"]
 
 
 
@@ -63,3 +72,47 @@ def snr_prune(model: onnx.ModelProto, lay: Layer, t: float) -> float:
         out = np.where(low, np.float32(0), arr).astype(np.float32)
         inits[name].CopyFrom(numpy_helper.from_array(out, name))
     return float(low.mean())
+
+
+def per_channel_scale(model: onnx.ModelProto, lay: Layer, name: str) -> int:
+    """Replace scale initializer ``name`` of ``lay`` by one value per output channel (see the
+    module docstring), in place; returns the bytes stored."""
+    g = model.graph
+    init = next(i for i in g.initializer if i.name == name)
+    s = numpy_helper.to_array(init).astype(np.float64)
+    ax = lay.out_axis if s.ndim > 1 else 0
+    flat = np.moveaxis(s, ax, 0).reshape(s.shape[ax], -1)
+    nz = np.maximum((flat > 0).sum(1), 1)
+    power = flat.sum(1) if lay.scale_kind == "var" else (flat**2).sum(1)
+    per = power / nz if lay.scale_kind == "var" else np.sqrt(power / nz)
+    shape = [1] * s.ndim
+    shape[ax] = -1
+    p = f"qbnn/compress/sigma/{name}"
+    g.initializer.remove(init)
+    g.initializer.extend([
+        numpy_helper.from_array(per.reshape(shape).astype(np.float32), f"{p}/c"),
+        numpy_helper.from_array(np.array(s.shape, np.int64), f"{p}/shape"),
+        numpy_helper.from_array(np.float32(0), f"{p}/zero"),
+    ])  # fmt: skip
+    mu = lay.weights[0]
+    nodes = [helper.make_node("Expand", [f"{p}/c", f"{p}/shape"], [name], name=f"{p}/Expand")]
+    if (s <= 0).any():  # pruned weights: sigma = 0 where mu = 0
+        nodes = [
+            helper.make_node("Expand", [f"{p}/c", f"{p}/shape"], [f"{p}/e"], name=f"{p}/Expand"),
+            helper.make_node("Equal", [mu, f"{p}/zero"], [f"{p}/z"], name=f"{p}/Equal"),
+            helper.make_node("Not", [f"{p}/z"], [f"{p}/nz"], name=f"{p}/Not"),
+            helper.make_node("Cast", [f"{p}/nz"], [f"{p}/m"], name=f"{p}/Cast", to=1),
+            helper.make_node("Mul", [f"{p}/e", f"{p}/m"], [name], name=f"{p}/Mul"),
+        ]
+    at = _first_use(g, mu)
+    for k, n in enumerate(nodes):
+        g.node.insert(at + k, n)
+    return per.size * 4
+
+
+def _first_use(g: onnx.GraphProto, produced: str) -> int:
+    """The index just after the node producing ``produced`` (0 for an initializer)."""
+    for i, n in enumerate(g.node):
+        if produced in n.output:
+            return i + 1
+    return 0
