@@ -397,8 +397,9 @@ def deploy_share(src: str | Path, dst: str | Path, cfg: ShareConfig | None = Non
 
 def _code_scales(model, lay: Layer, bits: int) -> int:
     """Put the layer's weight scales on a ``2**bits``-value log grid (:mod:`.sigma`) stored as
-    codebook + indices, or (``bits`` 0) one scale per output channel; returns their bytes (0
-    when ``bits`` is 32 or there are none)."""
+    codebook + indices, or (``bits`` 0) one value per output channel; returns their bytes (0
+    when ``bits`` is 32 or there are none). Bias scales stay fp32 (coding one small tensor adds
+    more graph than it saves)."""
     if bits >= 32 or not lay.scales:
         return 0
     if bits == 0:

@@ -128,10 +128,11 @@ def test_share_codes_sigma(weight_mode, tmp_path, sigma_bits):
     a = run(weight_mode, x, samples=256)["mean_probs"]
     b = run(res.path, x, samples=256)["mean_probs"]
     assert np.abs(a - b).max() < 0.25  # mu moved within 2 sigma, sigma coded; MC at S = 256
-    if sigma_bits == 4:  # fc: 256 sigmas, 1024 bytes in fp32 -> 16-value codebook + UINT4
+    if sigma_bits == 4:  # fc: 256 sigmas, 1024 bytes in fp32 -> <= 16-value codebook + UINT4
         mu_only = deploy_share(weight_mode, tmp_path / "m.onnx", ShareConfig(sigma_bits=32))[0]
         coded = {r.name: r.bytes for r in res.layers}["fc"]
-        assert coded - {r.name: r.bytes for r in mu_only.layers}["fc"] == 16 * 4 + 256 // 2
+        extra = coded - {r.name: r.bytes for r in mu_only.layers}["fc"]
+        assert 256 // 2 < extra <= 16 * 4 + 256 // 2
 
 
 def test_sigma_options_are_checked():
