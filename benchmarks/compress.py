@@ -88,6 +88,7 @@ def main() -> None:
     from qbnn.pipeline.compress import AutoConfig, ShareConfig, compress
     from qbnn.pipeline.quantize import quantize_model
     from qbnn.pipeline.validate import ValidateConfig, validate
+    from qbnn.runtimes.errors import QuantizationError
 
     t0 = time.perf_counter()
     model, data = _train(args.epochs, args.seed)
@@ -114,20 +115,24 @@ def main() -> None:
         rows.append(_row("int8 everywhere (INC)", 1 / 16, {"size_bytes": int8_bytes}, rep,
                          "int8", fp32_bytes, int8_bytes))  # fmt: skip
         search_dir = d / "auto"
-        auto = compress(
-            fp32, d / "auto.onnx",
-            auto=AutoConfig(fractions=(0.25, 1.0, 2.0, 4.0), snr=(0.0, 1.0, 2.0, 3.0),
-                            match=(0.0, 0.8), max_trials=2 if args.quick else 24,
-                            explore=0 if args.quick else 6),
-            calib=d / "calib.npz", data=d / "test.npz", ood=d / "ood.npz",
-            validate_config=vcfg, report_dir=search_dir, log=print,
-        )  # fmt: skip
-        rows.append(_row("--auto (searched)", auto.result.relative_bops, auto.record,
-                         auto.report, "compressed", fp32_bytes, int8_bytes))  # fmt: skip
-        auto_layers = auto.record["layers"]
-        search = auto.record["search"]
+        auto_layers, search, auto_plan = [], [], None
+        try:
+            auto = compress(
+                fp32, d / "auto.onnx",
+                auto=AutoConfig(fractions=(0.25, 1.0, 2.0, 4.0), snr=(0.0, 1.0, 2.0, 3.0),
+                                match=(0.0, 0.8), max_trials=2 if args.quick else 24,
+                                explore=0 if args.quick else 6),
+                calib=d / "calib.npz", data=d / "test.npz", ood=d / "ood.npz",
+                validate_config=vcfg, report_dir=search_dir, log=print,
+            )  # fmt: skip
+            rows.append(_row("--auto (searched)", auto.result.relative_bops, auto.record,
+                             auto.report, "compressed", fp32_bytes, int8_bytes))  # fmt: skip
+            auto_layers, search = auto.record["layers"], auto.record["search"]
+            auto_plan = auto.record["plan"]
+        except QuantizationError as exc:  # recorded, not hidden
+            rows.append(_failed_row(f"--auto: {exc}"))
         png = search_dir / "search.png"
-        if png.is_file():
+        if png.is_file() and not args.quick:
             (RESULTS / "compress_search.png").write_bytes(png.read_bytes())
         share_layers = {}
         shares = ((16, 0.0), (16, 0.5), (16, 0.7), (16, 0.85), (16, 1.0), (32, 0.0), (32, 0.7))
@@ -148,7 +153,7 @@ def main() -> None:
         "epochs": args.epochs,
         "rows": rows,
         "auto_layers": auto_layers,
-        "auto_plan": auto.record["plan"],
+        "auto_plan": auto_plan,
         "search": search,
         "share_layers": {str(k): v for k, v in share_layers.items()},
         "notes": notes,
@@ -159,6 +164,13 @@ def main() -> None:
     (RESULTS / f"{stem}.json").write_text(json.dumps(record, indent=2) + "\n")
     (RESULTS / f"{stem}.md").write_text(_markdown(record, wall) + _meanfield_md(record))
     print(f"-> {RESULTS / f'{stem}.md'} ({wall:.0f} s)")
+
+
+def _failed_row(label: str) -> dict:
+    keys = ("accuracy", "ece", "ood_auroc_entropy", "ood_auroc_mi", "mean_mi")
+    return {"model": label, "relative_bops": None, "size_bytes": 0, "size_vs_fp32": 0.0,
+            "size_vs_int8": 0.0, "gates_passed": False, "gates": {},
+            "max_unique_per_layer": None, **dict.fromkeys(keys)}  # fmt: skip
 
 
 def _meanfield_configs(quick: bool):
@@ -175,6 +187,7 @@ def _compress_rows(fp32: Path, d: Path, vcfg, args, label: str) -> dict:
     """``--auto`` and ``--share`` rows of one mean-field (``weight``-mode) export."""
     from qbnn.pipeline.compress import compress
     from qbnn.pipeline.validate import validate
+    from qbnn.runtimes.errors import QuantizationError
 
     auto_cfg, shares = _meanfield_configs(args.quick)
     fp32_bytes = fp32.stat().st_size
@@ -190,10 +203,8 @@ def _compress_rows(fp32: Path, d: Path, vcfg, args, label: str) -> dict:
         rows.append(_row("--auto (searched)", auto.result.relative_bops, auto.record,
                          auto.report, "compressed", fp32_bytes, fp32_bytes))  # fmt: skip
         search, plan, layers = auto.record["search"], auto.record["plan"], auto.record["layers"]
-    except Exception as exc:  # a failed search is a result too: recorded, not hidden
-        rows.append({"model": f"--auto: {exc}", "relative_bops": None, "size_bytes": 0,
-                     "size_vs_fp32": 0.0, "size_vs_int8": None, "gates_passed": False,
-                     "gates": {}})  # fmt: skip
+    except QuantizationError as exc:  # a failed search is a result too: recorded, not hidden
+        rows.append(_failed_row(f"--auto: {exc}"))
     for sh in shares:
         out = compress(fp32, d / "mf_share.onnx", share=sh, data=d / "test.npz",
                        ood=d / "ood.npz", validate_config=vcfg)  # fmt: skip
@@ -383,6 +394,8 @@ def _markdown(rec: dict, wall: float) -> str:
 def _targets(rec: dict) -> str:
     """The issue's targets on this model, met or missed, from the rows above."""
     auto = next(r for r in rec["rows"] if r["model"].startswith("--auto"))
+    if auto["relative_bops"] is None:
+        return "\n## Targets\n\n- `--auto` found no plan: " + auto["model"] + "\n"
     shares = [r for r in rec["rows"] if r["model"].startswith("--share")]
     passing = [r for r in shares if r["gates_passed"] and r["max_unique_per_layer"] <= 32]
     best = min(passing, key=lambda r: r["size_vs_fp32"], default=None)

@@ -57,7 +57,7 @@ class AutoConfig:
     draw the accuracy / ECE vs relative BOPs curve."""
 
     fractions: tuple[float, ...] = (0.05, 0.25, 1.0, 4.0)
-    snr: tuple[float, ...] = (0.0, 1.0, 2.0)
+    snr: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0)
     match: tuple[float, ...] = (0.8, 1.0, 0.0)
     act_bits: int = 8
     sigma_bits: tuple[int, ...] = (4,)
