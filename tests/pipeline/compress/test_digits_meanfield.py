@@ -70,3 +70,25 @@ def test_share_shrinks_sigma_to_under_0_15x_with_every_gate_passing(digits_bnn, 
 
     names = {i.name for i in onnx.load(out).graph.initializer}
     assert not any(n.startswith("source.sigma__") and n.endswith("__weight") for n in names)
+
+
+def test_auto_reaches_3_percent_bops_with_every_gate_passing(digits_bnn, tmp_path):
+    from qbnn.pipeline.compress import AutoConfig, compress
+    from qbnn.pipeline.validate import ValidateConfig
+
+    d = digits_bnn
+    # the knobs the full search visits, narrowed to the neighbourhood of the answer (runtime):
+    # 4-bit drawn weights (f 0.25), 8-bit activations, SNR pruning 0 / 0.5 / 1, sigma per channel
+    cfg = AutoConfig(fractions=(0.25,), snr=(0.0, 0.5, 1.0), match=(0.8,), sigma_bits=(0,))
+    vcfg = ValidateConfig(num_samples=16, bootstrap=0, mc_repeats=0, provider="cpu")
+    lines: list[str] = []
+    out = compress(d / "bnn.onnx", tmp_path / "auto.onnx", auto=cfg, calib=d / "calib.npz",
+                   data=d / "test.npz", ood=d / "ood.npz", validate_config=vcfg,
+                   report_dir=tmp_path / "rep", log=lines.append)  # fmt: skip
+    assert out.gates_passed is True
+    assert out.result.relative_bops <= 0.03, out.result.relative_bops
+    assert {lay.route for lay in out.result.layers} == {"drawn"}
+    assert all(lay.weight_bits == 4 and lay.act_bits == 8 for lay in out.result.layers)
+    # the answer is the smallest relative BOPs that passed; every failure named its gates
+    assert all("gates pass" in x or "gates FAIL (" in x for x in lines)
+    assert out.record["size_vs_fp32"] < 0.15
