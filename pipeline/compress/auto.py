@@ -162,6 +162,7 @@ class Trial:
     passed: bool | None = None
     failed: tuple[str, ...] = ()
     skipped: str = ""
+    sigma_bits: int = 32
 
 
 def search(
@@ -180,23 +181,24 @@ def search(
     ``validate``'s gates against the fp32 model. Returns ``(result or None when none passed,
     trials)``."""
     model = load_onnx(src)
-    plans: dict[str, tuple[float, float, float, Plan]] = {}
+    plans: dict[str, tuple[float, float, float, int, Plan]] = {}
     for f, t, m, sb in itertools.product(cfg.fractions, cfg.snr, cfg.match, cfg.sigma_bits):
         p = auto_plan(model, f, t, cfg.act_bits, m, sb)
-        plans.setdefault(p.to_yaml(), (f, t, m, p))
+        coded = any(lp.sigma_bits != 32 for lp in p.layers.values())
+        plans.setdefault(p.to_yaml(), (f, t, m, sb if coded else 32, p))
     trials: list[Trial] = []
     with tempfile.TemporaryDirectory(prefix="qbnn-search-") as tmp:
         built = []
-        for i, (f, t, m, p) in enumerate(plans.values()):
+        for i, (f, t, m, sb, p) in enumerate(plans.values()):
             path = Path(tmp) / f"cand{i}.onnx"
             res = deploy_plan(src, path, p, calib=calib, num_samples=num_samples,
                               quant_config=quant_config)  # fmt: skip
-            built.append((res.relative_bops, i, f, t, m, p, res))
+            built.append((res.relative_bops, i, f, t, m, sb, p, res))
         built.sort(key=lambda b: (b[0], b[1]))
         chosen = None
         checked = extra = 0
-        for rel, _, f, t, m, p, res in built:
-            trial = Trial(f, t, m, p, rel, res.size_bytes)
+        for rel, _, f, t, m, sb, p, res in built:
+            trial = Trial(f, t, m, p, rel, res.size_bytes, sigma_bits=sb)
             if chosen is not None and extra < cfg.explore:
                 extra += 1  # beyond the answer, for the accuracy / ECE vs BOPs curve only
             elif cfg.budget is not None and rel > cfg.budget:
@@ -208,7 +210,8 @@ def search(
             checked += 1
             passed, acc, ece, failed = evaluate(res.path)
             verdict = "pass" if passed else f"FAIL ({'; '.join(failed)})"
-            log(f"relative BOPs {rel:.4f} (f={f:g}, snr={t:g}, match={m:g}): gates {verdict}")
+            knobs = f"f={f:g}, snr={t:g}, match={m:g}" + (f", sigma_bits={sb}" if sb != 32 else "")
+            log(f"relative BOPs {rel:.4f} ({knobs}): gates {verdict}")
             trials.append(replace(trial, accuracy=acc, ece=ece, passed=passed, failed=failed))
             if passed and chosen is None:
                 chosen = res

@@ -64,6 +64,7 @@ def compress_record(
                 "fraction": t.fraction,
                 "snr": t.snr,
                 "match": t.match,
+                "sigma_bits": t.sigma_bits,
                 "relative_bops": t.relative_bops,
                 "size_bytes": t.size_bytes,
                 "accuracy": t.accuracy,
