@@ -173,23 +173,30 @@ def _failed_row(label: str) -> dict:
             "max_unique_per_layer": None, **dict.fromkeys(keys)}  # fmt: skip
 
 
-def _meanfield_configs(quick: bool):
+def _meanfield_configs(quick: bool, small: bool = False):
+    """The ``--auto`` search and ``--share`` settings of the mean-field rows; ``small``: a
+    narrower search (ResNet-20: each validation runs the network 16 times on every input)."""
     from qbnn.pipeline.compress import AutoConfig, ShareConfig
 
-    auto = AutoConfig(fractions=(0.05, 0.25, 1.0, 4.0), snr=(0.0, 1.0, 2.0), match=(0.8, 1.0, 0.0),
-                      sigma_bits=(4, 0), max_trials=2 if quick else 40)  # fmt: skip
-    shares = [ShareConfig(k=1.0, sigma_bits=4), ShareConfig(k=2.0, sigma_bits=4),
-              ShareConfig(k=1.0, sigma_bits=0)]  # fmt: skip
+    if small:
+        auto = AutoConfig(fractions=(0.25, 1.0), snr=(0.0, 0.5, 1.0), match=(0.8,),
+                          sigma_bits=(0,), max_trials=2 if quick else 6)  # fmt: skip
+    else:
+        auto = AutoConfig(fractions=(0.05, 0.25, 1.0, 4.0), snr=(0.0, 0.5, 1.0, 2.0),
+                          match=(0.8, 1.0, 0.0), sigma_bits=(4, 0),
+                          max_trials=2 if quick else 40)  # fmt: skip
+    shares = [ShareConfig(k=1.0, sigma_bits=0), ShareConfig(k=1.0, sigma_bits=4),
+              ShareConfig(k=2.0, sigma_bits=4)]  # fmt: skip
     return auto, shares[:1] if quick else shares
 
 
-def _compress_rows(fp32: Path, d: Path, vcfg, args, label: str) -> dict:
+def _compress_rows(fp32: Path, d: Path, vcfg, args, label: str, small: bool = False) -> dict:
     """``--auto`` and ``--share`` rows of one mean-field (``weight``-mode) export."""
     from qbnn.pipeline.compress import compress
     from qbnn.pipeline.validate import validate
     from qbnn.runtimes.errors import QuantizationError
 
-    auto_cfg, shares = _meanfield_configs(args.quick)
+    auto_cfg, shares = _meanfield_configs(args.quick, small)
     fp32_bytes = fp32.stat().st_size
     rep = validate({"fp32": fp32}, d / "test.npz", ood=d / "ood.npz", config=vcfg)
     rows = [{"model": f"fp32 ({label}, weight mode)", "relative_bops": 1.0,
@@ -253,7 +260,7 @@ def _resnet20(d: Path, args) -> dict:
     np.savez(r / "mf_calib.npz", x=zoo.inputs("resnet20", 64 if not args.quick else 8, seed=3))
     vcfg = ValidateConfig(num_samples=args.draws, bootstrap=0 if args.quick else 100,
                           mc_repeats=0, provider="cpu")  # fmt: skip
-    return _compress_rows(fp32, r, vcfg, args, "ResNet-20, random weights")
+    return _compress_rows(fp32, r, vcfg, args, "ResNet-20, random weights", small=True)
 
 
 def _mean_probs(path: Path, x: np.ndarray, samples: int) -> np.ndarray:
