@@ -6,7 +6,9 @@ ShareConfig(...))`` shares weights from the posterior (probabilistic weight fixi
 them as codebook + indices; ``auto_plan`` / ``search`` plan from the posterior under
 ``validate``'s gates; ``compress`` is the stage function the CLI and ``qbnn run`` call.
 Modules: ``plan`` (schema), ``layers`` (posterior tensors in the graph), ``lowbit`` (b-bit
-storage, Q/DQ), ``prune``, ``share``, ``probe`` (MACs, ranges, relative BOPs), ``deploy``,
+storage, Q/DQ), ``prune``, ``share``, ``sigma`` (mean-field sigma on a log grid or per channel,
+pruning by |mu| / sigma), ``drawn`` (weights drawn at run time: rounded before their op,
+activations Q/DQ in the Scan body), ``probe`` (MACs, ranges, relative BOPs), ``deploy``,
 ``auto`` (posterior plan and search), ``bayesbits`` (reading a Bayesian-Bits model),
 ``report`` (``compress.json``, plots) and ``stage``.
 """

@@ -30,8 +30,8 @@ from .nested import insert_nested_activation
 from .plan import LayerPlan, Plan
 from .probe import Probe, probe_model
 from .prune import prune_channels
-from .share import ShareConfig, deploy_codebook, replace_with_codebook, share_layer
-from .sigma import log_grid, per_channel_scale, snr_prune
+from .share import ShareConfig, deploy_codebook, share_layer
+from .sigma import code_scales, snr_prune, zero_scales
 
 __all__ = ["COMPRESSION_KEY", "CompressResult", "LayerReport", "deploy_plan", "deploy_share"]
 
@@ -155,9 +155,7 @@ def deploy_plan(
         if lp.prune_channels:
             modes[lay.name] = prune_channels(model, lay, lp.prune_channels)
     probe = _probe(model, layers, x, num_samples) if modes else base
-    inc_layers = [
-        lay for lay in layers.values() if plan.layer(lay.name).via_inc and not lay.drawn
-    ]
+    inc_layers = [lay for lay in layers.values() if plan.layer(lay.name).via_inc and not lay.drawn]
     quantized: set[str] = set()
     with tempfile.TemporaryDirectory(prefix="qbnn-compress-") as tmp:
         if inc_layers:
@@ -241,7 +239,7 @@ def _deploy_layer(model, lay: Layer, lp: LayerPlan, probe: Probe, quantized, pru
     if lp.weight_bits == 32 and lp.act_bits == 32:
         vals = np.concatenate([_arr(model, w).ravel() for w in lay.weights])
         unique, ent = _entropy(vals)
-        nbytes = vals.nbytes + _code_scales(model, lay, lp.sigma_bits)
+        nbytes = vals.nbytes + code_scales(model, lay, lp.sigma_bits)
         rep = LayerReport(lay.name, 32, 32, "fp32", pruned, prune_mode, unique, ent,
                           nbytes, 0.0)  # fmt: skip
         return rep, {}
@@ -257,8 +255,8 @@ def _deploy_layer(model, lay: Layer, lp: LayerPlan, probe: Probe, quantized, pru
         codes_all = [_arr(model, w).ravel() for w in lay.weights]
         nbytes = sum(c.nbytes for c in codes_all)
     if lp.weight_bits == 0:
-        _zero_scales(model, lay)
-    nbytes += _code_scales(model, lay, lp.sigma_bits)
+        zero_scales(model, lay)
+    nbytes += code_scales(model, lay, lp.sigma_bits)
     if lp.act_bits < 32:
         if not lay.nodes:
             raise ConfigError(
@@ -279,12 +277,6 @@ def _deploy_layer(model, lay: Layer, lp: LayerPlan, probe: Probe, quantized, pru
     return rep, {n: (lp.weight_bits, lp.act_bits) for n in lay.nodes}
 
 
-def _zero_scales(model, lay: Layer) -> None:
-    for n in lay.scales:
-        a = _arr(model, n)
-        _set_init(model, n, np.zeros_like(a, np.float32))
-
-
 def _set_init(model, name: str, value: np.ndarray) -> None:
     init = next(i for i in model.graph.initializer if i.name == name)
     init.CopyFrom(numpy_helper.from_array(value.astype(np.float32), name))
@@ -298,7 +290,7 @@ def _deploy_drawn(model, lay: Layer, lp: LayerPlan, probe: Probe, prune_mode: st
     mu, sigma = layer_posterior(model, lay)
     wb, ab = lp.weight_bits, lp.act_bits
     if wb == 0:
-        _zero_scales(model, lay)
+        zero_scales(model, lay)
     elif wb < 32:
         step = drawn_step(mu, sigma, wb, lay.out_axis)
         if lp.match_variance and lay.scale_kind == "sigma":
@@ -318,7 +310,7 @@ def _deploy_drawn(model, lay: Layer, lp: LayerPlan, probe: Probe, prune_mode: st
         else:
             codes_all.append(arr.ravel())
             nbytes += arr.nbytes
-    nbytes += _code_scales(model, lay, lp.sigma_bits)
+    nbytes += code_scales(model, lay, lp.sigma_bits)
     if ab < 32:
         for _, n in lay.drawn:
             lo, hi = lp.act_range or probe.ranges[n]
@@ -380,7 +372,7 @@ def deploy_share(src: str | Path, dst: str | Path, cfg: ShareConfig | None = Non
         s = share_layer(model, lay, cfg)
         shared[name] = s
         nbytes = deploy_codebook(model, lay, s)
-        nbytes += _code_scales(model, lay, cfg.sigma_bits)
+        nbytes += code_scales(model, lay, cfg.sigma_bits)
         u, e = _entropy(np.concatenate([i.ravel() for i in s.indices]))
         bits = 4 if s.codebook.size <= 16 else 8
         note = f"{s.beyond_k_sigma:.1%} of weights moved beyond {cfg.k} sigma"
@@ -393,24 +385,6 @@ def deploy_share(src: str | Path, dst: str | Path, cfg: ShareConfig | None = Non
         reports.append(LayerReport(name, bits, 32, "codebook", 0.0, "", u, e, nbytes, 0.0, note))
     ensure_opset(model)
     return _write(model, src, dst, "share", None, reports, share=cfg, stored=True), shared
-
-
-def _code_scales(model, lay: Layer, bits: int) -> int:
-    """Put the layer's weight scales on a ``2**bits``-value log grid (:mod:`.sigma`) stored as
-    codebook + indices, or (``bits`` 0) one value per output channel; returns their bytes (0
-    when ``bits`` is 32 or there are none). Bias scales stay fp32 (coding one small tensor adds
-    more graph than it saves)."""
-    if bits >= 32 or not lay.scales:
-        return 0
-    if bits == 0:
-        return sum(per_channel_scale(model, lay, n) for n in lay.scales)
-    arrs = [_arr(model, n).astype(np.float32) for n in lay.scales]
-    book, idx = log_grid(np.concatenate([a.ravel() for a in arrs]), bits)
-    parts, start = [], 0
-    for a in arrs:
-        parts.append(idx[start : start + a.size].reshape(a.shape))
-        start += a.size
-    return replace_with_codebook(model, lay.scales, book, parts, f"{lay.name}/scale")
 
 
 def _write(model, src, dst, mode, rel, reports, *, plan=None, share=None, stored=False):

@@ -31,9 +31,9 @@ import onnx
 from onnx import helper, numpy_helper
 
 from .layers import Layer
+from .share import replace_with_codebook
 
-__all__ = ["log_grid", "per_channel_scale", "snr_prune"]
-
+__all__ = ["code_scales", "log_grid", "per_channel_scale", "snr_prune", "zero_scales"]
 
 
 def log_grid(scale: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
@@ -72,6 +72,36 @@ def snr_prune(model: onnx.ModelProto, lay: Layer, t: float) -> float:
         out = np.where(low, np.float32(0), arr).astype(np.float32)
         inits[name].CopyFrom(numpy_helper.from_array(out, name))
     return float(low.mean())
+
+
+def code_scales(model: onnx.ModelProto, lay: Layer, bits: int) -> int:
+    """Put the layer's weight scales on a ``2**bits``-value log grid (:mod:`.sigma`) stored as
+    codebook + indices, or (``bits`` 0) one value per output channel; returns their bytes (0
+    when ``bits`` is 32 or there are none). Bias scales stay fp32 (coding one small tensor adds
+    more graph than it saves)."""
+    if bits >= 32 or not lay.scales:
+        return 0
+    if bits == 0:
+        return sum(per_channel_scale(model, lay, n) for n in lay.scales)
+    arrs = [_array(model, n).astype(np.float32) for n in lay.scales]
+    book, idx = log_grid(np.concatenate([a.ravel() for a in arrs]), bits)
+    parts, start = [], 0
+    for a in arrs:
+        parts.append(idx[start : start + a.size].reshape(a.shape))
+        start += a.size
+    return replace_with_codebook(model, lay.scales, book, parts, f"{lay.name}/scale")
+
+
+def zero_scales(model: onnx.ModelProto, lay: Layer) -> None:
+    """Set every weight scale of ``lay`` to 0 in place (a pruned layer: weight_bits 0)."""
+    for init in model.graph.initializer:
+        if init.name in lay.scales:
+            a = numpy_helper.to_array(init)
+            init.CopyFrom(numpy_helper.from_array(np.zeros(a.shape, np.float32), init.name))
+
+
+def _array(model: onnx.ModelProto, name: str) -> np.ndarray:
+    return numpy_helper.to_array(next(i for i in model.graph.initializer if i.name == name))
 
 
 def per_channel_scale(model: onnx.ModelProto, lay: Layer, name: str) -> int:
