@@ -56,9 +56,8 @@ def compress_cmd(
 ) -> None:
     """Compress a compiled model: --plan PLAN | --auto | --share; gated with --data."""
     from ..common import check_output_dir, check_output_file
-    from ..compress import AutoConfig, ShareConfig, compress, load_plan
+    from ..compress import AutoConfig, ShareConfig, compress, gate_verdict, load_plan
     from ..validate import ValidateConfig, load_gates
-    from ..validate.gates import format_limit
 
     if sum((plan is not None, auto, share)) != 1:
         raise UsageError("give exactly one of --plan PLAN, --auto or --share")
@@ -94,11 +93,8 @@ def compress_cmd(
     )
     if report is not None:
         typer.echo(f"report -> {report / 'compress.json'}")
-    if rec["gates_passed"] is not None:
-        failed = [g for g in rec["gates"] if g["status"] == "FAIL"]
-        verdict = "all pass" if not failed else "FAIL " + "; ".join(
-            f"{g['name']} {g['value']:.4g} (limit {format_limit(g['limit'])})" for g in failed
-        )
-        typer.echo(f"gates ({len(rec['gates'])} against {model.name}): {verdict}")
+    verdict = gate_verdict(rec, model.name)
+    if verdict is not None:
+        typer.echo(verdict)
     if rec["gates_passed"] is False:
         raise typer.Exit(1)

@@ -18,6 +18,7 @@ from .bayesbits import QuantizerState, bits_from_gates, plan_from_bayesian_bits
 from .config import CompressConfig, CompressMode
 from .deploy import COMPRESSION_KEY, CompressResult, LayerReport, deploy_plan, deploy_share
 from .plan import ACT_BITS, WEIGHT_BITS, LayerPlan, Plan, load_plan
+from .report import gate_verdict
 from .share import ShareConfig, SharedLayer
 from .stage import CompressOutcome, compress
 
@@ -32,6 +33,7 @@ __all__ = [
     "auto_plan",
     "bits_from_gates",
     "compress",
+    "gate_verdict",
     "plan_from_bayesian_bits",
     "search",
     "COMPRESSION_KEY",

@@ -24,6 +24,7 @@ from .deploy import CompressResult
 __all__ = [
     "compress_record",
     "failed_gates",
+    "gate_verdict",
     "save_search_plot",
     "to_markdown",
     "write_compress_report",
@@ -172,15 +173,34 @@ def write_compress_report(rec: dict[str, Any], out_dir: str | Path, trials=None)
     return written
 
 
+def _limit(limit) -> str:
+    """A gate limit as people read it: ``0.01``, ``[0.8, 1.25]``, ``<= 1.05`` or ``>= 0.8``."""
+    if not isinstance(limit, (tuple, list)):
+        return f"{limit}"
+    lo, hi = limit
+    if lo is None:
+        return "-" if hi is None else f"<= {hi}"
+    return f">= {lo}" if hi is None else f"[{lo}, {hi}]"
+
+
+def _gate(name: str, value: float | None, limit) -> str:
+    return f"{name} {'n/a' if value is None else f'{value:.4g}'} (limit {_limit(limit)})"
+
+
 def failed_gates(gates) -> tuple[str, ...]:
     """Each failing gate of a ``validate`` verdict as ``name value (limit)``."""
-    from ..validate.gates import format_limit
+    return tuple(_gate(g.name, g.value, g.limit) for g in gates if g.passed is False)
 
-    return tuple(
-        f"{g.name} {'n/a' if g.value is None else f'{g.value:.4g}'} (limit {format_limit(g.limit)})"
-        for g in gates
-        if g.passed is False
-    )
+
+def gate_verdict(rec: dict[str, Any], model: str) -> str | None:
+    """One line for a ``compress.json`` record: ``gates (N against MODEL): all pass`` or
+    ``... FAIL name value (limit); ...``; None when no gates were run."""
+    if rec.get("gates_passed") is None:
+        return None
+    failed = [_gate(g["name"], g["value"], g["limit"]) for g in rec["gates"]
+              if g["status"] == "FAIL"]  # fmt: skip
+    verdict = "all pass" if not failed else "FAIL " + "; ".join(failed)
+    return f"gates ({len(rec['gates'])} against {model}): {verdict}"
 
 
 def write_failed_search(out_dir: Path, trials: list[Trial], message: str) -> list[Path]:
