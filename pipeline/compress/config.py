@@ -53,3 +53,12 @@ class CompressConfig:
             raise ConfigError("compress.mode 'plan' needs 'compress.plan' (a plan YAML file)")
         if self.num_samples < 1:
             raise ConfigError(f"compress.num_samples: {self.num_samples} must be >= 1")
+        if self.max_trials < 1:
+            raise ConfigError(f"compress.max_trials: {self.max_trials} must be >= 1")
+        if self.sigma_bits not in (0, 4, 8, 32):
+            raise ConfigError(
+                f"compress.sigma_bits: {self.sigma_bits} is not one of 0 (one per channel), 4, "
+                "8, 32 (fp32)"
+            )
+        if not self.snr >= 0:
+            raise ConfigError(f"compress.snr: {self.snr} must be >= 0 (0 prunes nothing)")

@@ -108,3 +108,19 @@ def test_layer_names_are_the_users_module_names(tmp_path):
     assert len(lines) == 1 and lines[0].startswith("error: layer c1 has ")
     assert "net." not in lines[0] and not (tmp_path / "s.onnx").exists()
     assert np.isfinite(0.0)
+
+
+def test_pipeline_yaml_compress_keys_are_checked():
+    import pytest
+
+    from qbnn.pipeline.compress import CompressConfig
+    from qbnn.runtimes.errors import ConfigError
+
+    cfg = CompressConfig(mode="share", sigma_bits=0, snr=1.0, max_trials=3)
+    assert (cfg.sigma_bits, cfg.snr, cfg.max_trials) == (0, 1.0, 3)
+    with pytest.raises(ConfigError, match=r"compress.sigma_bits: 3 is not one of 0"):
+        CompressConfig(sigma_bits=3)
+    with pytest.raises(ConfigError, match=r"compress.max_trials: 0 must be >= 1"):
+        CompressConfig(max_trials=0)
+    with pytest.raises(ConfigError, match=r"compress.snr: -1 must be >= 0"):
+        CompressConfig(snr=-1)

@@ -144,3 +144,29 @@ def test_sigma_options_are_checked():
         LayerPlan(prune_snr=-1)
     with pytest.raises(ConfigError, match=r"auto.sigma_bits"):
         AutoConfig(sigma_bits=(5,))
+
+
+@pytest.mark.parametrize("family", ["lrt", "flipout"])
+def test_lrt_and_flipout_graphs_compress_mu_and_sigma(family, tmp_path):
+    from tiny_models import flipout_cnn
+
+    src = tmp_path / f"{family}.onnx"
+    net, kw = (bayes_cnn(), {"sampling": "lrt"}) if family == "lrt" else (flipout_cnn(), {})
+    export(net, torch.from_numpy(data(4)[0]), src, seed=0, verify=False, **kw)
+    model = onnx.load(src)
+    layers = find_layers(model)
+    # lrt: ops read mu and the variance directly; flipout (default export): weights drawn
+    assert all(bool(lay.nodes) == (family == "lrt") for lay in layers.values())
+    assert all(bool(lay.drawn) == (family == "flipout") for lay in layers.values())
+    x = data(32, seed=2)[0]
+    plan = auto_plan(model, 1.0, 0.5, act_bits=8, match=0.8, sigma_bits=0)
+    res = deploy_plan(src, tmp_path / "a.onnx", plan, calib=x)
+    assert 0 < res.relative_bops < 1
+    scales = {n for lay in layers.values() for n in lay.scales}
+    kept = {i.name for i in onnx.load(res.path).graph.initializer}
+    assert not scales & kept  # every weight scale replaced by one value per channel
+    a = run(src, x, samples=64)["mean_probs"]
+    b = run(res.path, x, samples=64)["mean_probs"]
+    assert np.abs(a - b).max() < 0.2  # 2-bit mu on these tiny untrained nets; MC at S = 64
+    shared, _ = deploy_share(src, tmp_path / "s.onnx", ShareConfig(sigma_bits=4))
+    assert not scales & {i.name for i in onnx.load(shared.path).graph.initializer}
