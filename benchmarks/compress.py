@@ -10,18 +10,19 @@ compressed four ways, each validated against the fp32 export with ``validate``'s
   shared values per layer (8-bit indices).
 
 Then the default export a Bayesian-Torch user gets (``meanfield``, ``weight`` mode: weights
-drawn at run time, mu and sigma stored) of the same trained CNN, and a Bayesian ResNet-20
-(Bayesian-Torch's CIFAR ResNet-20 through ``dnn_to_bnn``, **random weights** from
-``benchmarks/zoo.py``: no CIFAR data here; inputs standard normal, labels the fp32 model's own
-predictions, OOD inputs uniform noise, so the gates measure fidelity to the fp32 model), each
-compressed with ``--auto`` (mu/sigma grids, drawn weights rounded at run time, SNR pruning) and
-``--share`` (mu shared within k sigma, sigma on a 4-bit log grid or one value per channel).
+drawn at run time, mu and sigma stored) of the same trained CNN, and of a Bayesian ResNet-20
+(Bayesian-Torch's CIFAR ResNet-20 through ``dnn_to_bnn``, ``benchmarks/zoo.py``) **trained
+briefly** (``--resnet-epochs``, NLL only) on the same digits upscaled to 32 x 32 x 3 (no CIFAR
+data here), each compressed with ``--auto`` (mu/sigma grids, drawn weights rounded at run time,
+SNR pruning) and ``--share`` (mu shared within k sigma, sigma on a 4-bit log grid or one value
+per channel).
 
 Recorded: relative BOPs, unique weights per layer, file bytes vs fp32 and vs the int8 file,
 accuracy, ECE, OOD AUROC, MI ratio and every gate verdict. Usage:
 ``python benchmarks/compress.py [--draws 16] [--epochs 30] [--resnet-n 256]``;
 ``--quick`` checks the script (few epochs, small data, small searches) and writes
-``compress.quick.md`` instead of ``compress.md``.
+``compress.quick.md`` instead of ``compress.md``; ``--quick --resnet-only`` checks the ResNet-20
+part alone.
 """
 
 from __future__ import annotations
@@ -77,11 +78,24 @@ def main() -> None:
     ap.add_argument("--draws", type=int, default=16)
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--resnet-n", type=int, default=256, help="ResNet-20 test inputs")
+    ap.add_argument("--resnet-n", type=int, default=433, help="ResNet-20 test inputs")
+    ap.add_argument("--resnet-epochs", type=int, default=3, help="ResNet-20 training epochs")
+    ap.add_argument(
+        "--resnet-only",
+        action="store_true",
+        help="check the ResNet-20 part alone (prints, writes no result file)",
+    )
     ap.add_argument("--quick", action="store_true", help="check the script: tiny settings")
     args = ap.parse_args()
     if args.quick:
-        args.epochs, args.draws, args.resnet_n = 2, 4, 16
+        args.epochs, args.draws, args.resnet_n, args.resnet_epochs = 2, 4, 16, 1
+    if args.resnet_only:
+        from qbnn.pipeline.run import digits
+
+        with tempfile.TemporaryDirectory(prefix="qbnn-compress-bench-") as tmp:
+            rn = _resnet20(Path(tmp), args, digits.load_split(args.seed))
+        print(_meanfield_md({"meanfield": [rn]}))
+        return
     import torch
 
     from qbnn.exporters import export
@@ -145,7 +159,7 @@ def main() -> None:
                              int8_bytes))  # fmt: skip
             share_layers[f"{k}, match {match:g}"] = sh.record["layers"]
         mf = _meanfield(model, data, d, vcfg, args, label="digits CNN")
-        rn = _resnet20(d, args)
+        rn = _resnet20(d, args, data)
     wall = time.perf_counter() - t0
     record = {
         "date": time.strftime("%Y-%m-%d"),
@@ -179,8 +193,8 @@ def _meanfield_configs(quick: bool, small: bool = False):
     from qbnn.pipeline.compress import AutoConfig, ShareConfig
 
     if small:
-        auto = AutoConfig(fractions=(0.25, 1.0), snr=(0.0, 0.5, 1.0), match=(0.8,),
-                          sigma_bits=(0,), max_trials=2 if quick else 6)  # fmt: skip
+        auto = AutoConfig(fractions=(0.05, 0.25, 1.0), snr=(0.0, 0.5, 1.0), match=(0.8,),
+                          sigma_bits=(0,), max_trials=2 if quick else 9)  # fmt: skip
     else:
         auto = AutoConfig(fractions=(0.05, 0.25, 1.0, 4.0), snr=(0.0, 0.5, 1.0, 2.0),
                           match=(0.8, 1.0, 0.0), sigma_bits=(4, 0),
@@ -234,9 +248,17 @@ def _meanfield(model, data, d: Path, vcfg, args, label: str) -> dict:
     return _compress_rows(fp32, d, vcfg, args, label)
 
 
-def _resnet20(d: Path, args) -> dict:
-    """Bayesian ResNet-20 (random weights, benchmarks/zoo.py), default export; labels are the
-    fp32 model's own predictions (the gates then measure fidelity to it)."""
+def _digits32(x: np.ndarray) -> np.ndarray:
+    """Digits ``[N, 1, 8, 8]`` as ResNet-20 inputs ``[N, 3, 32, 32]`` (each pixel 4 x 4, the
+    grey channel three times)."""
+    big = np.kron(x, np.ones((1, 1, 4, 4), np.float32))
+    return np.ascontiguousarray(np.repeat(big, 3, axis=1), np.float32)
+
+
+def _resnet20(d: Path, args, data) -> dict:
+    """Bayesian ResNet-20 (Bayesian-Torch's CIFAR ResNet-20 through ``dnn_to_bnn``,
+    benchmarks/zoo.py) trained briefly on the digits 0-7 upscaled to 32 x 32 x 3 (NLL only,
+    ``--resnet-epochs``), default export; test digits 0-7, OOD digits 8-9."""
     import sys
 
     import torch
@@ -245,33 +267,26 @@ def _resnet20(d: Path, args) -> dict:
     import zoo
 
     from qbnn.exporters import export
+    from qbnn.pipeline.run import digits
     from qbnn.pipeline.validate import ValidateConfig
 
     r = d / "resnet20"
     r.mkdir()
+    x_train, x_test = _digits32(data.x_train), _digits32(data.x_test)
+    n = 64 if args.quick else len(x_train)
+    net = zoo.bayesian("resnet20", seed=args.seed)
+    digits.train(net, x_train[:n], data.y_train[:n], epochs=args.resnet_epochs, seed=args.seed)
+    net.eval()
     fp32 = r / "bnn.weight.onnx"
-    export(zoo.bayesian("resnet20"), torch.from_numpy(zoo.inputs("resnet20", 2)), fp32,
-           seed=args.seed, verify=False)  # fmt: skip
-    x = zoo.inputs("resnet20", args.resnet_n, seed=1)
-    ood = np.random.default_rng(2).uniform(-3, 3, x.shape).astype(np.float32)
-    probs = _mean_probs(fp32, x, args.draws)
-    np.savez(r / "test.npz", x=x, y=probs.argmax(1).astype(np.int64))
-    np.savez(r / "ood.npz", x=ood)
-    np.savez(r / "mf_calib.npz", x=zoo.inputs("resnet20", 64 if not args.quick else 8, seed=3))
+    export(net, torch.from_numpy(x_train[:2]), fp32, seed=args.seed, verify=False)
+    m = args.resnet_n
+    np.savez(r / "test.npz", x=x_test[:m], y=data.y_test[:m])
+    np.savez(r / "ood.npz", x=_digits32(data.x_ood)[:m])
+    np.savez(r / "mf_calib.npz", x=x_train[: 8 if args.quick else 64])
     vcfg = ValidateConfig(num_samples=args.draws, bootstrap=0 if args.quick else 100,
                           mc_repeats=0, provider="cpu")  # fmt: skip
-    return _compress_rows(fp32, r, vcfg, args, "ResNet-20, random weights", small=True)
-
-
-def _mean_probs(path: Path, x: np.ndarray, samples: int) -> np.ndarray:
-    import onnxruntime as ort
-
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    out = []
-    for i in range(0, len(x), 32):
-        feed = {"input": x[i : i + 32], "num_samples": np.array(samples, np.int64)}
-        out.append(sess.run(["mean_probs"], feed)[0])
-    return np.concatenate(out)
+    label = f"ResNet-20, trained {args.resnet_epochs} epoch(s) on digits 32 x 32"
+    return _compress_rows(fp32, r, vcfg, args, label, small=True)
 
 
 def _meanfield_md(rec: dict) -> str:
