@@ -49,7 +49,7 @@ def probe_drawn(
     inits = {i.name: i for i in m.graph.initializer}
     taps = {}
     for lay in layers:
-        shape = tuple(inits[lay.weights[0]].dims) if lay.weights[0] in inits else None
+        shape = tuple(inits[lay.weights[0]].dims)
         for _, node_name in lay.drawn:
             scan, body = _body_of(m, node_name)
             node = next(n for n in body.node if n.name == node_name)
@@ -65,7 +65,7 @@ def probe_drawn(
                 for a in scan.attribute:
                     if a.name == "scan_output_directions":
                         a.ints.append(0)
-            taps[node_name] = Tap(node, outer[0], outer[1], shape or _shape_of(model, lay))
+            taps[node_name] = Tap(node, outer[0], outer[1], shape)
     return probe_taps(m, taps, x, num_samples)
 
 
@@ -76,11 +76,6 @@ def _rank(body: onnx.GraphProto, name: str) -> list[str | int] | None:
             dims = v.type.tensor_type.shape.dim
             return [d.dim_value or (d.dim_param or f"d{k}") for k, d in enumerate(dims)]
     return None
-
-
-def _shape_of(model: onnx.ModelProto, lay: Layer) -> tuple[int, ...]:
-    init = next(i for i in model.graph.initializer if i.name == lay.weights[0])
-    return tuple(init.dims)
 
 
 def drawn_step(mu: np.ndarray, sigma: np.ndarray, bits: int, out_axis: int = 0) -> np.ndarray:
