@@ -39,6 +39,15 @@ def compress_cmd(
     match: Annotated[
         float, typer.Option("--match", help="--share: variance matching of draws, 0-1")
     ] = 0.0,
+    max_trials: Annotated[
+        int, typer.Option("--max-trials", help="--auto: plans validated at most")
+    ] = 12,
+    sigma_bits: Annotated[
+        int, typer.Option("--sigma-bits", help="--share: log-grid bits of sigma (4, 8; 32 = fp32)")
+    ] = 4,
+    snr: Annotated[
+        float, typer.Option("--snr", help="--share: prune weights with |mu|/sigma below this")
+    ] = 0.0,
     samples: Annotated[int | None, typer.Option("--samples", help="validate MC samples")] = None,
     gates: Annotated[Path | None, typer.Option(help="gates YAML/JSON")] = None,
     report: Annotated[
@@ -47,7 +56,7 @@ def compress_cmd(
 ) -> None:
     """Compress a compiled model: --plan PLAN | --auto | --share; gated with --data."""
     from ..common import check_output_dir, check_output_file
-    from ..compress import AutoConfig, ShareConfig, compress, load_plan
+    from ..compress import AutoConfig, ShareConfig, compress, gate_verdict, load_plan
     from ..validate import ValidateConfig, load_gates
 
     if sum((plan is not None, auto, share)) != 1:
@@ -64,8 +73,10 @@ def compress_cmd(
         model,
         output,
         plan=load_plan(plan) if plan is not None else None,
-        auto=AutoConfig(budget=budget) if auto else None,
-        share=ShareConfig(k=k, max_unique=max_unique, match=match) if share else None,
+        auto=AutoConfig(budget=budget, max_trials=max_trials) if auto else None,
+        share=ShareConfig(k=k, max_unique=max_unique, match=match, sigma_bits=sigma_bits, snr=snr)
+        if share
+        else None,
         calib=calib,
         data=data,
         ood=ood,
@@ -82,8 +93,8 @@ def compress_cmd(
     )
     if report is not None:
         typer.echo(f"report -> {report / 'compress.json'}")
+    verdict = gate_verdict(rec, model.name)
+    if verdict is not None:
+        typer.echo(verdict)
     if rec["gates_passed"] is False:
-        for g in rec["gates"]:
-            if g["status"] == "FAIL":
-                typer.echo(f"FAILED gate {g['name']}: value {g['value']}", err=True)
         raise typer.Exit(1)

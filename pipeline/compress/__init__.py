@@ -6,7 +6,9 @@ ShareConfig(...))`` shares weights from the posterior (probabilistic weight fixi
 them as codebook + indices; ``auto_plan`` / ``search`` plan from the posterior under
 ``validate``'s gates; ``compress`` is the stage function the CLI and ``qbnn run`` call.
 Modules: ``plan`` (schema), ``layers`` (posterior tensors in the graph), ``lowbit`` (b-bit
-storage, Q/DQ), ``prune``, ``share``, ``probe`` (MACs, ranges, relative BOPs), ``deploy``,
+storage, Q/DQ), ``prune``, ``share``, ``sigma`` (mean-field sigma on a log grid or per channel,
+pruning by |mu| / sigma), ``drawn`` (weights drawn at run time: rounded before their op,
+activations Q/DQ in the Scan body), ``probe`` (MACs, ranges, relative BOPs), ``deploy``,
 ``auto`` (posterior plan and search), ``bayesbits`` (reading a Bayesian-Bits model),
 ``report`` (``compress.json``, plots) and ``stage``.
 """
@@ -16,6 +18,7 @@ from .bayesbits import QuantizerState, bits_from_gates, plan_from_bayesian_bits
 from .config import CompressConfig, CompressMode
 from .deploy import COMPRESSION_KEY, CompressResult, LayerReport, deploy_plan, deploy_share
 from .plan import ACT_BITS, WEIGHT_BITS, LayerPlan, Plan, load_plan
+from .report import gate_verdict
 from .share import ShareConfig, SharedLayer
 from .stage import CompressOutcome, compress
 
@@ -30,6 +33,7 @@ __all__ = [
     "auto_plan",
     "bits_from_gates",
     "compress",
+    "gate_verdict",
     "plan_from_bayesian_bits",
     "search",
     "COMPRESSION_KEY",

@@ -23,13 +23,15 @@ from qbnn.runtimes.errors import ConfigError
 from qbnn.runtimes.loading import load_onnx, set_metadata
 
 from ..common import atomic_path, load_npz
-from .layers import HEAVY_OPS, Layer, find_layers
+from .drawn import drawn_step, probe_drawn, quantize_drawn_input, round_drawn
+from .layers import HEAVY_OPS, Layer, find_layers, layer_posterior
 from .lowbit import ensure_opset, insert_activation_qdq, replace_with_dq, weight_grid
 from .nested import insert_nested_activation
 from .plan import LayerPlan, Plan
 from .probe import Probe, probe_model
 from .prune import prune_channels
 from .share import ShareConfig, deploy_codebook, share_layer
+from .sigma import code_scales, snr_prune, zero_scales
 
 __all__ = ["COMPRESSION_KEY", "CompressResult", "LayerReport", "deploy_plan", "deploy_share"]
 
@@ -143,15 +145,17 @@ def deploy_plan(
     layers = find_layers(model)
     plan.check_layers(list(layers))
     nodes = [n for lay in layers.values() for n in lay.nodes + lay.scale_nodes]
+    nodes += [n for lay in layers.values() for _, n in lay.drawn]
     n_out = {k: _arr(model, v.weights[0]).shape[v.out_axis] for k, v in layers.items()}
-    base = probe_model(model, nodes, x, num_samples)
-    modes = {}
+    base = _probe(model, layers, x, num_samples)
+    modes, snr_pruned = {}, {}
     for lay in layers.values():
         lp = plan.layer(lay.name)
+        snr_pruned[lay.name] = snr_prune(model, lay, lp.prune_snr)
         if lp.prune_channels:
             modes[lay.name] = prune_channels(model, lay, lp.prune_channels)
-    probe = probe_model(model, nodes, x, num_samples) if modes else base
-    inc_layers = [lay for lay in layers.values() if plan.layer(lay.name).via_inc]
+    probe = _probe(model, layers, x, num_samples) if modes else base
+    inc_layers = [lay for lay in layers.values() if plan.layer(lay.name).via_inc and not lay.drawn]
     quantized: set[str] = set()
     with tempfile.TemporaryDirectory(prefix="qbnn-compress-") as tmp:
         if inc_layers:
@@ -163,18 +167,38 @@ def deploy_plan(
         rep, node_bits = _deploy_layer(
             model, lay, lp, probe, quantized, modes.get(lay.name, ""), pruned
         )
+        if snr_pruned[lay.name]:
+            rep = replace(rep, note=f"{snr_pruned[lay.name]:.1%} of weights pruned by SNR; "
+                          + rep.note)  # fmt: skip
         reports.append(rep)
         bits.update(node_bits)
-        stored |= rep.route in ("inc", "dq") and rep.weight_bits <= 8
-    if any(r.route == "dq" for r in reports):
-        ensure_opset(model)
+        stored |= rep.route in ("inc", "dq", "drawn") and rep.weight_bits <= 8
+    coded = any(plan.layer(n).sigma_bits < 32 for n in layers)
+    if coded or any(r.route in ("dq", "drawn") for r in reports):
+        ensure_opset(model)  # 4-bit DequantizeLinear
     total = sum(base.macs.values()) or 1.0
     for n in {n for lay in layers.values() for n in lay.scale_nodes} & quantized:
         bits[n] = (8, 8)  # a variance-path op INC quantized with its layer
-    # no op reads a weight directly (weight mode): BOPs are not defined for the plan
-    rel = _bops(base, {n: probe.macs[n] for n in nodes}, bits) if nodes else None
+    # SNR-pruned weights (mu = sigma = 0) are 0 in every draw: their MACs count as removed
+    dense = {n: 1 - snr_pruned[lay.name] for lay in layers.values()
+             for n in lay.nodes + lay.scale_nodes + [d for _, d in lay.drawn]}  # fmt: skip
+    used = {n: probe.macs[n] * dense.get(n, 1.0) for n in nodes}
+    # no op reads a weight, stored or drawn: BOPs are not defined for the plan
+    rel = _bops(base, used, bits) if nodes else None
     reports = [replace(r, macs_share=_share(layers[r.name], probe, total)) for r in reports]
     return _write(model, src, dst, "plan", rel, reports, plan=plan, stored=stored)
+
+
+def _probe(model, layers: dict[str, Layer], x: np.ndarray, num_samples: int) -> Probe:
+    """MACs and input ranges of every layer op: ops reading stored weights and scales, and
+    the Scan-body ops reading drawn weights (:mod:`.drawn`)."""
+    nodes = [n for lay in layers.values() for n in lay.nodes + lay.scale_nodes]
+    out = probe_model(model, nodes, x, num_samples)
+    drawn = [lay for lay in layers.values() if lay.drawn]
+    if drawn:
+        d = probe_drawn(model, drawn, x, num_samples)
+        out = Probe({**out.macs, **d.macs}, {**out.ranges, **d.ranges})
+    return out
 
 
 def _bops(base: Probe, used: dict[str, float], bits: dict[str, tuple[int, int]]) -> float:
@@ -187,12 +211,15 @@ def _bops(base: Probe, used: dict[str, float], bits: dict[str, tuple[int, int]])
 
 
 def _share(lay: Layer, probe: Probe, total: float) -> float:
-    return sum(probe.macs.get(n, 0.0) for n in lay.nodes + lay.scale_nodes) / total
+    ops = lay.nodes + lay.scale_nodes + [n for _, n in lay.drawn]
+    return sum(probe.macs.get(n, 0.0) for n in ops) / total
 
 
 def _deploy_layer(model, lay: Layer, lp: LayerPlan, probe: Probe, quantized, prune_mode: str,
                   pruned: float):  # fmt: skip
     """Apply one layer's plan in place; returns (LayerReport, {node: (w_bits, a_bits)})."""
+    if lay.drawn:
+        return _deploy_drawn(model, lay, lp, probe, prune_mode, pruned)
     if lp.via_inc:
         done = all(n in quantized for n in lay.nodes) and bool(lay.nodes)
         route = "inc" if done else "kept_fp32"
@@ -212,8 +239,9 @@ def _deploy_layer(model, lay: Layer, lp: LayerPlan, probe: Probe, quantized, pru
     if lp.weight_bits == 32 and lp.act_bits == 32:
         vals = np.concatenate([_arr(model, w).ravel() for w in lay.weights])
         unique, ent = _entropy(vals)
+        nbytes = vals.nbytes + code_scales(model, lay, lp.sigma_bits)
         rep = LayerReport(lay.name, 32, 32, "fp32", pruned, prune_mode, unique, ent,
-                          vals.nbytes, 0.0)  # fmt: skip
+                          nbytes, 0.0)  # fmt: skip
         return rep, {}
     nbytes, codes_all = 0, []
     if lp.weight_bits < 32:
@@ -226,12 +254,15 @@ def _deploy_layer(model, lay: Layer, lp: LayerPlan, probe: Probe, quantized, pru
     else:
         codes_all = [_arr(model, w).ravel() for w in lay.weights]
         nbytes = sum(c.nbytes for c in codes_all)
+    if lp.weight_bits == 0:
+        zero_scales(model, lay)
+    nbytes += code_scales(model, lay, lp.sigma_bits)
     if lp.act_bits < 32:
         if not lay.nodes:
             raise ConfigError(
                 f"layers.{lay.name}.act_bits: {lp.act_bits} needs an op that reads the layer's "
-                "weight directly; this graph draws its weights at run time (weight mode): use "
-                "act_bits: 32 here, or export with --sampling frozen:K or lrt"
+                "weight (stored, or drawn and fed to a Scan); compress found none in this "
+                "graph: use act_bits: 32 here"
             )
         for n in lay.nodes:
             lo, hi = lp.act_range or probe.ranges[n]
@@ -244,6 +275,51 @@ def _deploy_layer(model, lay: Layer, lp: LayerPlan, probe: Probe, quantized, pru
     rep = LayerReport(lay.name, lp.weight_bits, lp.act_bits, "dq", pruned, prune_mode, unique,
                       ent, nbytes, 0.0, note)  # fmt: skip
     return rep, {n: (lp.weight_bits, lp.act_bits) for n in lay.nodes}
+
+
+def _set_init(model, name: str, value: np.ndarray) -> None:
+    init = next(i for i in model.graph.initializer if i.name == name)
+    init.CopyFrom(numpy_helper.from_array(value.astype(np.float32), name))
+
+
+def _deploy_drawn(model, lay: Layer, lp: LayerPlan, probe: Probe, prune_mode: str,
+                  pruned: float):  # fmt: skip
+    """A layer whose weights are drawn at run time (:mod:`.drawn`): mu on its b-bit grid
+    (stored), sigma shrunk for the rounding noise (``match_variance``) and coded
+    (``sigma_bits``), every draw rounded to the b-bit grid, activations Q/DQ in the body."""
+    mu, sigma = layer_posterior(model, lay)
+    wb, ab = lp.weight_bits, lp.act_bits
+    if wb == 0:
+        zero_scales(model, lay)
+    elif wb < 32:
+        step = drawn_step(mu, sigma, wb, lay.out_axis)
+        if lp.match_variance and lay.scale_kind == "sigma":
+            shape = [1] * mu.ndim
+            shape[lay.out_axis] = -1
+            noise = lp.match_variance * step.reshape(shape).astype(np.float64) ** 2 / 12
+            shrunk = np.sqrt(np.maximum(sigma.astype(np.float64) ** 2 - noise, 0))
+            _set_init(model, lay.scales[0], shrunk)
+        round_drawn(model, lay, wb, step)
+    codes_all, nbytes = [], 0
+    for w in lay.weights:
+        arr = _arr(model, w)
+        if wb < 32:
+            codes, scale = weight_grid(arr, wb, lay.out_axis, lp.weight_range)
+            nbytes += replace_with_dq(model, w, codes, scale, lay.out_axis)
+            codes_all.append(codes.ravel())
+        else:
+            codes_all.append(arr.ravel())
+            nbytes += arr.nbytes
+    nbytes += code_scales(model, lay, lp.sigma_bits)
+    if ab < 32:
+        for _, n in lay.drawn:
+            lo, hi = lp.act_range or probe.ranges[n]
+            quantize_drawn_input(model, n, ab, lo, hi)
+    unique, ent = _entropy(np.concatenate(codes_all))
+    note = "drawn weights rounded at run time; the op runs in fp32 on grid values"
+    rep = LayerReport(lay.name, wb, ab, "drawn" if wb < 32 or ab < 32 else "fp32", pruned,
+                      prune_mode, unique, ent, nbytes, 0.0, note)  # fmt: skip
+    return rep, {n: (wb, ab) for _, n in lay.drawn}
 
 
 def _match_variance(model, lay: Layer, lp: LayerPlan) -> dict[str, np.ndarray]:
@@ -292,14 +368,20 @@ def deploy_share(src: str | Path, dst: str | Path, cfg: ShareConfig | None = Non
             u, e = _entropy(vals)
             reports.append(LayerReport(name, 32, 32, "fp32", 0.0, "", u, e, vals.nbytes, 0.0))
             continue
+        pruned = snr_prune(model, lay, cfg.snr)
         s = share_layer(model, lay, cfg)
         shared[name] = s
         nbytes = deploy_codebook(model, lay, s)
+        nbytes += code_scales(model, lay, cfg.sigma_bits)
         u, e = _entropy(np.concatenate([i.ravel() for i in s.indices]))
         bits = 4 if s.codebook.size <= 16 else 8
         note = f"{s.beyond_k_sigma:.1%} of weights moved beyond {cfg.k} sigma"
         if s.already_shared:
             note = "already shared (nothing moved)"
+        if pruned:
+            note += f"; {pruned:.1%} pruned by SNR < {cfg.snr:g}"
+        if lay.scales and cfg.sigma_bits < 32:
+            note += f"; sigma on a {cfg.sigma_bits}-bit log grid"
         reports.append(LayerReport(name, bits, 32, "codebook", 0.0, "", u, e, nbytes, 0.0, note))
     ensure_opset(model)
     return _write(model, src, dst, "share", None, reports, share=cfg, stored=True), shared
@@ -310,8 +392,10 @@ def _write(model, src, dst, mode, rel, reports, *, plan=None, share=None, stored
     if plan is not None:
         record["plan"] = plan.to_dict()
     if share is not None:
-        record["share"] = {"k": share.k, "max_unique": share.max_unique}
+        record["share"] = {"k": share.k, "max_unique": share.max_unique,
+                           "sigma_bits": share.sigma_bits, "snr": share.snr}  # fmt: skip
     meta = ContractMeta(compression=record, precision="int8" if stored else None)
+    del model.graph.value_info[:]  # shapes ONNX Runtime re-infers; only file size
     set_metadata(model, meta.to_props())
     with atomic_path(dst) as tmp:
         onnx.save_model(model, str(tmp))

@@ -45,7 +45,10 @@ class Layer:
     ``biases`` / ``bias_scales``: the matching bias tensors; ``nodes``: Conv/Gemm/MatMul nodes
     reading a weight directly (input 1), one per weight (empty in ``weight`` mode, where weights
     are drawn at run time); ``scale_nodes``: ops reading a scale directly (the variance path of
-    ``lrt`` graphs), counted in relative BOPs at the bits they run with.
+    ``lrt`` graphs), counted in relative BOPs at the bits they run with; ``drawn`` (``weight``
+    mode): ``(drawn tensor, body node)`` pairs, the outer tensor ``mu + sigma * eps`` holding
+    the drawn weights ``[S, C_out, ...]`` that a ``Scan`` feeds, one sample at a time, to the
+    Conv/Gemm/MatMul ``body node`` of its body (empty when the graph has another shape).
     """
 
     name: str
@@ -58,12 +61,14 @@ class Layer:
     scale_nodes: list[str] = field(default_factory=list)
     out_axis: int = 0
     role: str = "weight"  # draws | mu | weight
+    drawn: list[tuple[str, str]] = field(default_factory=list)
 
 
 def _strip(name: str) -> str:
-    for p in _PREFIXES:
-        if name.startswith(p):
-            name = name[len(p) :]
+    """The user's module name of a weight initializer: wrapper prefixes removed however
+    nested (``model.net.c1.weight`` -> ``c1``)."""
+    while name.startswith(_PREFIXES):
+        name = name[len(next(p for p in _PREFIXES if name.startswith(p))) :]
     return name.removesuffix(".weight")
 
 
@@ -133,6 +138,8 @@ def find_layers(model: onnx.ModelProto) -> dict[str, Layer]:
         lay.weights.sort(key=lambda n: (member.get(n, 0), n))
         lay.biases.sort(key=lambda n: (member.get(n, 0), n))
         _attach_nodes(lay, cons)
+        if lay.role == "mu" and not lay.nodes:
+            lay.drawn = _drawn(lay, cons)
     layers = {k: v for k, v in layers.items() if v.weights}
     if not layers:
         raise ConfigError(
@@ -140,6 +147,24 @@ def find_layers(model: onnx.ModelProto) -> dict[str, Layer]:
             "(frozen:K, ensembles, weight/lrt mean-field, deterministic or MC-dropout graphs)"
         )
     return layers
+
+
+def _drawn(lay: Layer, cons) -> list[tuple[str, str]]:
+    """``weight`` mode: ``mu -> Add(mu, sigma * eps) -> Scan`` input ``j`` -> the body's heavy
+    op reading body input ``j`` as its weight (see :attr:`Layer.drawn`)."""
+    out = []
+    for w in lay.weights:
+        for add, _ in cons.get(w, []):
+            if add.op_type != "Add":
+                continue
+            for scan, j in cons.get(add.output[0], []):
+                if scan.op_type != "Scan":
+                    continue
+                body = next(a.g for a in scan.attribute if a.name == "body")
+                name = body.input[j].name
+                heavy = [n for n in body.node if n.op_type in HEAVY_OPS and len(n.input) > 1]
+                out += [(add.output[0], n.name) for n in heavy if n.input[1] == name]
+    return out
 
 
 def _attach_nodes(lay: Layer, cons) -> None:

@@ -182,12 +182,14 @@ def activation_grid(lo: float, hi: float, bits: int) -> tuple[float, int, float,
 
 
 def insert_activation_qdq(
-    model: onnx.ModelProto, node_name: str, bits: int, lo: float, hi: float
-) -> None:
+    model: onnx.ModelProto, node_name: str, bits: int, lo: float, hi: float,
+    graph: onnx.GraphProto | None = None,
+) -> None:  # fmt: skip
     """Quantize input 0 of node ``node_name`` to ``bits`` bits on ``[lo, hi]`` (fake-quant
     ``QuantizeLinear -> DequantizeLinear`` feeding only that node; grids narrower than their
-    container (UINT8 up to 8 bits, else UINT16) are clipped first)."""
-    g = model.graph
+    container (UINT8 up to 8 bits, else UINT16) are clipped first). ``graph``: the (sub)graph
+    holding the node (default: the main graph)."""
+    g = graph if graph is not None else model.graph
     node = next(n for n in g.node if n.name == node_name)
     src = node.input[0]
     s, zp, clo, chi = activation_grid(lo, hi, bits)

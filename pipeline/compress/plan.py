@@ -26,7 +26,13 @@ rounding noise (variance ``step**2 / 12`` where the spread is wide compared with
 keep the posterior variance; rounding each draw independently otherwise inflates the spread
 between draws (digits CNN, 4 bits: mutual information x2.2). ``m = 1`` is full moment
 matching, which over-corrects where the spread is narrow (rounding then removes spread rather
-than adding noise); ``--auto`` searches ``m``.
+than adding noise); ``--auto`` searches ``m``. In ``weight``-mode graphs (weights drawn at run
+time) ``weight_bits`` also rounds every drawn weight onto a b-bit grid before its op, and ``m``
+shrinks the stored sigma to make room for that rounding noise (see :mod:`.drawn`).
+``sigma_bits`` (mean-field layers: ``weight``, ``lrt``, ``flipout``): the stored posterior scales
+on a ``2**b``-value log grid, 4 or 8, or 0: one scale per output channel (32 = fp32; see
+:mod:`.sigma`). ``prune_snr`` ``t``
+(mean-field layers): weights with ``|mu| / sigma < t`` get mu = sigma = 0 (Blundell et al. 2015).
 """
 
 from __future__ import annotations
@@ -41,9 +47,10 @@ import yaml
 
 from qbnn.runtimes.errors import ConfigError
 
-__all__ = ["ACT_BITS", "WEIGHT_BITS", "LayerPlan", "Plan", "load_plan"]
+__all__ = ["ACT_BITS", "SIGMA_BITS", "WEIGHT_BITS", "LayerPlan", "Plan", "load_plan"]
 
 WEIGHT_BITS = (0, 2, 4, 8, 16, 32)
+SIGMA_BITS = (0, 4, 8, 32)
 ACT_BITS = (2, 4, 8, 16, 32)
 
 
@@ -73,9 +80,16 @@ class LayerPlan:
     prune_channels: tuple[int, ...] = ()
     act_rounding: str = "direct"
     match_variance: float = 0.0
+    sigma_bits: int = 32
+    prune_snr: float = 0.0
 
     def __post_init__(self) -> None:
         _one_of("weight_bits", self.weight_bits, WEIGHT_BITS)
+        _one_of("sigma_bits", self.sigma_bits, SIGMA_BITS)
+        t = self.prune_snr
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not t >= 0:
+            raise ConfigError(f"prune_snr: {t!r} is not a number >= 0")
+        object.__setattr__(self, "prune_snr", float(t))
         if self.act_rounding not in ("direct", "nested"):
             raise ConfigError(f"act_rounding: {self.act_rounding!r} is not one of direct, nested")
         if self.act_rounding == "nested" and (
@@ -108,7 +122,13 @@ class LayerPlan:
 
     @property
     def is_fp32(self) -> bool:
-        return self.weight_bits == 32 and self.act_bits == 32 and not self.prune_channels
+        return (
+            self.weight_bits == 32
+            and self.act_bits == 32
+            and not self.prune_channels
+            and self.sigma_bits == 32
+            and not self.prune_snr
+        )
 
     @classmethod
     def from_dict(cls, data: Any, where: str) -> LayerPlan:
@@ -136,6 +156,10 @@ class LayerPlan:
             out["act_rounding"] = self.act_rounding
         if self.match_variance:
             out["match_variance"] = self.match_variance
+        if self.sigma_bits != 32:
+            out["sigma_bits"] = self.sigma_bits
+        if self.prune_snr:
+            out["prune_snr"] = self.prune_snr
         return out
 
 

@@ -21,7 +21,15 @@ from ..common import atomic_path, pyplot, save_png
 from .auto import Trial
 from .deploy import CompressResult
 
-__all__ = ["compress_record", "save_search_plot", "to_markdown", "write_compress_report"]
+__all__ = [
+    "compress_record",
+    "failed_gates",
+    "gate_verdict",
+    "save_search_plot",
+    "to_markdown",
+    "write_compress_report",
+    "write_failed_search",
+]
 
 
 def compress_record(
@@ -57,11 +65,14 @@ def compress_record(
                 "fraction": t.fraction,
                 "snr": t.snr,
                 "match": t.match,
+                "sigma_bits": t.sigma_bits,
                 "relative_bops": t.relative_bops,
                 "size_bytes": t.size_bytes,
                 "accuracy": t.accuracy,
                 "ece": t.ece,
                 "passed": t.passed,
+                "failed": list(t.failed),
+                "skipped": t.skipped,
             }
             for t in trials or []
         ],
@@ -94,22 +105,34 @@ def to_markdown(rec: dict[str, Any]) -> str:
         for g in rec["gates"]:
             v = "" if g["value"] is None else f"{g['value']:.4g}"
             lines.append(f"| {g['name']} | {g['status']} | {v} | {g['limit']} |")
-    if rec["search"]:
-        lines += [
-            "",
-            "| f | snr | match | relative BOPs | accuracy | ECE | gates |",
-            "|---|---|---|---|---|---|---|",
-        ]
-        for t in rec["search"]:
-            acc = "" if t["accuracy"] is None else f"{t['accuracy']:.4f}"
-            ece = "" if t["ece"] is None else f"{t['ece']:.4f}"
-            verdict = {True: "pass", False: "FAIL", None: "not validated"}[t["passed"]]
-            lines.append(
-                f"| {t['fraction']:g} | {t['snr']:g} | {t['match']:g} | {t['relative_bops']:.4f} | "
-                f"{acc} | {ece} "
-                f"| {verdict} |"
-            )
+    lines += _search_table(rec["search"])
     return "\n".join(lines) + "\n"
+
+
+def _search_table(search: list[dict[str, Any]]) -> list[str]:
+    """Markdown lines of the search trials (none when there were none)."""
+    lines: list[str] = []
+    if not search:
+        return lines
+    lines += [
+        "",
+        "| f | snr | match | relative BOPs | accuracy | ECE | gates |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for t in search:
+        acc = "" if t["accuracy"] is None else f"{t['accuracy']:.4f}"
+        ece = "" if t["ece"] is None else f"{t['ece']:.4f}"
+        verdict = {True: "pass", False: "FAIL", None: "not validated"}[t["passed"]]
+        if t.get("failed"):
+            verdict += f" ({'; '.join(t['failed'])})"
+        elif t.get("skipped"):
+            verdict += f" ({t['skipped']})"
+        lines.append(
+            f"| {t['fraction']:g} | {t['snr']:g} | {t['match']:g} | {t['relative_bops']:.4f} | "
+            f"{acc} | {ece} "
+            f"| {verdict} |"
+        )
+    return lines
 
 
 def save_search_plot(trials: list[Trial], path: Path) -> Path | None:
@@ -148,3 +171,56 @@ def write_compress_report(rec: dict[str, Any], out_dir: str | Path, trials=None)
     if plot is not None:
         written.append(plot)
     return written
+
+
+def _limit(limit) -> str:
+    """A gate limit as people read it: ``0.01``, ``[0.8, 1.25]``, ``<= 1.05`` or ``>= 0.8``."""
+    if not isinstance(limit, (tuple, list)):
+        return f"{limit}"
+    lo, hi = limit
+    if lo is None:
+        return "-" if hi is None else f"<= {hi}"
+    return f">= {lo}" if hi is None else f"[{lo}, {hi}]"
+
+
+def _gate(name: str, value: float | None, limit) -> str:
+    return f"{name} {'n/a' if value is None else f'{value:.4g}'} (limit {_limit(limit)})"
+
+
+def failed_gates(gates) -> tuple[str, ...]:
+    """Each failing gate of a ``validate`` verdict as ``name value (limit)``."""
+    return tuple(_gate(g.name, g.value, g.limit) for g in gates if g.passed is False)
+
+
+def gate_verdict(rec: dict[str, Any], model: str) -> str | None:
+    """One line for a ``compress.json`` record: ``gates (N against MODEL): all pass`` or
+    ``... FAIL name value (limit); ...``; None when no gates were run."""
+    if rec.get("gates_passed") is None:
+        return None
+    failed = [_gate(g["name"], g["value"], g["limit"]) for g in rec["gates"]
+              if g["status"] == "FAIL"]  # fmt: skip
+    verdict = "all pass" if not failed else "FAIL " + "; ".join(failed)
+    return f"gates ({len(rec['gates'])} against {model}): {verdict}"
+
+
+def write_failed_search(out_dir: Path, trials: list[Trial], message: str) -> list[Path]:
+    """``compress.json`` / ``compress.md`` of a search that found no plan: what was tried and
+    why each failed (``gates_passed`` false, no model)."""
+    rec = compress_record_search(trials)
+    rec["error"] = message
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out / "compress.json") as tmp:
+        tmp.write_text(json.dumps(rec, indent=2, allow_nan=False) + "\n")
+    lines = ["# compress (auto): no plan passed the gates", "", message, ""]
+    lines += _search_table(rec["search"])
+    with atomic_path(out / "compress.md") as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
+    return [out / "compress.json", out / "compress.md"]
+
+
+def compress_record_search(trials: list[Trial]) -> dict[str, Any]:
+    """The ``search`` part of a record alone (a failed search has no model)."""
+    fake = CompressResult(Path(""), "auto", None, 0, 1, ())
+    rec = compress_record(fake, weight_bytes_fp32=0, trials=trials)
+    return {"mode": "auto", "model": None, "gates_passed": False, "search": rec["search"]}

@@ -29,7 +29,7 @@ from qbnn.runtimes.errors import ConfigError
 from .layers import Layer, layer_posterior
 from .lowbit import pack4
 
-__all__ = ["ShareConfig", "SharedLayer", "deploy_codebook", "share_layer"]
+__all__ = ["ShareConfig", "SharedLayer", "deploy_codebook", "replace_with_codebook", "share_layer"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -41,13 +41,18 @@ class ShareConfig:
     strength m in [0, 1] - before the final assignment each draw's deviation from the mean is
     shrunk by ``c = sqrt(max(0, 1 - m gap**2 / (12 sigma**2)))``, ``gap`` the codebook spacing
     around the mean, so moving draws to shared values does not inflate the spread between them
-    (as ``LayerPlan.match_variance`` does for grids)."""
+    (as ``LayerPlan.match_variance`` does for grids); ``sigma_bits`` (mean-field layers): the
+    stored posterior scales go on a ``2**b``-value log grid per layer (:mod:`.sigma`; 4 or 8,
+    32 keeps them fp32); ``snr``: weights with ``|mu| / sigma`` below it are pruned (mu and
+    sigma set to 0, Blundell et al. 2015) before sharing (0 = none)."""
 
     k: float = 2.0
     max_unique: int = 16
     candidates: int = 256
     min_cover: float = 0.01
     match: float = 0.0
+    sigma_bits: int = 4
+    snr: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.k > 0:
@@ -56,6 +61,13 @@ class ShareConfig:
             raise ConfigError(f"share.max_unique: {self.max_unique!r} must be in [2, 256]")
         if not 0 <= self.match <= 1:
             raise ConfigError(f"share.match: {self.match!r} must be in [0, 1]")
+        if self.sigma_bits not in (0, 4, 8, 32):
+            raise ConfigError(
+                f"share.sigma_bits: {self.sigma_bits!r} is not one of 0 (one per channel), 4, 8, "
+                "32 (fp32)"
+            )
+        if not self.snr >= 0:
+            raise ConfigError(f"share.snr: {self.snr!r} must be >= 0 (0 prunes nothing)")
         if self.candidates < 2 or not 0 <= self.min_cover < 1:
             raise ConfigError(
                 f"share.candidates >= 2 and 0 <= share.min_cover < 1; got {self.candidates}, "
@@ -160,24 +172,38 @@ def _shrink(v, tensors, sigma, codebook, m) -> np.ndarray:
 
 
 def deploy_codebook(model: onnx.ModelProto, lay: Layer, shared: SharedLayer) -> int:
-    """Replace each weight initializer of ``lay`` by ``Gather(codebook, indices)`` in place.
+    """Replace each weight initializer of ``lay`` by ``Gather(codebook, indices)`` in place
+    (:func:`replace_with_codebook`); returns the bytes of codebook and indices."""
+    return replace_with_codebook(model, lay.weights, shared.codebook, shared.indices, lay.name)
 
+
+def replace_with_codebook(
+    model: onnx.ModelProto,
+    names: list[str],
+    codebook: np.ndarray,
+    indices: tuple[np.ndarray, ...] | list[np.ndarray],
+    key: str,
+) -> int:
+    """Replace initializers ``names`` by ``Gather(codebook, indices)`` in place.
+
+    ``codebook``: ``[U]`` float32; ``indices``: one int array per name, of its tensor's shape.
     Index tensors are UINT4 (dequantized to float, cast to int64; ONNX Gather takes int32/64
-    indices) when the codebook has <= 16 entries, else UINT8 (cast to int64). Returns the bytes
-    of codebook and indices."""
+    indices) when the codebook has <= 16 entries, else UINT8 (cast to int64); ``key`` names the
+    codebook initializer. Returns the bytes of codebook and indices."""
     g = model.graph
-    names = set(lay.weights)
-    keep = [i for i in g.initializer if i.name not in names]
+    drop = set(names)
+    keep = [i for i in g.initializer if i.name not in drop]
     del g.initializer[:]
     g.initializer.extend(keep)
-    cb = f"qbnn/compress/codebook/{lay.name}"
-    g.initializer.append(numpy_helper.from_array(shared.codebook, cb))
-    total = shared.codebook.nbytes
+    cb = f"qbnn/compress/codebook/{key}"
+    codebook = np.asarray(codebook, np.float32)
+    g.initializer.append(numpy_helper.from_array(codebook, cb))
+    total = codebook.nbytes
     nodes = []
-    four = shared.codebook.size <= 16
+    four = codebook.size <= 16
     if four:
         g.initializer.append(numpy_helper.from_array(np.float32(1.0), f"{cb}/one"))
-    for name, idx in zip(lay.weights, shared.indices, strict=True):
+    for name, idx in zip(names, indices, strict=True):
         p = f"qbnn/compress/share/{name}"
         if four:
             t = helper.make_tensor(f"{p}/idx", TensorProto.UINT4, list(idx.shape), pack4(idx),

@@ -17,11 +17,11 @@ from qbnn.runtimes.errors import ConfigError, QuantizationError
 from qbnn.runtimes.loading import load_onnx
 
 from ..common import atomic_path
-from .auto import AutoConfig, Trial, search
+from .auto import AutoConfig, Trial, no_plan_message, search
 from .deploy import CompressResult, deploy_plan, deploy_share
 from .layers import find_layers
 from .plan import Plan
-from .report import compress_record, write_compress_report
+from .report import compress_record, failed_gates, write_compress_report, write_failed_search
 from .share import ShareConfig
 
 __all__ = ["CompressOutcome", "compress"]
@@ -104,19 +104,17 @@ def compress(
         def evaluate(path: Path):
             r = validate({"fp32": src, "compressed": path}, data, ood=ood, config=quick)
             m = r.model("compressed").metrics
-            return r.passed, m.get("accuracy"), m.get("ece")
+            return r.passed, m.get("accuracy"), m.get("ece"), failed_gates(r.gates["compressed"])
 
         found, trials = search(
             src, dst, auto, calib=calib, evaluate=evaluate, num_samples=num_samples,
             quant_config=quant_config, log=log,
         )  # fmt: skip
         if found is None:
-            tried = ", ".join(f"{t.relative_bops:.4f}" for t in trials if t.passed is False)
-            raise QuantizationError(
-                f"no plan passed the validate gates (relative BOPs tried: {tried or 'none'}"
-                f"{'' if auto.budget is None else f', budget {auto.budget}'}); raise --budget, "
-                "add larger fractions, or relax the gates"
-            )
+            msg = no_plan_message(trials, auto)
+            if report_dir is not None:
+                write_failed_search(Path(report_dir), trials, msg)
+            raise QuantizationError(msg)
         res = found
     report = check(res.path) if data is not None else None
     gates = None if report is None else report.gates["compressed"]

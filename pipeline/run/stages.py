@@ -210,8 +210,12 @@ def compress_stage(ctx: StageContext) -> StageOutput:
     res = compress(
         fp32, ctx.root / "model.compressed.onnx",
         plan=load_plan(ctx.path(c.plan, "compress.plan")) if c.mode == CompressMode.PLAN else None,
-        auto=AutoConfig(budget=c.budget) if c.mode == CompressMode.AUTO else None,
-        share=ShareConfig(k=c.k, max_unique=c.max_unique) if c.mode == CompressMode.SHARE else None,
+        auto=AutoConfig(budget=c.budget, max_trials=c.max_trials)
+        if c.mode == CompressMode.AUTO
+        else None,
+        share=ShareConfig(k=c.k, max_unique=c.max_unique, sigma_bits=c.sigma_bits, snr=c.snr)
+        if c.mode == CompressMode.SHARE
+        else None,
         calib=calib if c.mode != CompressMode.SHARE else None, data=test, ood=ood,
         validate_config=cfg.validate, quant_config=cfg.quantize, num_samples=c.num_samples,
         report_dir=out_dir,
