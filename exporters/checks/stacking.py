@@ -17,10 +17,11 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from ..modules.wrapper import first_output
 
-__all__ = ["Stacking", "stacked_rows", "stacked_output"]
+__all__ = ["Stacking", "shared_draws", "stacked_output", "stacked_rows"]
 
 
 @dataclass(frozen=True)
@@ -90,3 +91,32 @@ def member_major(model: nn.Module, x: torch.Tensor, k: int) -> bool:
     scale = 1.0 + float(a.abs().max()) if a.numel() else 1.0
     gap = float((a - b).abs().max()) if a.numel() else 0.0
     return math.isfinite(gap) and gap <= 1e-4 * scale
+
+
+class _Draws(TorchDispatchMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.shapes: list[tuple[str, tuple[int, ...]]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if torch.Tag.nondeterministic_seeded in func.tags and isinstance(out, torch.Tensor):
+            self.shapes.append((str(func.overloadpacket.__name__), tuple(out.shape)))
+        return out
+
+
+def _draws(model: nn.Module, x: torch.Tensor) -> list[tuple[str, tuple[int, ...]]] | None:
+    rec = _Draws()
+    with rec:
+        out = stacked_output(model, x)
+    return rec.shapes if out is not None else None
+
+
+def shared_draws(model: nn.Module, x: torch.Tensor) -> list[tuple[str, tuple[int, ...]]]:
+    """The random draws ``(aten op, shape)`` of the eval-mode forward on ``x [B, *F]`` whose
+    shape does not follow the batch (weight-shaped noise), found by a second run on B + 1 rows.
+    One pass over an input tiled n times would share such a draw across the n tiles."""
+    first, second = _draws(model, x), _draws(model, torch.cat([x, x[:1]]))
+    if first is None or second is None or len(first) != len(second):
+        return []
+    return [a for a, b in zip(first, second, strict=True) if a[1] == b[1]]

@@ -21,7 +21,7 @@ from torch import nn
 from qbnn.runtimes.contract import Task
 from qbnn.runtimes.errors import ConfigError, ExportError, UnsupportedLayerError
 
-from ..checks.stacking import stacked_output, stacked_rows
+from ..checks.stacking import shared_draws, stacked_output, stacked_rows
 from ..modules.batchfree import batch_free
 from ..modules.dropout import GraphDropoutNet
 from ..modules.stacked import StackedMembers, StackedSamples, member_rows, sample_rows
@@ -76,7 +76,24 @@ def _resolve(model: object, x: torch.Tensor, mode: SamplingMode) -> SamplingMode
             "the model's forward is deterministic, so its stacked rows are ensemble members; "
             f"use sampling='members:{k}'"
         )
+    if name == "samples":
+        _check_per_row_noise(model, x)
     return SamplingMode(name, k)
+
+
+def _check_per_row_noise(model: nn.Module, x: torch.Tensor) -> None:
+    """The graph runs the forward once over the input tiled ceil(S / k) times: a draw shaped
+    like a weight would be shared by every tile instead of drawn per pass; refused."""
+    shared = shared_draws(model, x)
+    if shared:
+        op, shape = shared[0]
+        raise UnsupportedLayerError(
+            f"the model's forward stacks MC samples but draws noise of shape {list(shape)} "
+            f"({op}) that does not follow the batch: the graph computes all S samples in one "
+            "pass over the tiled input, where that draw would be shared by every pass's "
+            "samples; not supported for stacked samples: draw the noise per row, or export "
+            "the inner network (posterior='stochastic')"
+        )
 
 
 class _MemberView(nn.Module):

@@ -24,7 +24,7 @@ from qbnn.exporters import export_model
 from qbnn.pipeline.cli import app
 from qbnn.runtimes import Predictor
 from qbnn.runtimes.contract import MetaKey
-from qbnn.runtimes.errors import ConfigError, ExportError
+from qbnn.runtimes.errors import ConfigError, ExportError, UnsupportedLayerError
 
 from tiny_models import StackedDropout, StackedHeads, example
 from trainers import iris
@@ -226,3 +226,26 @@ def test_cli_states_k_with_sampling(tmp_path):
     r = CliRunner().invoke(app, [*args, "--posterior", "stacked", "--sampling", "members:3"])
     assert r.exit_code == 0, r.output
     assert "exported stacked (members:3)" in r.output
+
+
+class _StackedWeightNoise(nn.Module):
+    """Own design: 3 samples stacked on the batch axis through one weight draw per pass
+    (Bayes-by-backprop style): tiling passes into one would share the draw; refused."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mu = nn.Parameter(torch.randn(3, 6))
+
+    def forward(self, x):
+        w = self.mu + 0.1 * torch.randn_like(self.mu)
+        return x.repeat(3, 1) @ w.T
+
+
+def test_stacked_samples_with_weight_shaped_noise_are_refused(tmp_path):
+    torch.manual_seed(0)
+    with pytest.raises(
+        UnsupportedLayerError,
+        match=r"draws noise of shape \[3, 6\] \(randn_like\) that does not follow",
+    ):
+        export_model(_StackedWeightNoise(), example((6,)), tmp_path / "m.onnx")
+    assert not (tmp_path / "m.onnx").exists()
