@@ -150,9 +150,8 @@ class Exporter:
         return SamplingMode(name)
 
     def _mode_help(self) -> list[str]:
-        counted = ("frozen", *self.counted_modes)
-        return [f"{m}[:K]" if m in self.counted_modes else f"{m}:K" if m in counted else m
-                for m in self.modes]  # fmt: skip
+        counted = {m: f"{m}[:K]" for m in self.counted_modes} | {"frozen": "frozen:K"}
+        return [counted.get(m, m) for m in self.modes]
 
 
 _REGISTRY: dict[str, Exporter] = {}

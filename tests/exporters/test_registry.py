@@ -64,3 +64,15 @@ def test_registering_a_family_twice_and_unknown_families_are_errors():
                        "ensemble, flipout, gaussian, laplace, mcdropout, meanfield, stacked, "
                        "stochastic, swag"):  # fmt: skip
         get_exporter("bogus")
+
+
+def test_counted_modes_take_an_optional_k():
+    stacked = get_exporter("stacked")
+    assert str(stacked.parse_mode("members:3", 8)) == "members:3"
+    assert stacked.parse_mode("samples", 8).k is None and str(stacked.parse_mode(None, 8)) == "auto"
+    with pytest.raises(ConfigError, match="members:K needs K >= 1, got 0"):
+        stacked.parse_mode("members:0", 8)
+    with pytest.raises(ConfigError, match=r"valid modes: auto\[:K\], members\[:K\], samples\[:K\]"):
+        stacked.parse_mode("bogus", 8)
+    with pytest.raises(ConfigError, match="sampling mode 'members' takes no ':K' suffix"):
+        get_exporter("ensemble").parse_mode("members:3", 8)
