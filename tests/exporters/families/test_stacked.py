@@ -249,3 +249,20 @@ def test_stacked_samples_with_weight_shaped_noise_are_refused(tmp_path):
     ):
         export_model(_StackedWeightNoise(), example((6,)), tmp_path / "m.onnx")
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_pipeline_yaml_states_k_with_model_sampling(tmp_path):
+    from qbnn.pipeline.run import run
+
+    x = example((6,), batch=8).numpy()
+    np.savez(tmp_path / "c.npz", x=x)
+    np.savez(tmp_path / "t.npz", x=x, y=np.zeros(8, np.int64))
+    (tmp_path / "pipeline.yaml").write_text(
+        "name: s\noutput_root: out\nstages: [export]\n"
+        'model: {factory: "tiny_models:stacked_heads", input_shape: [6], posterior: stacked, '
+        "sampling: 'members:3'}\ndata: {calib: c.npz, test: t.npz}\n"
+    )
+    run(tmp_path / "pipeline.yaml")
+    (path,) = (tmp_path / "out" / "s").glob("*.onnx")
+    meta = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    assert (meta[MetaKey.POSTERIOR], meta[MetaKey.SAMPLING]) == ("stacked", "members:3")
