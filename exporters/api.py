@@ -46,8 +46,9 @@ def export(
 ) -> Path:
     """Compile ``model`` to an ONNX graph obeying the qbnn contract; returns the written path.
 
-    ``model``: a torch module (Bayesian-Torch layers, dropout), a list of same-architecture
-    modules (ensemble) or a posterior object (a fitted laplace-torch object,
+    ``model``: a torch module (Bayesian-Torch layers, dropout; a one-network ensemble whose
+    forward returns k members stacked on the batch axis, ``[k*B, C]``), a list of
+    same-architecture modules (ensemble) or a posterior object (a fitted laplace-torch object,
     :class:`~qbnn.exporters.families.swag.SwagPosterior`,
     :class:`~qbnn.exporters.families.ensemble.WeightSamples`,
     :class:`~qbnn.exporters.families.gaussian.WeightGaussian`). ``example_input``:
@@ -65,8 +66,8 @@ def export(
     ``heteroscedastic``, ``noise_variance``, ``head``), applied over ``config``. ``bn_update``:
     training inputs ``[N, *feature_shape]`` to recompute BatchNorm statistics per ``frozen:K``
     draw of a whole-network posterior (:mod:`qbnn.exporters.checks.bnstats`). Raises
-    :class:`ConfigError`, :class:`ExportError`, :class:`UnsupportedLayerError`,
-    :class:`VerificationError` (``qbnn.runtimes.errors``).
+    :class:`ConfigError`, :class:`ExportError` (also for a graph that fixes the batch axis),
+    :class:`UnsupportedLayerError`, :class:`VerificationError` (``qbnn.runtimes.errors``).
     """
     return export_model(
         model, example_input, path, config=config, bn_update=bn_update, **options

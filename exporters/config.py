@@ -22,7 +22,9 @@ class ExportConfig:
     """How to export a model (see :func:`qbnn.exporters.export` for what each option does).
 
     ``posterior``: ``auto`` or a registered family; ``sampling``: that family's mode (None: its
-    default; ``frozen`` alone is ``frozen:num_samples``); ``num_samples``: the graph's default
+    default; ``frozen`` alone is ``frozen:num_samples``; ``members:K`` / ``samples:K`` state the
+    k members or MC samples a forward stacks on the batch axis, ``[k*B, C]`` for ``[B, ...]``,
+    where ``auto`` cannot detect it); ``num_samples``: the graph's default
     S (>= 1); ``task``: :class:`~qbnn.runtimes.contract.Task`; ``seed``: fixes every random
     node's seed (None: fresh noise per session); ``verify`` / ``verify_samples`` (>= 2): the
     self-check; ``opset``: the ONNX opset (>= 18, torch.onnx's dynamo exporter); ``source``:

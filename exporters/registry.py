@@ -88,7 +88,14 @@ class Exporter:
     (network, name) | None``: the network and last-layer name a last-layer graph samples;
     ``undetected(model)``: raises when ``auto`` detected no family but ``model`` holds this
     family's layers in a form it cannot export; ``auto_hint``: advice added to ``auto``'s
-    error (which posterior to pass for models detection cannot see).
+    error (which posterior to pass for models detection cannot see); ``counted_modes``: modes
+    that take an optional ``:K`` count (None when absent; ``frozen:K`` is always counted);
+    ``resolve_mode(model, x, mode) -> SamplingMode``: the mode the family takes on this model
+    and example input (a default that follows the model, a count read from its forward; the
+    result is what ``build`` gets and ``qbnn.sampling`` records);
+    ``view(model, x, mode) -> nn.Module | None``: the network whose output is the model's
+    output form one row per example (one member of a network that stacks members on the batch
+    axis), for the output-form checks.
     """
 
     family: str
@@ -108,6 +115,9 @@ class Exporter:
     last_layer: Callable[[object], tuple[nn.Module, str] | None] | None = None
     undetected: Callable[[object], None] | None = None
     auto_hint: str | None = None
+    counted_modes: tuple[str, ...] = ()
+    resolve_mode: Callable[[object, torch.Tensor, SamplingMode], SamplingMode] | None = None
+    view: Callable[[object, torch.Tensor, SamplingMode], nn.Module | None] | None = None
 
     def source(self) -> str:
         """The ``qbnn.source`` text: the trainer's version (when it has one) and torch's."""
@@ -130,12 +140,18 @@ class Exporter:
             if k < 1:
                 raise ConfigError(f"frozen:K needs K >= 1, got {k}")
             return SamplingMode(name, k)
+        if name in self.counted_modes:
+            k = int(m.group(2)) if m.group(2) else None
+            if k is not None and k < 1:
+                raise ConfigError(f"{name}:K needs K >= 1, got {k}")
+            return SamplingMode(name, k)
         if m.group(2):
             raise ConfigError(f"sampling mode '{name}' takes no ':K' suffix (got '{sampling}')")
         return SamplingMode(name)
 
     def _mode_help(self) -> list[str]:
-        return [f"{m}:K" if m == "frozen" else m for m in self.modes]
+        counted = {m: f"{m}[:K]" for m in self.counted_modes} | {"frozen": "frozen:K"}
+        return [counted.get(m, m) for m in self.modes]
 
 
 _REGISTRY: dict[str, Exporter] = {}

@@ -29,6 +29,7 @@ from qbnn.runtimes.errors import ConfigError, ExportError, UnsupportedLayerError
 from qbnn.runtimes.seeding import random_nodes
 
 from . import families  # noqa: F401  (imports every family: the registry is complete)
+from .checks.batchaxis import check_batch_axis
 from .checks.bnstats import apply_bn_policy
 from .checks.outputform import head_spec, inspect_output, last_layer_gap, network_of, resolve_head
 from .checks.selfcheck import FidelityReport, verify_export
@@ -143,7 +144,9 @@ def prepare(
     if exporter.check is not None:
         exporter.check(model, x)
     mode = exporter.parse_mode(cfg.sampling, cfg.num_samples)
-    net = network_of(model)
+    if exporter.resolve_mode is not None:
+        mode = exporter.resolve_mode(model, x, mode)
+    net = exporter.view(model, x, mode) if exporter.view is not None else network_of(model)
     refusal: UnsupportedLayerError | None = None
     try:
         form = inspect_output(net, x, task) if net is not None else None
@@ -216,7 +219,8 @@ def _noise_variance(
 
 def trace(p: Prepared, opset: int) -> onnx.ModelProto:
     """``torch.onnx.export`` (dynamo) of the export module on ``p.x`` (a batch of one is
-    tiled to two so the batch axis stays dynamic); raises :class:`ExportError`."""
+    tiled to two so the batch axis stays dynamic) and a sample template of length 2 (or the
+    module's ``trace_samples``); raises :class:`ExportError`."""
     return _trace(p.built, p.x, p.task, opset, p.heteroscedastic, p.head.multilabel)
 
 
@@ -229,7 +233,7 @@ def _trace(
     multilabel: bool = False,
 ) -> onnx.ModelProto:
     xb = x if x.shape[0] > 1 else x.expand(2, *x.shape[1:]).contiguous()
-    template = torch.zeros(2)
+    template = torch.zeros(getattr(built.module, "trace_samples", 2))  # S while traced
     dims = {"x": {0: torch.export.Dim("batch")}, "template": {0: torch.export.Dim("samples")}}
     outputs = REGRESSION_OUTPUTS if task == Task.REGRESSION else CLASSIFICATION_OUTPUTS
     if heteroscedastic:
@@ -339,10 +343,12 @@ def require_random_ops(proto: onnx.ModelProto, p: Prepared) -> None:
 
 
 def write(proto: onnx.ModelProto, path: Path, p: Prepared, cfg: ExportConfig) -> ExportResult:
-    """Check and save ``proto`` atomically at ``path``, then self-check it (``cfg.verify``)."""
+    """Check ``proto`` (ONNX checker, a free batch axis: :func:`check_batch_axis`), save it
+    atomically at ``path``, then self-check it (``cfg.verify``)."""
     fidelity = None
     with atomic_path(path) as tmp:
         onnx.checker.check_model(proto)
+        check_batch_axis(proto, p.x)
         onnx.save_model(proto, str(tmp))
         if cfg.verify:
             fidelity = verify_export(

@@ -106,6 +106,36 @@ class SegNet(nn.Module):
         return self.out(self.drop(torch.relu(self.conv(x))))
 
 
+class StackedHeads(nn.Module):
+    """An ensemble built into one network (own design): a shared body and 3 heads whose
+    outputs are stacked member-major on the batch axis, as torch-uncertainty's one-network
+    ensembles return them. [B, 6] -> [3 * B, 3]."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(6, 16), nn.Tanh())
+        self.heads = nn.ModuleList(nn.Linear(16, 3) for _ in range(3))
+
+    def forward(self, x):
+        z = self.body(x)
+        return torch.cat([h(z) for h in self.heads])
+
+
+class StackedDropout(nn.Module):
+    """MC samples stacked on the batch axis (own design): the input repeated k = 4 times through
+    dropout that stays on in eval mode (as torch-uncertainty's MC-dropout wrapper evaluates).
+    [B, 6] -> [4 * B, 3], rows random."""
+
+    def __init__(self, k: int = 4, p: float = 0.3) -> None:
+        super().__init__()
+        self.k, self.p = k, p
+        self.fc1, self.fc2 = nn.Linear(6, 16), nn.Linear(16, 3)
+
+    def forward(self, x):
+        h = torch.relu(self.fc1(x.repeat(self.k, 1)))
+        return self.fc2(F.dropout(h, self.p, training=True))
+
+
 def _seeded(fn):
     def make(*args, **kwargs):
         torch.manual_seed(0)
@@ -148,6 +178,16 @@ def plain_mlp() -> nn.Module:
 @_seeded
 def ensemble() -> list[nn.Module]:
     return [PlainMLP() for _ in range(3)]
+
+
+@_seeded
+def stacked_heads() -> nn.Module:
+    return StackedHeads()
+
+
+@_seeded
+def stacked_dropout() -> nn.Module:
+    return StackedDropout()
 
 
 @_seeded
@@ -248,6 +288,7 @@ CASES = {
     "mcdropout-mlp": (dropout_mlp, (6,)),
     "ensemble-mlp": (ensemble, (6,)),
     "stochastic-bbb": (bbb_mlp, (6,)),
+    "stacked-heads": (stacked_heads, (6,)),
 }
 
 

@@ -35,8 +35,9 @@ EXPORTS = [
     ("mcdropout-mlp", "dropout"),
     ("ensemble-mlp", "members"),
     ("stochastic-bbb", "loop"),
+    ("stacked-heads", "members:3"),
 ]
-EXACT_MODES = ("frozen:4", "members")
+EXACT_MODES = ("frozen:4", "members", "members:3")
 ids = [f"{c}[{m}]" for c, m in EXPORTS]
 
 
@@ -142,7 +143,7 @@ def test_dynamic_samples_batch_and_summary(exported, case, mode):
     probs, mean, pe, ee, mi = sess.run(None, {"input": x, "num_samples": np.array(11)})
     assert probs.shape[:2] == (11, 5) and mean.shape == (5, probs.shape[2])
     np.testing.assert_allclose(probs.sum(-1), 1.0, atol=1e-5)
-    k = 4 if mode == "frozen:4" else 3 if case.startswith("ensemble") else 11
+    k = 4 if mode == "frozen:4" else 3 if case.startswith(("ensemble", "stacked")) else 11
     rows = probs[:k]  # exact modes: the summaries are uniform over the K members (issue 14)
     np.testing.assert_allclose(mean, rows.mean(0), atol=1e-6)
     ent = lambda p: -(p * np.log(np.clip(p, 1e-12, None))).sum(-1)  # noqa: E731

@@ -19,12 +19,13 @@ def test_auto_tries_families_in_the_former_order():
         "swag",
         "gaussian",
         "ensemble",
+        "stacked",  # needs the example input (k rows per input row); before any layer family
         "flipout",
         "meanfield",
         "stochastic",  # needs the example input; tried before mcdropout, as before
         "mcdropout",
     ]
-    assert [e.family for e in detection_order() if e.detect_input] == ["stochastic"]
+    assert [e.family for e in detection_order() if e.detect_input] == ["stacked", "stochastic"]
 
 
 def test_whole_network_families_are_the_former_bn_families():
@@ -48,7 +49,9 @@ def test_source_names_the_trainer_and_its_version(family, trainer):
 
 def test_families_without_a_trainer_name_torch_only():
     plain = [e for e in known_families().values() if e.trainer is None]
-    assert {e.family for e in plain} == {"ensemble", "gaussian", "mcdropout", "stochastic", "swag"}
+    assert {e.family for e in plain} == {
+        "ensemble", "gaussian", "mcdropout", "stacked", "stochastic", "swag"
+    }  # fmt: skip
     assert all(e.source() == f"torch {torch.__version__}" for e in plain)
 
 
@@ -58,6 +61,18 @@ def test_registering_a_family_twice_and_unknown_families_are_errors():
             "meanfield", modes=("weight",), default_mode="weight", detect=bool, description=""
         )(lambda *a, **k: None)
     with pytest.raises(ConfigError, match="unknown posterior family 'bogus'; known families: auto, "
-                       "ensemble, flipout, gaussian, laplace, mcdropout, meanfield, stochastic, "
-                       "swag"):  # fmt: skip
+                       "ensemble, flipout, gaussian, laplace, mcdropout, meanfield, stacked, "
+                       "stochastic, swag"):  # fmt: skip
         get_exporter("bogus")
+
+
+def test_counted_modes_take_an_optional_k():
+    stacked = get_exporter("stacked")
+    assert str(stacked.parse_mode("members:3", 8)) == "members:3"
+    assert stacked.parse_mode("samples", 8).k is None and str(stacked.parse_mode(None, 8)) == "auto"
+    with pytest.raises(ConfigError, match="members:K needs K >= 1, got 0"):
+        stacked.parse_mode("members:0", 8)
+    with pytest.raises(ConfigError, match=r"valid modes: auto\[:K\], members\[:K\], samples\[:K\]"):
+        stacked.parse_mode("bogus", 8)
+    with pytest.raises(ConfigError, match="sampling mode 'members' takes no ':K' suffix"):
+        get_exporter("ensemble").parse_mode("members:3", 8)

@@ -37,6 +37,7 @@ from tiny_models import (
     flipout_cnn,
     ort_session,
     plain_mlp,
+    stacked_dropout,
 )
 
 
@@ -213,6 +214,7 @@ FAMILY_CASES = {
     "gaussian": (_diag_gaussian, (6,)),
     "swag": (_swag, (6,)),
     "laplace": (_laplace, (6,)),
+    "stacked": (stacked_dropout, (6,)),  # MC samples stacked on the batch axis: dropout masks
 }
 
 
