@@ -88,7 +88,8 @@ class Exporter:
     (network, name) | None``: the network and last-layer name a last-layer graph samples;
     ``undetected(model)``: raises when ``auto`` detected no family but ``model`` holds this
     family's layers in a form it cannot export; ``auto_hint``: advice added to ``auto``'s
-    error (which posterior to pass for models detection cannot see).
+    error (which posterior to pass for models detection cannot see); ``build_takes_input``:
+    ``build`` also receives ``example=x [B, *F]`` (to trace the forward beforehand).
     """
 
     family: str
@@ -108,6 +109,7 @@ class Exporter:
     last_layer: Callable[[object], tuple[nn.Module, str] | None] | None = None
     undetected: Callable[[object], None] | None = None
     auto_hint: str | None = None
+    build_takes_input: bool = False
 
     def source(self) -> str:
         """The ``qbnn.source`` text: the trainer's version (when it has one) and torch's."""

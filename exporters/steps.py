@@ -156,7 +156,8 @@ def prepare(
             model = _pair_model(model, family)
     if hetero and exporter.heteroscedastic is not None:
         raise ConfigError(exporter.heteroscedastic)
-    built = exporter.build(model, mode, task=task, seed=cfg.seed)
+    example = {"example": x} if exporter.build_takes_input else {}
+    built = exporter.build(model, mode, task=task, seed=cfg.seed, **example)
     _set_head(built, head)
     _check_last_layer(model, exporter, built, x)
     apply_bn_policy(model, family, mode, exporter, built, x, bn_update, task, head)
