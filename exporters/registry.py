@@ -125,7 +125,7 @@ class Exporter:
         if not m or name not in self.modes:
             raise ConfigError(
                 f"sampling mode '{sampling}' is not valid for the '{self.family}' family; "
-                f"valid modes: {', '.join(self._mode_help())}"
+                f"valid modes: {', '.join(self.mode_names())}"
             )
         if name == "frozen":
             k = int(m.group(2)) if m.group(2) else num_samples
@@ -136,7 +136,8 @@ class Exporter:
             raise ConfigError(f"sampling mode '{name}' takes no ':K' suffix (got '{sampling}')")
         return SamplingMode(name)
 
-    def _mode_help(self) -> list[str]:
+    def mode_names(self) -> list[str]:
+        """The family's sampling modes as users spell them (``frozen:K``)."""
         return [f"{m}:K" if m == "frozen" else m for m in self.modes]
 
 

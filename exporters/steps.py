@@ -43,6 +43,7 @@ from .registry import (
     get_exporter,
     known_families,
 )
+from .tracecause import trace_cause
 
 __all__ = [
     "TEMPLATE",
@@ -217,17 +218,12 @@ def _noise_variance(
 def trace(p: Prepared, opset: int) -> onnx.ModelProto:
     """``torch.onnx.export`` (dynamo) of the export module on ``p.x`` (a batch of one is
     tiled to two so the batch axis stays dynamic); raises :class:`ExportError`."""
-    return _trace(p.built, p.x, p.task, opset, p.heteroscedastic)
-
-
-def _trace(
-    built: BuiltModel, x: torch.Tensor, task: Task, opset: int, heteroscedastic: bool = False
-) -> onnx.ModelProto:
+    built, x, task, exporter, mode = p.built, p.x, p.task, p.exporter, p.mode
     xb = x if x.shape[0] > 1 else x.expand(2, *x.shape[1:]).contiguous()
     template = torch.zeros(2)
     dims = {"x": {0: torch.export.Dim("batch")}, "template": {0: torch.export.Dim("samples")}}
     outputs = REGRESSION_OUTPUTS if task == Task.REGRESSION else CLASSIFICATION_OUTPUTS
-    if heteroscedastic:
+    if p.heteroscedastic:
         outputs = HETEROSCEDASTIC_OUTPUTS
     try:
         with quiet_export():
@@ -242,29 +238,40 @@ def _trace(
                 verbose=False,
             )
     except Exception as exc:
-        loop = _loop_trace_error(exc)
-        if loop is not None:
-            raise ExportError(
-                "the network's forward could not be traced inside the sample loop (one network "
-                f"pass per MC sample, traced like torch.compile): {loop}. Python/numpy "
-                "randomness and data-dependent Python control flow cannot become graph ops; "
-                "make forward tensor-only, or use another sampling mode (lrt, frozen:K)"
-            ) from exc
-        msg = first_line(exc)
-        raise ExportError(f"torch.onnx.export failed: {msg}") from exc
+        raise _trace_error(exc, exporter, mode) from exc
     return prog.model_proto
 
 
-def _loop_trace_error(exc: BaseException) -> str | None:
-    """The reason torch could not capture the sample loop's body, or None for other errors."""
+def _trace_error(exc: BaseException, exporter: Exporter, mode: SamplingMode) -> ExportError:
+    """torch's own reason and where (not torch.onnx's banner), with advice naming only the
+    sampling modes the family has."""
+    cause = trace_cause(exc)
+    others = [m for m in exporter.mode_names() if m.partition(":")[0] != mode.name]
+    alt = (
+        f"or use another sampling mode of the '{exporter.family}' family ({', '.join(others)})"
+        if others
+        else f"(the '{exporter.family}' family has no other sampling mode)"
+    )
+    where = "torch.export could not trace the model"
+    if _in_sample_loop(exc):
+        where = (
+            "the network's forward could not be traced inside the sample loop (one network "
+            "pass per MC sample, traced like torch.compile)"
+        )
+    return ExportError(
+        f"{where}: {cause}. Python/numpy randomness and data-dependent Python control flow "
+        f"cannot become graph ops: make forward tensor-only {alt}"
+    )
+
+
+def _in_sample_loop(exc: BaseException) -> bool:
+    """Whether torch failed to capture the sample loop's body (a Scan)."""
     cause: BaseException | None = exc
     while cause is not None:
         if type(cause).__name__ == "UncapturedHigherOrderOpError":
-            lines = [ln.strip() for ln in str(cause).splitlines() if ln.strip()]
-            reason = lines[1] if len(lines) > 1 else lines[0] if lines else "unknown reason"
-            return reason.rstrip(".")
+            return True
         cause = cause.__cause__ or cause.__context__
-    return None
+    return False
 
 
 def _pair_model(model, family: str):

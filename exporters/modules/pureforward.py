@@ -26,6 +26,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from qbnn.runtimes.errors import ExportError
 
+from ..tracecause import trace_cause
+
 __all__ = ["PureForward", "pure_forward"]
 
 _aten = torch.ops.aten
@@ -192,11 +194,9 @@ def pure_forward(net: nn.Module, x: torch.Tensor) -> PureForward:
     try:
         gm, out_spec, names, values = _trace(net, xb)
     except Exception as exc:
-        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-        why = " ".join(lines[:2]) if lines else type(exc).__name__
         raise ExportError(
             "the forward writes attributes or module state, and tracing it with those side "
-            f"effects neutralised failed: {type(exc).__name__}: {why}"
+            f"effects neutralised failed: {trace_cause(exc)}"
         ) from exc
     _bind_state(gm, values, names)
     return PureForward(gm, out_spec)
