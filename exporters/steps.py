@@ -31,6 +31,7 @@ from . import families  # noqa: F401  (imports every family: the registry is com
 from .checks.bnstats import apply_bn_policy
 from .checks.outputform import head_spec, inspect_output, last_layer_gap, network_of, resolve_head
 from .checks.selfcheck import FidelityReport, verify_export
+from .checks.sideeffects import detached_copy
 from .config import ExportConfig
 from .modules.heads import Head, HeadSpec, PairHead
 from .modules.vectormodel import LastLayerModel
@@ -138,6 +139,7 @@ def prepare(
     _check_input(example_input, path)
     task = cfg.task
     x = _as_input(example_input)
+    model = detached_copy(model)  # a trained layer's leftover autograd history blocks copies
     family = resolve_family(model, cfg.posterior, x)
     exporter = get_exporter(family)
     if exporter.check is not None:

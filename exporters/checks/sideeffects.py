@@ -23,7 +23,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from ..modules.dropout import mc_mode
 
-__all__ = ["SideEffects", "side_effects"]
+__all__ = ["SideEffects", "detached_copy", "side_effects"]
 
 #: ``nn.Module`` bookkeeping that is not the user's state
 _MODULE_SLOTS = frozenset(
@@ -114,3 +114,18 @@ def side_effects(model: object, x: torch.Tensor) -> SideEffects:
     written = [k for k, v in after.items() if before.get(k) != v]
     attrs = tuple(f"{m}.{a}" if m else a for m, a in written)
     return SideEffects(attributes=attrs, state=tuple(rec.writes))
+
+
+def detached_copy(model: object) -> object:
+    """``model`` itself, or for a module whose plain attributes hold tensors with autograd
+    history (what a trained layer's forward left behind: blitz's ``self.w``, torch-uncertainty's
+    ``self.log_prior``), a deep copy with those tensors detached: ``copy.deepcopy`` refuses
+    non-leaf tensors, and the export copies the model. The caller's model is not changed."""
+    if not isinstance(model, nn.Module):
+        return model
+    memo: dict[int, object] = {}
+    for mod in model.modules():
+        for key, value in vars(mod).items():
+            if key not in _MODULE_SLOTS and isinstance(value, torch.Tensor) and not value.is_leaf:
+                memo[id(value)] = value.detach().clone()
+    return copy.deepcopy(model, memo) if memo else model

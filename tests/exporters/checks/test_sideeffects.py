@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from qbnn.exporters.checks.sideeffects import SideEffects, side_effects
+from qbnn.exporters.checks.sideeffects import SideEffects, detached_copy, side_effects
 
 from sideeffect_models import fills_mlp, side_effect_mlp
 from tiny_models import bbb_mlp, example
@@ -36,3 +36,15 @@ def test_a_pure_forward_has_none():
     found = side_effects(bbb_mlp(), example((6,)))
     assert found == SideEffects() and not found
     assert not side_effects([bbb_mlp()], example((6,)))  # not a module
+
+
+def test_detached_copy_lets_a_trained_layer_be_copied():
+    """A training step leaves ``self.kl`` with autograd history, which deepcopy refuses."""
+    model = side_effect_mlp().train()
+    model(example((6,))).sum().backward()
+    assert not model.kl.is_leaf
+    copied = detached_copy(model)
+    assert copied is not model and copied.kl.is_leaf and torch.equal(copied.kl, model.kl)
+    assert not model.kl.is_leaf  # the caller's model is unchanged
+    plain = bbb_mlp()
+    assert detached_copy(plain) is plain

@@ -133,15 +133,17 @@ def test_bayesian_torch_layers_are_sent_to_their_family(tmp_path):
         export_model(bayes_mlp(), example((6,)), tmp_path / "b.onnx", posterior="stochastic")
 
 
-def test_in_place_draws_into_module_state_are_refused_by_name(tmp_path):
+def test_in_place_draws_into_module_state_are_traced_functionally(tmp_path):
     """blitz-style layers draw into a buffer (``self.eps.data.normal_()``), which torch.export
-    cannot trace: one line naming the buffer and the functional fix instead of a trace dump."""
+    cannot trace in the sample loop (refused until issue 22): now traced with the fill made a
+    functional draw. S = 3000 each side, seeded: every mean_probs element within 4.5 standard
+    errors of the model's own MC average, spread within 15 %."""
 
     class Blitzish(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
             self.mu = torch.nn.Parameter(torch.randn(3, 6))
-            self.rho = torch.nn.Parameter(torch.full((3, 6), -3.0))
+            self.rho = torch.nn.Parameter(torch.full((3, 6), -1.0))
             self.register_buffer("eps", torch.zeros(3, 6))
 
         def forward(self, x):
@@ -149,10 +151,17 @@ def test_in_place_draws_into_module_state_are_refused_by_name(tmp_path):
             w = self.mu + torch.nn.functional.softplus(self.rho) * self.eps
             return torch.nn.functional.linear(x, w)
 
-    msg = (
-        "the model's own forward draws noise in place into its state 'eps' (normal_); the "
-        "exporter traces functional draws only: draw it as a new tensor, e.g. "
-        "eps = torch.randn_like(mu)"
+    torch.manual_seed(0)
+    model, x = Blitzish(), example((6,), batch=4, seed=3)
+    res = export_model(model, x, tmp_path / "z.onnx", seed=0)
+    assert res.family == "stochastic"
+    assert "in-place writes into module state made functional (eps (normal_))" in " ".join(
+        res.notes
     )
-    with pytest.raises(UnsupportedLayerError, match=re.escape(msg)):
-        export_model(Blitzish(), example((6,)), tmp_path / "z.onnx")
+    graph = Predictor(res.path, seed=4).predict(x.numpy(), S, return_samples=True)
+    probs = graph.probs.astype(np.float64)
+    ref = _torch_mc(lambda: model, x, S)
+    se = np.sqrt((probs.var(0) + ref.var(0)) / S)
+    assert np.all(np.abs(probs.mean(0) - ref.mean(0)) <= 4.5 * se + 1e-4)
+    sp_g, sp_t = probs.std(0).mean(), ref.std(0).mean()
+    assert sp_t > 0.02 and abs(sp_g - sp_t) <= 0.15 * sp_t, (sp_g, sp_t)
