@@ -16,12 +16,18 @@ import traceback
 
 import torch
 
+import qbnn.runtimes
+
 __all__ = ["trace_cause"]
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _WRAPPERS = ("torch.onnx.",)  # exception modules whose message is a banner, not a reason
-_TORCH_DIR = os.path.dirname(torch.__file__)
-_QBNN_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+#: frames in these folders are torch's or qbnn's own, never the user's code
+_OWN_DIRS = tuple(
+    os.path.dirname(os.path.abspath(f)) + os.sep
+    for f in (torch.__file__, __file__, qbnn.runtimes.__file__)
+)
 _WHERE = re.compile(r'# File "([^"]+)", line (\d+), in (\w+), code: (.+)')
 _FIRST_SENTENCE = re.compile(r"(.+?)(?:\.\s|\.?$)")
 _CALL_ARGS = re.compile(r"call_function (\w+)\(\*\(.*\), \*\*\{.*?\}\)")
@@ -66,14 +72,13 @@ def _user_frame(exc: BaseException) -> str | None:
     or qbnn's), or of dynamo's ``# File ...`` note in the message."""
     for ln in _lines(exc):
         m = _WHERE.search(ln)
-        if m and not m.group(1).startswith((_TORCH_DIR, _QBNN_DIR)):
+        if m and not m.group(1).startswith(_OWN_DIRS):
             return f"{m.group(1)}:{m.group(2)} in {m.group(3)} (`{m.group(4).strip()}`)"
     frames = traceback.extract_tb(exc.__traceback__) if exc.__traceback__ else []
     user = [
         f
         for f in frames
-        if not os.path.abspath(f.filename).startswith((_TORCH_DIR, _QBNN_DIR))
-        and not f.filename.startswith("<")
+        if not os.path.abspath(f.filename).startswith(_OWN_DIRS) and not f.filename.startswith("<")
     ]
     if not user:
         return None

@@ -6,7 +6,7 @@ torch-uncertainty 0.13 ``BayesLinear`` / ``BayesConv2d`` write ``log_prior`` /
 was refused naming the buffer). Each model is built and trained the way its library documents,
 exported with ``posterior="auto"`` and compared with the library's own MC average.
 
-Tolerances: S = 2000 graph samples (ONNX Runtime, seed 3) against S = 2000 forwards of the
+Tolerances: S = 1000 graph samples (ONNX Runtime, seed 3) against S = 1000 forwards of the
 library model (torch seed 11); every ``mean_probs`` element within 4.5 standard errors of the
 difference of the two MC means (+1e-4), mean spread (std over samples) within 15 %.
 """
@@ -31,7 +31,7 @@ pytest.importorskip("blitz", reason="blitz-bayesian-pytorch (requirements/no-dep
 if importlib.util.find_spec("torch_uncertainty") is None:
     pytest.skip("torch-uncertainty (requirements/no-deps.txt)", allow_module_level=True)
 
-S = 2000
+S = 1000
 
 
 def _tu_bayesian():
@@ -165,6 +165,6 @@ def test_exports_and_matches_the_librarys_mc_average(case, tmp_path):
     z = np.abs(probs.mean(0) - ref.mean(0)) / np.maximum(se, 1e-12)
     assert np.all(np.abs(probs.mean(0) - ref.mean(0)) <= 4.5 * se + 1e-4), z.max()
     sp_g, sp_t = probs.std(0).mean(), ref.std(0).mean()
-    assert sp_t > 1e-3 and abs(sp_g - sp_t) <= 0.15 * sp_t, (sp_g, sp_t)
+    assert sp_t > 1e-4 and abs(sp_g - sp_t) <= 0.15 * sp_t, (sp_g, sp_t)  # trained: small
     # the library's model is untouched by the export: its forward still samples
     assert not torch.equal(model(x), model(x))
