@@ -78,7 +78,7 @@ def tu_mlp() -> nn.Module:
 
     def elbo(m, xb, yb):
         out = F.cross_entropy(m(xb), yb)
-        kl = sum(l.log_variational_posterior - l.log_prior for l in m if hasattr(l, "log_prior"))
+        kl = sum(b.log_variational_posterior - b.log_prior for b in m if hasattr(b, "log_prior"))
         return out + kl / 1400
 
     return _train(model, elbo)
