@@ -12,7 +12,7 @@ from .api import ExportResult, export, export_model, resolve_family
 from .checks.selfcheck import FidelityReport
 from .config import ExportConfig
 from .families.ensemble import WeightSamples
-from .families.gaussian import WeightGaussian
+from .families.gaussian import WeightGaussian, from_pyro_guide
 from .families.swag import SwagPosterior
 from .modules.vector import DenseTerm, DiagTerm, KronTerm, LowRankTerm, VectorGaussian
 from .registry import Exporter, SamplingMode, get_exporter, known_families, register_exporter
@@ -33,6 +33,7 @@ __all__ = [
     "WeightSamples",
     "export",
     "export_model",
+    "from_pyro_guide",
     "get_exporter",
     "known_families",
     "register_exporter",

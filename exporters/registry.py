@@ -95,7 +95,9 @@ class Exporter:
     result is what ``build`` gets and ``qbnn.sampling`` records);
     ``view(model, x, mode) -> nn.Module | None``: the network whose output is the model's
     output form one row per example (one member of a network that stacks members on the batch
-    axis), for the output-form checks.
+    axis), for the output-form checks;
+    ``build_takes_input``: ``build`` also receives ``example=x [B, *F]`` (to trace the forward
+    beforehand).
     """
 
     family: str
@@ -118,6 +120,7 @@ class Exporter:
     counted_modes: tuple[str, ...] = ()
     resolve_mode: Callable[[object, torch.Tensor, SamplingMode], SamplingMode] | None = None
     view: Callable[[object, torch.Tensor, SamplingMode], nn.Module | None] | None = None
+    build_takes_input: bool = False
 
     def source(self) -> str:
         """The ``qbnn.source`` text: the trainer's version (when it has one) and torch's."""
@@ -133,7 +136,7 @@ class Exporter:
         if not m or name not in self.modes:
             raise ConfigError(
                 f"sampling mode '{sampling}' is not valid for the '{self.family}' family; "
-                f"valid modes: {', '.join(self._mode_help())}"
+                f"valid modes: {', '.join(self.mode_names())}"
             )
         if name == "frozen":
             k = int(m.group(2)) if m.group(2) else num_samples
@@ -149,7 +152,8 @@ class Exporter:
             raise ConfigError(f"sampling mode '{name}' takes no ':K' suffix (got '{sampling}')")
         return SamplingMode(name)
 
-    def _mode_help(self) -> list[str]:
+    def mode_names(self) -> list[str]:
+        """The family's sampling modes as users spell them (``frozen:K``, ``members[:K]``)."""
         counted = {m: f"{m}[:K]" for m in self.counted_modes} | {"frozen": "frozen:K"}
         return [counted.get(m, m) for m in self.modes]
 

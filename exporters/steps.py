@@ -33,6 +33,7 @@ from .checks.batchaxis import check_batch_axis
 from .checks.bnstats import apply_bn_policy
 from .checks.outputform import head_spec, inspect_output, last_layer_gap, network_of, resolve_head
 from .checks.selfcheck import FidelityReport, verify_export
+from .checks.sideeffects import detached_copy
 from .config import ExportConfig
 from .modules.heads import Head, HeadSpec, PairHead
 from .modules.vectormodel import LastLayerModel
@@ -45,6 +46,7 @@ from .registry import (
     get_exporter,
     known_families,
 )
+from .tracecause import trace_cause
 
 __all__ = [
     "TEMPLATE",
@@ -139,6 +141,7 @@ def prepare(
     _check_input(example_input, path)
     task = cfg.task
     x = _as_input(example_input)
+    model = detached_copy(model)  # a trained layer's leftover autograd history blocks copies
     family = resolve_family(model, cfg.posterior, x)
     exporter = get_exporter(family)
     if exporter.check is not None:
@@ -160,7 +163,8 @@ def prepare(
             model = _pair_model(model, family)
     if hetero and exporter.heteroscedastic is not None:
         raise ConfigError(exporter.heteroscedastic)
-    built = exporter.build(model, mode, task=task, seed=cfg.seed)
+    example = {"example": x} if exporter.build_takes_input else {}
+    built = exporter.build(model, mode, task=task, seed=cfg.seed, **example)
     _set_head(built, head)
     _check_last_layer(model, exporter, built, x)
     apply_bn_policy(model, family, mode, exporter, built, x, bn_update, task, head)
@@ -221,24 +225,14 @@ def trace(p: Prepared, opset: int) -> onnx.ModelProto:
     """``torch.onnx.export`` (dynamo) of the export module on ``p.x`` (a batch of one is
     tiled to two so the batch axis stays dynamic) and a sample template of length 2 (or the
     module's ``trace_samples``); raises :class:`ExportError`."""
-    return _trace(p.built, p.x, p.task, opset, p.heteroscedastic, p.head.multilabel)
-
-
-def _trace(
-    built: BuiltModel,
-    x: torch.Tensor,
-    task: Task,
-    opset: int,
-    heteroscedastic: bool = False,
-    multilabel: bool = False,
-) -> onnx.ModelProto:
+    built, x, task, exporter, mode = p.built, p.x, p.task, p.exporter, p.mode
     xb = x if x.shape[0] > 1 else x.expand(2, *x.shape[1:]).contiguous()
     template = torch.zeros(getattr(built.module, "trace_samples", 2))  # S while traced
     dims = {"x": {0: torch.export.Dim("batch")}, "template": {0: torch.export.Dim("samples")}}
     outputs = REGRESSION_OUTPUTS if task == Task.REGRESSION else CLASSIFICATION_OUTPUTS
-    if heteroscedastic:
+    if p.heteroscedastic:
         outputs = HETEROSCEDASTIC_OUTPUTS
-    if multilabel:
+    if p.head.multilabel:
         outputs = MULTILABEL_OUTPUTS
     try:
         with quiet_export():
@@ -253,29 +247,40 @@ def _trace(
                 verbose=False,
             )
     except Exception as exc:
-        loop = _loop_trace_error(exc)
-        if loop is not None:
-            raise ExportError(
-                "the network's forward could not be traced inside the sample loop (one network "
-                f"pass per MC sample, traced like torch.compile): {loop}. Python/numpy "
-                "randomness and data-dependent Python control flow cannot become graph ops; "
-                "make forward tensor-only, or use another sampling mode (lrt, frozen:K)"
-            ) from exc
-        msg = first_line(exc)
-        raise ExportError(f"torch.onnx.export failed: {msg}") from exc
+        raise _trace_error(exc, exporter, mode) from exc
     return prog.model_proto
 
 
-def _loop_trace_error(exc: BaseException) -> str | None:
-    """The reason torch could not capture the sample loop's body, or None for other errors."""
+def _trace_error(exc: BaseException, exporter: Exporter, mode: SamplingMode) -> ExportError:
+    """torch's own reason and where (not torch.onnx's banner), with advice naming only the
+    sampling modes the family has."""
+    cause = trace_cause(exc)
+    others = [m for m in exporter.mode_names() if m.split(":")[0].rstrip("[") != mode.name]
+    alt = (
+        f"or use another sampling mode of the '{exporter.family}' family ({', '.join(others)})"
+        if others
+        else f"(the '{exporter.family}' family has no other sampling mode)"
+    )
+    where = "torch.export could not trace the model"
+    if _in_sample_loop(exc):
+        where = (
+            "the network's forward could not be traced inside the sample loop (one network "
+            "pass per MC sample, traced like torch.compile)"
+        )
+    return ExportError(
+        f"{where}: {cause}. Python/numpy randomness and data-dependent Python control flow "
+        f"cannot become graph ops: make forward tensor-only {alt}"
+    )
+
+
+def _in_sample_loop(exc: BaseException) -> bool:
+    """Whether torch failed to capture the sample loop's body (a Scan)."""
     cause: BaseException | None = exc
     while cause is not None:
         if type(cause).__name__ == "UncapturedHigherOrderOpError":
-            lines = [ln.strip() for ln in str(cause).splitlines() if ln.strip()]
-            reason = lines[1] if len(lines) > 1 else lines[0] if lines else "unknown reason"
-            return reason.rstrip(".")
+            return True
         cause = cause.__cause__ or cause.__context__
-    return None
+    return False
 
 
 def _pair_model(model, family: str):

@@ -6,7 +6,7 @@ draw whose shape does not follow the batch (weight-shaped noise, which one pass 
 batch would share across the S samples) is told apart from per-row noise (activations, dropout
 masks). Families use it to detect self-sampling networks (hand-written Bayes-by-backprop layers,
 noise injection: :func:`draws_own_noise`) and to refuse noise they would get wrong
-(:func:`shared_noise`, :func:`check_traceable_noise`).
+(:func:`shared_noise`).
 """
 
 from __future__ import annotations
@@ -21,14 +21,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from qbnn.runtimes.errors import UnsupportedLayerError
-
 from ..modules.btlayers import bayesian_layers
 from ..modules.dropout import mc_mode
 
 __all__ = [
     "Draw",
-    "check_traceable_noise",
     "draws_own_noise",
     "noise_census",
     "shared_noise",
@@ -144,21 +141,6 @@ def noise_census(model: nn.Module, x: torch.Tensor) -> list[Draw]:
         per_row = not same_calls or second[i][2] != shape
         out.append(Draw(name, op, shape, dropout, per_row, into))
     return out
-
-
-def check_traceable_noise(model: nn.Module, draws: Sequence[Draw]) -> None:
-    """Refuse in-place draws into module state (``self.eps.data.normal_()``, as blitz layers
-    do): torch.export cannot trace them, so name the module and the fix. Bayesian-Torch layers
-    are left to :func:`build_stochastic`, which names their own families."""
-    if any(True for _ in bayesian_layers(model)):
-        return
-    for d in draws:
-        if d.into_state:
-            raise UnsupportedLayerError(
-                f"{d.where()} draws noise in place into its state '{d.into_state}' ({d.op}); "
-                "the exporter traces functional draws only: draw it as a new tensor, e.g. "
-                "eps = torch.randn_like(mu)"
-            )
 
 
 def shared_noise(draws: Sequence[Draw]) -> list[Draw]:

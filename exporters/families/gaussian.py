@@ -25,7 +25,7 @@ from qbnn.runtimes.contract import Task
 from qbnn.runtimes.errors import ConfigError, ExportError
 
 from ..modules.loopmodel import UNROLL_MAX, SampleLoopModel, StackedDraws
-from ..modules.vector import VectorGaussian, VectorSampler
+from ..modules.vector import DiagTerm, VectorGaussian, VectorSampler
 from ..modules.vectormodel import (
     FrozenTable,
     LastLayerModel,
@@ -40,7 +40,7 @@ from ..registry import BuiltModel, SamplingMode, register_exporter
 from ..tensors import CompressTensors
 from .reference import export_generator, member_sampler
 
-__all__ = ["WeightGaussian", "build_weight_gaussian", "draw_reference"]
+__all__ = ["WeightGaussian", "build_weight_gaussian", "draw_reference", "from_pyro_guide"]
 
 Reference = Callable[[torch.Tensor, int, torch.Generator], torch.Tensor]
 
@@ -89,6 +89,55 @@ class WeightGaussian:
                 f"the posterior has {self.posterior.num_params} parameters but "
                 f"{len(names)} named parameters hold {p}"
             )
+
+
+def from_pyro_guide(model: nn.Module, guide: object) -> WeightGaussian:
+    """A Pyro mean-field guide (``AutoNormal``, as TyXe builds it) as a :class:`WeightGaussian`.
+
+    Each latent site of ``guide`` must be named after a parameter of ``model`` (a plain torch
+    network with the guide's architecture: ``"fc1.weight"``, as TyXe and a Pyro model that
+    calls ``torch.func.functional_call`` with ``pyro.sample(name, ...)`` per parameter name
+    it) and have real support; its ``loc`` / ``scale`` (``[*shape]``) become that parameter's
+    mean and diagonal scale. The guide must have run once (Pyro builds its sites lazily).
+    Raises :class:`ConfigError` for any other guide, a site that is not a parameter of
+    ``model``, a shape mismatch or a constrained site.
+    """
+    trace = getattr(guide, "prototype_trace", None)
+    if trace is None or not hasattr(guide, "locs") or not hasattr(guide, "scales"):
+        raise ConfigError(
+            f"expected a fitted Pyro AutoNormal guide (run it once, e.g. by training it); "
+            f"got a {type(guide).__name__}"
+        )
+    from pyro.util import deep_getattr  # lazy: pyro is optional
+
+    params = dict(model.named_parameters())
+    names, means, scales = [], [], []
+    for name, site in trace.nodes.items():
+        if site["type"] != "sample" or site["is_observed"]:
+            continue
+        if name not in params:
+            raise ConfigError(
+                f"guide site '{name}' is not a parameter of {type(model).__name__} (its "
+                f"parameters: {', '.join(list(params)[:4])}, ...); name each sample site after "
+                "the parameter it replaces"
+            )
+        support = site["fn"].support
+        while hasattr(support, "base_constraint"):  # Independent(...) of a site's .to_event()
+            support = support.base_constraint
+        if not isinstance(support, type(torch.distributions.constraints.real)):
+            raise ConfigError(f"guide site '{name}' has support {site['fn'].support}, not real")
+        loc = deep_getattr(guide.locs, name).detach().float()
+        scale = deep_getattr(guide.scales, name).detach().float()
+        if loc.shape != params[name].shape:
+            raise ConfigError(
+                f"guide site '{name}' has shape {list(loc.shape)}, the parameter "
+                f"{list(params[name].shape)}"
+            )
+        names.append(name)
+        means.append(loc.reshape(-1))
+        scales.append(scale.reshape(-1))
+    post = VectorGaussian(torch.cat(means), (DiagTerm(0, torch.cat(scales)),))
+    return WeightGaussian(model, post, param_names=tuple(names))
 
 
 def draw_reference(post: WeightGaussian, draws: Callable[[int, torch.Generator], torch.Tensor]):

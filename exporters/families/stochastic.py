@@ -5,6 +5,11 @@ noise injection, third-party Bayesian layers whose sampling is tensor code: the 
 per MC sample inside the sample loop (:mod:`qbnn.exporters.modules.loopmodel`), and the user's
 random ops become qbnn's seeded noise (:mod:`qbnn.exporters.passes.randomops`). ``auto`` picks
 it when :func:`~qbnn.exporters.checks.noisecensus.draws_own_noise` finds non-dropout draws.
+A forward with side effects (torch-uncertainty's ``BayesLinear`` writes ``self.log_prior``,
+blitz's ``BayesianLinear`` fills a buffer in place with ``normal_()``:
+:func:`~qbnn.exporters.checks.sideeffects.side_effects`) is traced beforehand with them
+neutralised (:func:`~qbnn.exporters.modules.pureforward.pure_forward`); the self-check still
+compares the graph with the model's own forward.
 """
 
 from __future__ import annotations
@@ -18,10 +23,12 @@ from torch import nn
 from qbnn.runtimes.contract import Task
 from qbnn.runtimes.errors import UnsupportedLayerError
 
-from ..checks.noisecensus import check_traceable_noise, draws_own_noise, noise_census
+from ..checks.noisecensus import draws_own_noise
+from ..checks.sideeffects import side_effects
 from ..modules.btlayers import bayesian_layers
 from ..modules.dropout import GraphDropoutNet, mc_mode
 from ..modules.loopmodel import ParamSource, SampleLoopModel
+from ..modules.pureforward import pure_forward
 from ..registry import BuiltModel, SamplingMode, register_exporter
 from .reference import loop_sampler
 
@@ -54,12 +61,6 @@ class _Unit(nn.Module):
         return out * self.unit
 
 
-def _check_noise(model: object, x: torch.Tensor) -> None:
-    """In-place draws into module state cannot be traced: refused by name."""
-    if isinstance(model, nn.Module):
-        check_traceable_noise(model, noise_census(model, x))
-
-
 @register_exporter(
     "stochastic",
     modes=("loop",),
@@ -70,14 +71,15 @@ def _check_noise(model: object, x: torch.Tensor) -> None:
     "sample",
     priority=65,
     detect_input=draws_own_noise,
-    check=_check_noise,
+    build_takes_input=True,
     auto_hint="for a forward that draws its own noise (torch.randn_like), pass "
     "posterior='stochastic'",
 )
 def build_stochastic(
-    model: nn.Module, mode: SamplingMode, *, task: Task, seed: int | None
+    model: nn.Module, mode: SamplingMode, *, task: Task, seed: int | None, example: torch.Tensor
 ) -> BuiltModel:
-    """A self-sampling network -> the sample loop running its forward once per MC sample."""
+    """A self-sampling network -> the sample loop running its forward once per MC sample;
+    ``example [B, *F]``: the input a forward with side effects is traced on beforehand."""
     del mode, seed  # one mode; the graph's seeds are set by the driver
     if not isinstance(model, nn.Module):
         raise UnsupportedLayerError(
@@ -91,9 +93,14 @@ def build_stochastic(
         )
     # functional dropout as qbnn's uniform masks (torch.export cannot trace aten dropout in a
     # scan body); everything else random in forward is rewritten in the graph
-    net = GraphDropoutNet(mc_mode(copy.deepcopy(model)))
+    net: nn.Module = GraphDropoutNet(mc_mode(copy.deepcopy(model)))
+    notes = ["the model's forward runs once per MC sample (its own noise, drawn afresh)"]
+    effects = side_effects(model, example)
+    if effects:
+        net = pure_forward(net, example)
+        notes.append(effects.note())
     return BuiltModel(
         module=SampleLoopModel(_Unit(net), _Repeat(), task),
         reference=loop_sampler(mc_mode(copy.deepcopy(model))),
-        notes=["the model's forward runs once per MC sample (its own noise, drawn afresh)"],
+        notes=notes,
     )
