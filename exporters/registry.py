@@ -61,6 +61,8 @@ class BuiltModel:
     ``members``: the K deterministic networks of a ``frozen:K`` export of a whole-network
     posterior (the same objects the graph module and ``reference`` use), for BatchNorm
     statistics recomputed per draw (:mod:`qbnn.exporters.checks.bnstats`).
+    ``hint``: advice appended to a self-check refusal (e.g. the sampling mode that reproduces
+    the trainer's sampler for this model).
     """
 
     module: nn.Module
@@ -70,6 +72,7 @@ class BuiltModel:
     notes: list[str] = field(default_factory=list)
     reference_head: str | None = None
     members: list[nn.Module] | None = None
+    hint: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -88,7 +91,9 @@ class Exporter:
     (network, name) | None``: the network and last-layer name a last-layer graph samples;
     ``undetected(model)``: raises when ``auto`` detected no family but ``model`` holds this
     family's layers in a form it cannot export; ``auto_hint``: advice added to ``auto``'s
-    error (which posterior to pass for models detection cannot see).
+    error (which posterior to pass for models detection cannot see). ``default_for(model) ->
+    str``: the default sampling mode for this model when it depends on the model's layers
+    (None: ``default_mode``).
     """
 
     family: str
@@ -108,6 +113,7 @@ class Exporter:
     last_layer: Callable[[object], tuple[nn.Module, str] | None] | None = None
     undetected: Callable[[object], None] | None = None
     auto_hint: str | None = None
+    default_for: Callable[[object], str] | None = None
 
     def source(self) -> str:
         """The ``qbnn.source`` text: the trainer's version (when it has one) and torch's."""
@@ -115,9 +121,13 @@ class Exporter:
             return f"{self.trainer} {version(self.trainer)}; torch {torch.__version__}"
         return f"torch {torch.__version__}"
 
-    def parse_mode(self, sampling: str | None, num_samples: int) -> SamplingMode:
-        """Validate ``sampling`` for this family; ``frozen`` alone means ``frozen:num_samples``."""
-        raw = (sampling or self.default_mode).strip().lower()
+    def parse_mode(
+        self, sampling: str | None, num_samples: int, model: object = None
+    ) -> SamplingMode:
+        """Validate ``sampling`` for this family; ``frozen`` alone means ``frozen:num_samples``.
+        No ``sampling``: the family's default for ``model`` (``default_for``, else
+        ``default_mode``)."""
+        raw = (sampling or self.default_for_model(model)).strip().lower()
         m = re.fullmatch(r"([a-z]+)(?::(\d+))?", raw)
         name = m.group(1) if m else raw
         if not m or name not in self.modes:
@@ -133,6 +143,12 @@ class Exporter:
         if m.group(2):
             raise ConfigError(f"sampling mode '{name}' takes no ':K' suffix (got '{sampling}')")
         return SamplingMode(name)
+
+    def default_for_model(self, model: object = None) -> str:
+        """The sampling mode used when none is given, for ``model`` (None: the family's)."""
+        if model is not None and self.default_for is not None:
+            return self.default_for(model)
+        return self.default_mode
 
     def _mode_help(self) -> list[str]:
         return [f"{m}:K" if m == "frozen" else m for m in self.modes]

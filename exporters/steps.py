@@ -141,7 +141,7 @@ def prepare(
     exporter = get_exporter(family)
     if exporter.check is not None:
         exporter.check(model, x)
-    mode = exporter.parse_mode(cfg.sampling, cfg.num_samples)
+    mode = exporter.parse_mode(cfg.sampling, cfg.num_samples, model)
     net = network_of(model)
     refusal: UnsupportedLayerError | None = None
     try:
