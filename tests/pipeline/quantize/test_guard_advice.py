@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from test_calibration_rows import _class_sorted_setup
 from typer.testing import CliRunner
 
 from qbnn.exporters import export
@@ -19,8 +20,6 @@ from qbnn.pipeline.quantize.advice import Fix, Trial, candidate_fixes, fixes_tex
 from qbnn.pipeline.quantize.calibration import select_rows
 from qbnn.pipeline.quantize.predictive import guard_rows
 from qbnn.runtimes.errors import ConfigError, QuantizationError
-
-from test_calibration_rows import _class_sorted_setup
 
 runner = CliRunner()
 
