@@ -7,10 +7,15 @@
 
 from __future__ import annotations
 
+import re
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
+from bayesian_torch.layers import LinearReparameterization
 from test_calibration_rows import _class_sorted_setup
+from torch import nn
 from typer.testing import CliRunner
 
 from qbnn.exporters import export
@@ -82,7 +87,7 @@ def test_the_cli_refuses_in_one_line_with_exit_1_and_no_file(rare, tmp_path):
     lines = [ln for ln in r.stderr.splitlines() if ln.strip().startswith("error")]
     assert len(lines) == 1 and "class 1" in lines[0] and "calibration.size: 516" in lines[0]
     assert "Traceback" not in r.output and not out.exists()
-    assert not list(tmp_path.glob("cli.int8*"))  # no temp file left either
+    assert [p.name for p in tmp_path.iterdir()] == ["q.yaml"]  # no temp file left either
 
 
 def test_fixes_are_tried_in_order_and_only_passing_ones_recommended():
@@ -117,3 +122,101 @@ def test_fixes_are_tried_in_order_and_only_passing_ones_recommended():
 def test_guard_config_errors(kw, match):
     with pytest.raises(ConfigError, match=match):
         GuardConfig(**kw)
+
+
+class DeadUnitBNN(nn.Module):
+    """LinearReparameterization 32 -> 64 -> 4 with small sigmas (l1 softplus(-4) ~ 0.018, l2
+    softplus(-9)), except hidden unit 0 of l1: sigma ~0.97 (a unit the next layer does not use,
+    l2's mu and sigma on it ~0, which training leaves at the prior's width). [B, 32] -> [B, 4].
+
+    In the ``lrt`` graph ``sigma^2`` of l1 is an fp32 initializer ``[32, 64]``; stored in 8 bits
+    (``posterior_int8``, per input row) each row's step is set by unit 0's 0.94, so every other
+    variance rounds to 0 and the logits' spread is erased. Keeping layers in fp32 does not
+    touch that storage (issue 23's ``lrt`` MLP: "excluding the listed nodes did nothing")."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.l1 = LinearReparameterization(32, 64, posterior_rho_init=-4.0)
+        self.l2 = LinearReparameterization(64, 4, posterior_rho_init=-9.0)
+        with torch.no_grad():
+            self.l1.rho_weight[0].fill_(0.5)
+            self.l2.mu_weight[:, 0] = 0.0
+
+    def forward(self, x):
+        h, kl = self.l1(x)
+        out, kl2 = self.l2(torch.relu(h))
+        return out, kl + kl2
+
+
+@pytest.fixture(scope="module")
+def dead_unit(tmp_path_factory):
+    d = tmp_path_factory.mktemp("dead")
+    x = np.random.default_rng(0).normal(size=(64, 32)).astype(np.float32)
+    np.savez(d / "calib.npz", x=x)
+    path = export(DeadUnitBNN().eval(), torch.from_numpy(x[:8]), d / "lrt.onnx", sampling="lrt")
+    return d, path
+
+
+def test_erasure_by_posterior_storage_names_posterior_int8_false_and_it_passes(dead_unit, tmp_path):
+    """The refusal names ``posterior_int8: false`` as the fix tried on the same rows (not
+    "list layers in exclude_nodes", which did nothing); following it passes."""
+    d, path = dead_unit
+    out = tmp_path / "x.onnx"
+    with pytest.raises(QuantizationError) as e:
+        quantize_model(path, out, QuantConfig(), calib=d / "calib.npz")
+    msg = str(e.value)
+    assert "does not keep the posterior" in msg and "\n" not in msg and not out.exists()
+    assert "Fix (tried on these rows, passes): posterior_int8: false (spread ratio" in msg, msg
+    assert "list layers in exclude_nodes" not in msg
+    res = quantize_model(path, out, QuantConfig(posterior_int8=False), calib=d / "calib.npz")
+    assert 0.5 <= res.spread.ratio <= 2.0 and out.exists()
+
+
+def test_the_cli_names_the_working_fix_in_one_line(dead_unit, tmp_path):
+    d, path = dead_unit
+    (tmp_path / "out").mkdir()
+    out = tmp_path / "out" / "cli.onnx"
+    r = runner.invoke(app, ["quantize", str(path), "--calib", str(d / "calib.npz"), "-o", str(out)])
+    assert r.exit_code == 1, r.output
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error")]
+    assert len(errors) == 1 and "posterior_int8: false" in errors[0], r.stderr
+    assert "Traceback" not in r.output and not list((tmp_path / "out").iterdir())
+    cfg = tmp_path / "fix.yaml"
+    cfg.write_text("posterior_int8: false\n")
+    args = ["quantize", str(path), "--calib", str(d / "calib.npz"), "--config", str(cfg)]
+    r = runner.invoke(app, [*args, "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    assert out.exists()
+
+
+def test_noise_under_the_activation_step_names_the_layers_to_exclude_and_they_pass(tmp_path):
+    """sigma = softplus(-12) ~ 6e-6 everywhere (lrt MLP 32 -> 64 -> 4): the noise is far below
+    the int8 step of the activations that carry it. With ``on_erasure: fail`` the refusal says
+    ``posterior_int8: false`` was tried and is not enough, and names the layers the per-layer
+    measurement found; quantizing with exactly those in ``exclude_nodes`` passes."""
+    torch.manual_seed(0)
+    net = nn.Sequential(_First(32, 64), nn.ReLU(), _First(64, 4)).eval()
+    x = np.random.default_rng(0).normal(size=(64, 32)).astype(np.float32)
+    path = export(net, torch.from_numpy(x[:8]), tmp_path / "n.onnx", sampling="lrt")
+    fail = QuantConfig(guard=GuardConfig(on_erasure="fail"))
+    with pytest.raises(QuantizationError) as e:
+        quantize_model(path, tmp_path / "n8.onnx", fail, calib=x)
+    msg = str(e.value)
+    assert "Tried and not enough: posterior_int8: false (spread ratio" in msg, msg
+    found = re.search(r"Fix \(tried on these rows, passes\): exclude_nodes: \[([^\]]+)\]", msg)
+    assert found, msg
+    layers = tuple(found.group(1).split(", "))
+    res = quantize_model(path, tmp_path / "n8.onnx", replace(fail, exclude_nodes=layers), calib=x)
+    assert 0.5 <= res.spread.ratio <= 2.0
+
+
+class _First(nn.Module):
+    """A LinearReparameterization with sigma ~6e-6 returning only its output."""
+
+    def __init__(self, n_in: int, n_out: int) -> None:
+        super().__init__()
+        self.layer = LinearReparameterization(n_in, n_out, posterior_rho_init=-12.0)
+
+    def forward(self, x):
+        return self.layer(x)[0]
