@@ -124,24 +124,24 @@ def test_guard_config_errors(kw, match):
         GuardConfig(**kw)
 
 
-class DeadUnitBNN(nn.Module):
-    """LinearReparameterization 32 -> 64 -> 4 with small sigmas (l1 softplus(-4) ~ 0.018, l2
-    softplus(-9)), except hidden unit 0 of l1: sigma ~0.97 (a unit the next layer does not use,
-    l2's mu and sigma on it ~0, which training leaves at the prior's width). [B, 32] -> [B, 4].
+class ZeroFeatureBNN(nn.Module):
+    """LinearReparameterization 32 -> 64 -> 4 with small sigmas (l1 softplus(-6) ~ 0.0025, l2
+    softplus(-12)), except input feature 0 of l1: sigma ~3.05 for every unit. Feature 0 is 0 in
+    all data (a constant pixel; training leaves its weights at the prior's width), so it adds no
+    noise. [B, 32] -> [B, 4].
 
-    In the ``lrt`` graph ``sigma^2`` of l1 is an fp32 initializer ``[32, 64]``; stored in 8 bits
-    (``posterior_int8``, per input row) each row's step is set by unit 0's 0.94, so every other
-    variance rounds to 0 and the logits' spread is erased. Keeping layers in fp32 does not
-    touch that storage (issue 23's ``lrt`` MLP: "excluding the listed nodes did nothing")."""
+    In the ``weight`` graph l1's sigma ``[64, 32]`` is stored in 8 bits per output unit
+    (``posterior_int8``, uint8): each unit's step is 3.05 / 255 = 0.012, every other sigma
+    (0.2 steps) rounds to 0, and the spread is erased. No layer the guard can keep in fp32 touches that storage
+    (issue 23: "excluding the listed nodes did nothing; posterior_int8: false worked")."""
 
     def __init__(self) -> None:
         super().__init__()
         torch.manual_seed(0)
-        self.l1 = LinearReparameterization(32, 64, posterior_rho_init=-4.0)
-        self.l2 = LinearReparameterization(64, 4, posterior_rho_init=-9.0)
+        self.l1 = LinearReparameterization(32, 64, posterior_rho_init=-6.0)
+        self.l2 = LinearReparameterization(64, 4, posterior_rho_init=-12.0)
         with torch.no_grad():
-            self.l1.rho_weight[0].fill_(0.5)
-            self.l2.mu_weight[:, 0] = 0.0
+            self.l1.rho_weight[:, 0] = 3.0
 
     def forward(self, x):
         h, kl = self.l1(x)
@@ -151,10 +151,11 @@ class DeadUnitBNN(nn.Module):
 
 @pytest.fixture(scope="module")
 def dead_unit(tmp_path_factory):
-    d = tmp_path_factory.mktemp("dead")
+    d = tmp_path_factory.mktemp("zero")
     x = np.random.default_rng(0).normal(size=(64, 32)).astype(np.float32)
+    x[:, 0] = 0.0
     np.savez(d / "calib.npz", x=x)
-    path = export(DeadUnitBNN().eval(), torch.from_numpy(x[:8]), d / "lrt.onnx", sampling="lrt")
+    path = export(ZeroFeatureBNN().eval(), torch.from_numpy(x[:8]), d / "w.onnx", sampling="weight")
     return d, path
 
 
