@@ -83,7 +83,7 @@ def test_confident_mc_dropout_mlps_pass_for_every_training_seed(trained, tmp_pat
 
 def test_confident_mean_field_with_tiny_sigma_passes(trained, tmp_path):
     """A mean-field MLP (Bayesian-Torch layers) holding a trained MLP's weights as mu and
-    sigma = softplus(-9) ~ 1.2e-4: per-sample spread far under the floor; it passes."""
+    sigma = softplus(-9) ~ 1.2e-4: per-sample spread (~5e-6) far under the floor; it passes."""
     lin = [m for m in trained[0] if isinstance(m, nn.Linear)]
     net = nn.Sequential()
     for i, m in enumerate(lin):
@@ -95,7 +95,9 @@ def test_confident_mean_field_with_tiny_sigma_passes(trained, tmp_path):
         if i < len(lin) - 1:
             net.append(nn.GELU())
     res = export_model(net, _digits()[0][:8], tmp_path / "mf.onnx")
-    assert res.fidelity.spread_torch < 1e-3 and res.fidelity.max_z < 5
+    # spread ~5e-6: float32 rounding alone is many "standard errors" (z ~34 measured); the mean
+    # test's absolute floor (1e-4) is what lets it pass, so check the gap itself
+    assert res.fidelity.spread_torch < 1e-3 and res.fidelity.max_abs_mean_diff < 1e-4
 
 
 class _First(nn.Module):
