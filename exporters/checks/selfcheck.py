@@ -4,8 +4,8 @@ Stochastic modes are compared statistically on the example input: per element of
 predictions (``probs`` or regression ``mean``), the graph's MC mean must agree with the torch
 sampler's within ``z_tol`` standard errors, and the spread (the mean over elements of the std
 over samples) is compared by a statistical test with an absolute floor: it fails only when the
-gap is both significant (more than ``z_tol`` bootstrap standard errors of the difference, the S
-samples of each side resampled ``BOOTSTRAP`` times with a fixed seed) and material (more than
+gap is both significant (more than ``spread_z`` bootstrap standard errors of the difference,
+the S samples of each side resampled ``BOOTSTRAP`` times with a fixed seed) and material (more than
 ``spread_rtol`` of the larger spread plus ``spread_atol``). A confident model's spread (about
 1e-3 or less) is dominated by a few rare dropout masks or draws, so 64 samples estimate it to
 only about 30 %: a relative test alone refused correct graphs of well-trained models. Exact modes
@@ -74,6 +74,7 @@ def verify_export(
     z_tol: float = 5.0,
     spread_rtol: float = 0.2,
     spread_atol: float = 2e-3,
+    spread_z: float = 4.0,
     exact_atol: float = 1e-3,
 ) -> FidelityReport:
     """Run the graph once with ``num_samples=samples`` and compare it with the torch sampler.
@@ -81,7 +82,8 @@ def verify_export(
     ``example``: ``[B, *F]`` float32. The torch outputs go through the same documented
     conversion as the graph (``head``: softmax of logits, probabilities as they are, exp of
     log-probabilities), so a graph that treats the model's output as the wrong form fails.
-    Spreads are compared by :func:`spread_test` (``z_tol``, ``spread_rtol``, ``spread_atol``).
+    Spreads are compared by :func:`spread_test` (``spread_z``, ``spread_rtol``, ``spread_atol``;
+    Bayesian-Torch's flipout ResNet-20 in ``weight`` mode, spread 0.150 vs 0.097, is at z 4.85).
     Raises :class:`VerificationError` naming the output and the numbers when the graph and
     torch disagree beyond tolerance, followed by ``built.hint`` (the mode that fits) if set.
     """
@@ -112,7 +114,7 @@ def verify_export(
     try:
         if built.exact:
             return _exact(out_name, graph, ref, exact_atol)
-        tol = _Tol(z_tol, spread_rtol, spread_atol, seed)
+        tol = _Tol(z_tol, spread_rtol, spread_atol, seed, spread_z)
         return _statistical(out_name, graph, ref, tol, built.approximate)
     except VerificationError as exc:
         if built.hint is None:
@@ -137,6 +139,7 @@ class _Tol:
     rtol: float
     atol: float
     seed: int
+    spread_z: float
 
 
 def _spread(x: np.ndarray) -> float:
@@ -201,10 +204,10 @@ def _statistical(name, graph, ref, tol: _Tol, approximate) -> FidelityReport:
             f"'{name}' MC mean differs from the torch sampler by {diff[idx]:.4f} "
             f"({z[idx]:.1f} standard errors > {tol.z}) at [b, c] = {list(map(int, idx))}"
         )
-    if material and sp_z > tol.z:
+    if material and sp_z > tol.spread_z:
         problems.append(
             f"'{name}' spread (mean std over samples) is {sp_g:.4f} in the graph vs "
-            f"{sp_t:.4f} in torch ({sp_z:.1f} bootstrap standard errors > {tol.z}, and more "
+            f"{sp_t:.4f} in torch ({sp_z:.1f} bootstrap standard errors > {tol.spread_z}, and more "
             f"than {tol.rtol:g} relative + {tol.atol:g} absolute)"
         )
     if problems and approximate:

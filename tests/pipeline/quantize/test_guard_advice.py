@@ -132,8 +132,9 @@ class ZeroFeatureBNN(nn.Module):
 
     In the ``weight`` graph l1's sigma ``[64, 32]`` is stored in 8 bits per output unit
     (``posterior_int8``, uint8): each unit's step is 3.05 / 255 = 0.012, every other sigma
-    (0.2 steps) rounds to 0, and the spread is erased. No layer the guard can keep in fp32 touches that storage
-    (issue 23: "excluding the listed nodes did nothing; posterior_int8: false worked")."""
+    (0.2 steps) rounds to 0, and the spread is erased. No layer the guard can keep in fp32
+    touches that storage (issue 23: "excluding the listed nodes did nothing; posterior_int8:
+    false worked")."""
 
     def __init__(self) -> None:
         super().__init__()
