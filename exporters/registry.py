@@ -61,6 +61,8 @@ class BuiltModel:
     ``members``: the K deterministic networks of a ``frozen:K`` export of a whole-network
     posterior (the same objects the graph module and ``reference`` use), for BatchNorm
     statistics recomputed per draw (:mod:`qbnn.exporters.checks.bnstats`).
+    ``hint``: advice appended to a self-check refusal (e.g. the sampling mode that reproduces
+    the trainer's sampler for this model).
     """
 
     module: nn.Module
@@ -70,6 +72,7 @@ class BuiltModel:
     notes: list[str] = field(default_factory=list)
     reference_head: str | None = None
     members: list[nn.Module] | None = None
+    hint: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -97,7 +100,9 @@ class Exporter:
     output form one row per example (one member of a network that stacks members on the batch
     axis), for the output-form checks;
     ``build_takes_input``: ``build`` also receives ``example=x [B, *F]`` (to trace the forward
-    beforehand).
+    beforehand);
+    ``default_for(model) -> str``: the default sampling mode for this model when it depends on
+    the model's layers (None: ``default_mode``).
     """
 
     family: str
@@ -121,6 +126,7 @@ class Exporter:
     resolve_mode: Callable[[object, torch.Tensor, SamplingMode], SamplingMode] | None = None
     view: Callable[[object, torch.Tensor, SamplingMode], nn.Module | None] | None = None
     build_takes_input: bool = False
+    default_for: Callable[[object], str] | None = None
 
     def source(self) -> str:
         """The ``qbnn.source`` text: the trainer's version (when it has one) and torch's."""
@@ -128,9 +134,13 @@ class Exporter:
             return f"{self.trainer} {version(self.trainer)}; torch {torch.__version__}"
         return f"torch {torch.__version__}"
 
-    def parse_mode(self, sampling: str | None, num_samples: int) -> SamplingMode:
-        """Validate ``sampling`` for this family; ``frozen`` alone means ``frozen:num_samples``."""
-        raw = (sampling or self.default_mode).strip().lower()
+    def parse_mode(
+        self, sampling: str | None, num_samples: int, model: object = None
+    ) -> SamplingMode:
+        """Validate ``sampling`` for this family; ``frozen`` alone means ``frozen:num_samples``.
+        No ``sampling``: the family's default for ``model`` (``default_for``, else
+        ``default_mode``)."""
+        raw = (sampling or self.default_for_model(model)).strip().lower()
         m = re.fullmatch(r"([a-z]+)(?::(\d+))?", raw)
         name = m.group(1) if m else raw
         if not m or name not in self.modes:
@@ -151,6 +161,12 @@ class Exporter:
         if m.group(2):
             raise ConfigError(f"sampling mode '{name}' takes no ':K' suffix (got '{sampling}')")
         return SamplingMode(name)
+
+    def default_for_model(self, model: object = None) -> str:
+        """The sampling mode used when none is given, for ``model`` (None: the family's)."""
+        if model is not None and self.default_for is not None:
+            return self.default_for(model)
+        return self.default_mode
 
     def mode_names(self) -> list[str]:
         """The family's sampling modes as users spell them (``frozen:K``, ``members[:K]``)."""

@@ -146,7 +146,7 @@ def prepare(
     exporter = get_exporter(family)
     if exporter.check is not None:
         exporter.check(model, x)
-    mode = exporter.parse_mode(cfg.sampling, cfg.num_samples)
+    mode = exporter.parse_mode(cfg.sampling, cfg.num_samples, model)
     if exporter.resolve_mode is not None:
         mode = exporter.resolve_mode(model, x, mode)
     net = exporter.view(model, x, mode) if exporter.view is not None else network_of(model)

@@ -65,6 +65,9 @@ def quantize_cmd(
         typer.echo(f"fp32 model (not int8) -> {res.path} ({size})")
     if res.spread is not None:
         typer.echo(f"posterior kept: logit spread int8/fp32 = {res.spread.ratio:.2f}")
+    if res.predictive is not None:
+        w = res.predictive.worst
+        typer.echo(f"predictive kept: largest mean_probs shift {w.mean_tv:.3f} ({w.group})")
     if res.speed is not None:
         line = res.speed.message()
         if res.speed.int8_slower:

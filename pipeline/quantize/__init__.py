@@ -2,8 +2,10 @@
 
 ``quantize_model(src, dst, QuantConfig(...), calib=...) -> QuantizeResult``. Modules: ``config``
 (the documented schema), ``backends`` (INC / ONNX Runtime), ``calibration`` (MC-sample data
-reader), ``guard`` (erasure checks), ``weightonly`` (8-bit posterior storage), ``autotune``
-(INC accuracy-aware tuning) and ``quantizer`` (the flow).
+reader, which rows of the file calibrate), ``guard`` (erasure checks), ``predictive`` (fp32
+vs int8 ``mean_probs`` per class), ``advice`` (refusals naming fixes tried first),
+``weightonly`` (8-bit posterior storage), ``autotune`` (INC accuracy-aware tuning) and
+``quantizer`` (the flow).
 """
 
 from .config import (

@@ -2,13 +2,28 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from qbnn.runtimes.contract import INPUT, NUM_SAMPLES
+from qbnn.runtimes.errors import ConfigError
 
-__all__ = ["CalibrationRows", "looks_ordered", "make_reader", "select_rows"]
+from ..common import load_npz
+from .config import CalibrationConfig
+
+__all__ = [
+    "CalibrationRows",
+    "calibration_file",
+    "calibration_inputs",
+    "looks_ordered",
+    "make_reader",
+    "select_rows",
+]
+
+log = logging.getLogger("qbnn.quantize")
 
 
 def make_reader(
@@ -104,3 +119,54 @@ def looks_ordered(x: np.ndarray, labels: np.ndarray | None = None) -> str | None
             f"limit {limit:.2f})"
         )
     return None
+
+
+def calibration_file(calib: np.ndarray | str | Path, info) -> dict[str, np.ndarray]:
+    """The calibration file's ``x [N, *F]`` (and labels ``y [N]`` when the ``.npz`` has them),
+    validated against the model's input (``info``: :func:`qbnn.runtimes.session.model_info`);
+    ``x`` in the model's input dtype. Raises :class:`ConfigError` naming the problem."""
+    data = load_npz(calib, require=("x",)) if not isinstance(calib, np.ndarray) else {"x": calib}
+    x = data["x"]
+    if len(x) == 0:
+        raise ConfigError("the calibration set is empty")
+    if not info.accepts(x.shape):
+        raise ConfigError(
+            f"calibration data shape {list(x.shape)} does not match the model input "
+            f"[N, {', '.join(map(str, info.feature_shape))}]"
+        )
+    want = np.dtype(info.input_dtype)
+    if np.issubdtype(want, np.integer):  # token ids: integers in, the model's dtype
+        if not np.issubdtype(x.dtype, np.integer):
+            raise ConfigError(
+                f"the model takes integer ids ({want.name}); the calibration data is {x.dtype}: "
+                "save the token ids themselves"
+            )
+    elif not np.isfinite(x).all():
+        raise ConfigError("calibration data contains NaN or inf values")
+    else:
+        want = np.dtype(np.float32)
+    out = {"x": np.ascontiguousarray(x, dtype=want)}
+    y = data.get("y")
+    if y is not None and len(y) == len(x):
+        out["y"] = np.asarray(y)
+    return out
+
+
+def calibration_inputs(
+    data: dict[str, np.ndarray], cal: CalibrationConfig, quiet: bool = False
+) -> tuple[np.ndarray, CalibrationRows]:
+    """The calibration rows the stage uses: ``cal.size`` rows sampled over the whole file
+    (:func:`~.calibration.select_rows`); warns when the file looks ordered (its labels ``y``,
+    when the ``.npz`` has them, or its halves)."""
+    x = data["x"]
+    rows = select_rows(x, cal.size, cal.seed, data.get("y"))
+    if not quiet:
+        log.info(rows.describe())
+    if rows.ordered and not quiet:
+        log.warning(
+            "the calibration file looks ordered (%s); qbnn calibrates on a seeded sample spread "
+            "over all %d rows, but check that the file is the data you meant",
+            rows.ordered,
+            rows.total,
+        )
+    return np.ascontiguousarray(x[rows.index]), rows

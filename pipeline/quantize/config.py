@@ -16,7 +16,7 @@ YAML example (every key optional; see ``pipeline/configs/inc_*.yaml``)::
     reduce_range: true        # 7-bit int8 weights: no int16 saturation on CPUs without VNNI
     calibration: {method: minmax, size: 256, batch_size: 32, num_samples: 8}
     guard: {min_spread_ratio: 0.5, max_spread_ratio: 2.0, min_noise_to_step: 0.5,
-            on_erasure: keep_fp32, seed: 0}
+            on_erasure: keep_fp32, seed: 0, max_mean_gap: 0.05, rows: 256}
     autotune: {metric: ece, tolerable_loss: 0.02, max_trials: 6, data: val.npz, num_samples: 16}
 """
 
@@ -116,7 +116,11 @@ class GuardConfig:
     lie in ``[min_spread_ratio, max_spread_ratio]``: below, the noise was rounded away; above,
     int8 rounding noise dominates a posterior narrower than the int8 resolution.
     ``on_erasure``: ``keep_fp32`` re-quantizes with the flagged layers' consumers in fp32;
-    ``fail`` raises, naming the layers.
+    ``fail`` raises, naming the layers. Either way a refusal names the fixes that were tried on
+    the same rows and pass (``posterior_int8: false``, the layers to exclude).
+    Predictive: on up to ``rows`` rows of the calibration file (stratified by its labels ``y``
+    when present), fp32 vs int8 ``mean_probs``; the stage fails when, for some class, their
+    mean total-variation distance exceeds ``max_mean_gap`` (0 turns the check off).
     """
 
     min_spread_ratio: float = 0.5
@@ -124,6 +128,8 @@ class GuardConfig:
     min_noise_to_step: float = 0.5
     on_erasure: OnErasure = OnErasure.KEEP_FP32
     seed: int = 0
+    max_mean_gap: float = 0.05
+    rows: int = 256
 
     def __post_init__(self) -> None:
         coerce_enums(self)
@@ -136,6 +142,13 @@ class GuardConfig:
                 f"min_noise_to_step >= 0; got {self.min_spread_ratio}, {self.max_spread_ratio}, "
                 f"{self.min_noise_to_step}"
             )
+        if not 0.0 <= self.max_mean_gap <= 1.0 or isinstance(self.max_mean_gap, bool):
+            raise ConfigError(
+                f"guard.max_mean_gap must be in [0, 1] (0 turns the predictive check off); "
+                f"got {self.max_mean_gap!r}"
+            )
+        if isinstance(self.rows, bool) or not isinstance(self.rows, int) or self.rows < 1:
+            raise ConfigError(f"guard.rows must be a positive integer; got {self.rows!r}")
 
 
 @dataclass(frozen=True, kw_only=True)

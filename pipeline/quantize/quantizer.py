@@ -26,11 +26,12 @@ from qbnn.runtimes.loading import load_onnx, set_metadata
 from qbnn.runtimes.seeding import RANDOM_OPS
 from qbnn.runtimes.session import model_info
 
-from ..common import atomic_path, load_npz, to_dict
+from ..common import atomic_path, to_dict
+from .advice import Trial, candidate_fixes, fixes_text, try_fixes
 from .backends import inc_vnni_notice, restore_contract, run_backend
-from .calibration import CalibrationRows, select_rows
+from .calibration import CalibrationRows, calibration_file, calibration_inputs
 from .census import Census, already_quantized, take_census
-from .config import CalibrationConfig, OnErasure, QuantConfig, QuantFormat
+from .config import OnErasure, QuantConfig, QuantFormat
 from .guard import (
     ErasedQuantizer,
     SpreadCheck,
@@ -38,6 +39,7 @@ from .guard import (
     noise_path_layers,
     spread_check,
 )
+from .predictive import PredictiveCheck, guard_predictive, predictive_message
 from .sampleloop import find_loop_convs, quantize_loop
 from .speed import SpeedCheck, measure_speed
 from .weightonly import store_weights_int8
@@ -64,6 +66,7 @@ class QuantizeResult:
     calibration: CalibrationRows | None = None  # which rows of the file calibrated
     speed: SpeedCheck | None = None  # int8 vs fp32 per call here (``speed_check=True``)
     format: str = ""  # the int8 format used (``auto`` resolved): qoperator or qdq
+    predictive: PredictiveCheck | None = None  # fp32 vs int8 mean_probs per class
 
     @property
     def precision(self) -> str:
@@ -73,44 +76,6 @@ class QuantizeResult:
     @property
     def size_ratio(self) -> float:
         return self.int8_bytes / self.fp32_bytes
-
-
-def _calibration_inputs(
-    calib: np.ndarray | str | Path, info, cal: CalibrationConfig
-) -> tuple[np.ndarray, CalibrationRows]:
-    """The calibration rows the stage uses: ``cal.size`` rows sampled over the whole file
-    (:func:`~.calibration.select_rows`), in the model's input dtype; warns when the file looks
-    ordered (its labels ``y``, when the ``.npz`` has them, or its halves)."""
-    data = load_npz(calib, require=("x",)) if not isinstance(calib, np.ndarray) else {"x": calib}
-    x = data["x"]
-    if len(x) == 0:
-        raise ConfigError("the calibration set is empty")
-    if not info.accepts(x.shape):
-        raise ConfigError(
-            f"calibration data shape {list(x.shape)} does not match the model input "
-            f"[N, {', '.join(map(str, info.feature_shape))}]"
-        )
-    want = np.dtype(info.input_dtype)
-    if np.issubdtype(want, np.integer):  # token ids: integers in, the model's dtype
-        if not np.issubdtype(x.dtype, np.integer):
-            raise ConfigError(
-                f"the model takes integer ids ({want.name}); the calibration data is {x.dtype}: "
-                "save the token ids themselves"
-            )
-    elif not np.isfinite(x).all():
-        raise ConfigError("calibration data contains NaN or inf values")
-    else:
-        want = np.dtype(np.float32)
-    rows = select_rows(x, cal.size, cal.seed, data.get("y"))
-    log.info(rows.describe())
-    if rows.ordered:
-        log.warning(
-            "the calibration file looks ordered (%s); qbnn calibrates on a seeded sample spread "
-            "over all %d rows, but check that the file is the data you meant",
-            rows.ordered,
-            rows.total,
-        )
-    return np.ascontiguousarray(x[rows.index], dtype=want), rows
 
 
 def _biasless_gemm_to_matmul(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -221,7 +186,9 @@ def quantize_model(
     ``speed_check``: time the int8 result against ``src`` on the first calibration batch at the
     calibration S (:func:`~qbnn.pipeline.quantize.speed.measure_speed`; ``result.speed``).
     Raises :class:`QuantizationError` when the posterior would be erased and
-    ``guard.on_erasure == fail`` (or keeping layers in fp32 did not help).
+    ``guard.on_erasure == fail`` (or keeping layers in fp32 did not help), or when int8 moves
+    ``mean_probs`` beyond ``guard.max_mean_gap``; the message names the fixes that pass on the
+    same rows (:mod:`~qbnn.pipeline.quantize.advice`).
     """
     cfg = config or QuantConfig()
     with inc_vnni_notice(cfg.reduce_range):
@@ -243,26 +210,12 @@ def _quantize_model(src, dst, cfg: QuantConfig, calib, speed_check: bool) -> Qua
             "autotune scores candidates by top-1 accuracy / NLL over one categorical, which "
             f"does not fit the multi-label model {src}: drop the 'autotune' section"
         )
-    x, rows = _calibration_inputs(calib, info, cfg.calibration)
-    kept: set[str] = set()
-    for _round in range(MAX_ROUNDS):
-        int8, weights = _quantize_once(Path(src), src_model, info, cfg, x, kept)
-        erased = _guard_layers(int8, info, cfg, x)
-        spread = _guard_global(src_model, int8, info, cfg, x)
-        if spread is None or _spread_ok(spread, cfg):
-            break
-        new = {layer for e in erased for layer in e.consumers} - kept
-        if not new:  # per-sample int8 weights in the sample loop are the first suspects
-            new = {c.name for c in find_loop_convs(src_model)} - kept
-        if not new:
-            new = set(noise_path_layers(src_model)) - kept
-        if cfg.guard.on_erasure == OnErasure.FAIL or not new:
-            raise QuantizationError(_erasure_message(spread, erased, kept, cfg))
-        log.warning("int8 spread ratio %.2f: keeping %s in fp32", spread.ratio, sorted(new))
-        kept |= new
-    else:
-        raise QuantizationError(_erasure_message(spread, erased, kept, cfg))
-    for e in erased:
+    data = calibration_file(calib, info)
+    run = _guarded(Path(src), src_model, info, cfg, data)
+    if run.problem is not None:
+        raise QuantizationError(_refusal(run, Path(src), src_model, info, cfg, data))
+    int8, kept = run.int8, run.kept
+    for e in run.erased:
         log.info(
             "quantizer below %.2f steps of noise: %s", cfg.guard.min_noise_to_step, e.describe()
         )
@@ -273,20 +226,90 @@ def _quantize_model(src, dst, cfg: QuantConfig, calib, speed_check: bool) -> Qua
     speed = None
     if speed_check and census.precision == "int8":
         c = cfg.calibration
-        speed = measure_speed(src, dst, x[: c.batch_size], samples=c.num_samples)
+        speed = measure_speed(src, dst, run.x[: c.batch_size], samples=c.num_samples)
     return QuantizeResult(
         Path(dst),
         Path(src).stat().st_size,
         Path(dst).stat().st_size,
         tuple(sorted(kept)),
-        tuple(erased),
-        spread,
-        tuple(weights),
+        tuple(run.erased),
+        run.spread,
+        tuple(run.weights),
         census,
-        rows,
+        run.rows,
         speed,
         cfg.format.value,
+        run.predictive,
     )
+
+
+@dataclass
+class _Run:
+    """One guarded quantization: the int8 graph, the guard's numbers, and ``problem`` (the
+    refusal's first sentence) when a guard failed; ``layers``: what the per-layer guard found."""
+
+    int8: onnx.ModelProto
+    weights: list
+    erased: list
+    spread: SpreadCheck | None
+    kept: set[str]
+    rows: CalibrationRows
+    x: np.ndarray
+    predictive: PredictiveCheck | None = None
+    problem: str | None = None
+    layers: tuple[str, ...] = ()
+
+    def account(self) -> str:
+        """Short numbers for a tried fix: ``spread ratio 0.80, largest class gap 0.010``."""
+        parts = [] if self.spread is None else [f"spread ratio {self.spread.ratio:.2f}"]
+        if self.predictive is not None:
+            parts.append(f"largest class mean_probs gap {self.predictive.worst.mean_tv:.3f}")
+        return ", ".join(parts) or "passes"
+
+
+def _guarded(src: Path, src_model, info, cfg: QuantConfig, data, rounds=MAX_ROUNDS, quiet=False):
+    """Quantize and guard; with ``on_erasure: keep_fp32`` up to ``rounds`` rounds, each keeping
+    the flagged layers in fp32. Returns a :class:`_Run` (``problem`` set when a guard fails)."""
+    x, rows = calibration_inputs(data, cfg.calibration, quiet)
+    kept: set[str] = set()
+    for i in range(rounds):
+        int8, weights = _quantize_once(src, src_model, info, cfg, x, kept)
+        erased = _guard_layers(int8, info, cfg, x)
+        spread = _guard_global(src_model, int8, info, cfg, x)
+        run = _Run(int8, weights, erased, spread, set(kept), rows, x)
+        if spread is None or _spread_ok(spread, cfg):
+            break
+        new = {layer for e in erased for layer in e.consumers} - kept
+        if not new:  # per-sample int8 weights in the sample loop are the first suspects
+            new = {c.name for c in find_loop_convs(src_model)} - kept
+        if not new:
+            new = set(noise_path_layers(src_model)) - kept
+        if cfg.guard.on_erasure == OnErasure.FAIL or not new or i == rounds - 1:
+            run.problem = _erasure_message(spread, erased, kept, cfg)
+            run.layers = tuple(sorted(kept | new))
+            return run
+        log.warning("int8 spread ratio %.2f: keeping %s in fp32", spread.ratio, sorted(new))
+        kept |= new
+    run.predictive = guard_predictive(
+        src_model, int8, info, cfg.guard, cfg.calibration.num_samples, data
+    )
+    failing = run.predictive.failing(cfg.guard.max_mean_gap) if run.predictive else []
+    if failing and cfg.guard.max_mean_gap > 0:
+        run.problem = predictive_message(failing, spread, cfg.guard.max_mean_gap)
+    return run
+
+
+def _refusal(run: _Run, src: Path, src_model, info, cfg: QuantConfig, data) -> str:
+    """The refusal: what failed, then the candidate fixes tried on the same rows."""
+    total = len(data["x"]) if run.predictive is not None else None
+    fixes = candidate_fixes(cfg, run.layers, total)
+
+    def attempt(c: QuantConfig) -> Trial:
+        one = replace(c, guard=replace(c.guard, on_erasure=OnErasure.FAIL))
+        tried = _guarded(src, src_model, info, one, data, rounds=1, quiet=True)
+        return Trial(tried.problem is None, tried.account())
+
+    return f"{run.problem}. {fixes_text(try_fixes(fixes, attempt))}"
 
 
 def _quantize_once(src: Path, src_model, info, cfg, x, kept) -> tuple[onnx.ModelProto, list]:
@@ -358,8 +381,7 @@ def _erasure_message(spread: SpreadCheck, erased, kept, cfg: QuantConfig) -> str
         f"outside [{cfg.guard.min_spread_ratio}, {cfg.guard.max_spread_ratio}] (mean MI "
         f"{spread.mi_int8:.3g} vs {spread.mi_fp32:.3g}). Noise is below the int8 resolution "
         f"at: {where}. Layers kept in fp32 so far: "
-        f"{sorted(kept) or 'none'} (guard.on_erasure={cfg.guard.on_erasure.value}); list layers "
-        "in exclude_nodes to keep them in fp32"
+        f"{sorted(kept) or 'none'} (guard.on_erasure={cfg.guard.on_erasure.value})"
     )
 
 

@@ -198,9 +198,12 @@ def test_openvino_runs_the_sample_loop(tmp_path):
 
 
 def test_flipout_models_export_in_weight_mode_with_the_flipout_layers_per_row_predictive(tmp_path):
-    """Flipout's default is ``weight`` (the sample loop): every row's effective weight is an
-    exact posterior draw under both estimators, so the graph's per-row mean_probs must match
-    Bayesian-Torch's own Conv2dFlipout/LinearFlipout forward averaged over 4000 passes.
+    """``weight`` mode (the sample loop) on a tiny flipout CNN (one 1->4 Conv2dFlipout, flatten,
+    LinearFlipout): here the per-row mean_probs match Bayesian-Torch's own forward averaged over
+    4000 passes. (Conv2dFlipout's per-position signs are a different law from one weight draw;
+    on this tiny net the difference is under the test's resolution, on ResNet-20 it is not,
+    so models with flipout convolutions default to ``flipout``: tests/exporters/families/
+    test_flipout_default.py.)
 
     Tolerance: 5 standard errors of the difference of the two MC means (graph S = 4000,
     torch 4000 passes), seeds fixed; plus the spread (MI) within 15 %."""
@@ -208,7 +211,7 @@ def test_flipout_models_export_in_weight_mode_with_the_flipout_layers_per_row_pr
 
     model = flipout_cnn().eval()
     x = example((1, 8, 8), batch=6, seed=7)
-    path = export(model, x, tmp_path / "f.onnx", seed=3)
+    path = export(model, x, tmp_path / "f.onnx", seed=3, sampling="weight")
     meta = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
     assert meta[MetaKey.SAMPLING.value] == "weight"
     assert len(_scans(onnx.load(str(path)))) == 1
