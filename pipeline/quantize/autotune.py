@@ -55,9 +55,10 @@ def _with_num_samples(path: str, tmp: Path) -> Path:
 
 
 def autotune_model(
-    cfg: QuantConfig, src: Path, x: np.ndarray, *, stochastic: bool, exclude: list[str]
+    cfg: QuantConfig, src: Path, x: np.ndarray, *, samples: int | None, exclude: list[str]
 ) -> onnx.ModelProto:
-    """Run INC's autotune over :func:`candidate_overrides`; returns the accepted model."""
+    """Run INC's autotune over :func:`candidate_overrides`; returns the accepted model.
+    ``samples``: the ``num_samples`` calibration feeds (``None``: the graph has no such input)."""
     tune = cfg.autotune
     if tune is None or cfg.backend != Backend.INC:
         raise ConfigError("autotune needs backend 'inc' and an 'autotune' section")
@@ -83,12 +84,7 @@ def autotune_model(
             tolerable_loss=tune.tolerable_loss,
             max_trials=tune.max_trials,
         )
-        reader = make_reader(
-            x,
-            batch_size=cfg.calibration.batch_size,
-            num_samples=cfg.calibration.num_samples,
-            stochastic=stochastic,
-        )
+        reader = make_reader(x, batch_size=cfg.calibration.batch_size, num_samples=samples)
         with quiet_backend("inc autotune"):
             best = tuning.autotune(str(src), tcfg, eval_fn=eval_fn, calibration_data_reader=reader)
     if best is None:
