@@ -46,7 +46,8 @@ def candidate_overrides(cfg: QuantConfig) -> list[dict]:
 
 
 def _with_num_samples(path: str, tmp: Path) -> Path:
-    """INC's trial models lose the ``num_samples`` input; put it back for the Predictor."""
+    """A trial model copied for the Predictor, with a format-1 ``num_samples`` input (which INC
+    drops with its initializer) put back; format-2 inputs survive INC as they are."""
     model = onnx.load(path)
     restore_contract(model, {})
     out = tmp / f"trial{len(list(tmp.iterdir()))}.onnx"

@@ -136,3 +136,20 @@ def test_format_1_file_runs_in_predictor_as_format_2(files, name, provider):
         np.testing.assert_array_equal(a.probs, b.probs)
         np.testing.assert_array_equal(a.mean_probs, b.mean_probs)
         np.testing.assert_array_equal(a.mutual_information, b.mutual_information)
+
+
+def test_quantize_reads_format_1_and_writes_format_2(files, tmp_path):
+    """INC calibrates through the plain int64 scalar input (the reader feeds it) and keeps it;
+    a format-1 source comes out as format 2."""
+    from qbnn.pipeline.quantize import QuantConfig, quantize_model
+
+    x = example(CASES["mcdropout-mlp"][1], batch=64, seed=5).numpy()
+    res = quantize_model(files["dropout.v1"], tmp_path / "q.onnx", QuantConfig(), calib=x)
+    model = onnx.load(str(res.path))
+    assert [i.name for i in model.graph.input] == ["input", NUM_SAMPLES]
+    assert NUM_SAMPLES not in {t.name for t in model.graph.initializer}
+    meta = ContractMeta.from_model(model)
+    assert (meta.format_version, meta.default_samples) == ("2", 5)
+    pred = Predictor(res.path, provider="cpu", seed=0)
+    assert pred.predict(x[:4]).num_samples == 5
+    assert pred.predict(x[:4], 40, return_samples=True).probs.shape == (40, 4, 3)
