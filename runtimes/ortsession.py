@@ -31,7 +31,7 @@ def _ort_options(options: SessionOptions):
     import onnxruntime as ort
 
     so = ort.SessionOptions()
-    so.log_severity_level = 3  # the num_samples initializer notice is by design
+    so.log_severity_level = 3  # errors only: ONNX Runtime writes to stderr, outside qbnn.runtime
     for key, value in options.config_entries.items():
         so.add_session_config_entry(key, str(value))
     if options.threads is not None:
