@@ -34,7 +34,7 @@ def profile(path: Path) -> tuple[float, list[tuple[str, float]], float]:
     so.profile_file_prefix = f"/tmp/qbnn-prof-{path.stem}"
     sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
     feed = {"input": zoo.inputs("resnet20", 32)}
-    if any(i.name == "num_samples" for i in model.graph.initializer):
+    if any(i.name == "num_samples" for i in model.graph.input):
         import numpy as np
 
         feed["num_samples"] = np.array(8, dtype=np.int64)

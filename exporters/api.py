@@ -89,7 +89,7 @@ def export_model(
     p = prepare(model, example_input, path, cfg, bn_update)
     proto = trace(p, cfg.opset)
     result = run_passes(
-        proto, export_passes(TEMPLATE, cfg.num_samples, cfg.seed, _metadata(p, cfg), cfg.split)
+        proto, export_passes(TEMPLATE, cfg.seed, _metadata(p, cfg), cfg.split)
     )
     p.built.notes.extend(result.notes)  # the user's own random ops became qbnn's, the split
     require_random_ops(result.model, p)

@@ -34,10 +34,15 @@ __all__ = [
     "Task",
 ]
 
-FORMAT_VERSION = "1"
+#: "2": ``num_samples`` is a plain graph input (no initializer), its default is metadata
+#: ``qbnn.default_samples``. "1": an initializer of the same name held the default (ONNX Runtime
+#: Python warned on every load, onnxruntime-node dropped the feed, OpenVINO froze it);
+#: :func:`qbnn.runtimes.formats.upgrade` reads such files as format 2.
+FORMAT_VERSION = "2"
 #: the data input ``[B, *feature_shape]``: float32, or the model's integer dtype (token ids)
 INPUT = "input"
-#: int64 scalar S: MC samples of a sampled posterior. Exact posteriors (ensembles, weight
+#: int64 scalar S (a plain graph input: every caller feeds it; its default is
+#: ``qbnn.default_samples``): MC samples of a sampled posterior. Exact posteriors (ensembles, weight
 #: samples, ``frozen:K``) evaluate all K members and their summaries are uniform over the
 #: members whatever S is; S only sets the rows of the per-sample outputs (member ``s mod K``)
 NUM_SAMPLES = "num_samples"

@@ -8,6 +8,7 @@ import onnx
 from onnx.external_data_helper import uses_external_data
 
 from .errors import ModelLoadError
+from .formats import upgrade
 
 __all__ = ["load_onnx", "set_metadata"]
 
@@ -30,7 +31,9 @@ def _check_external(model: onnx.ModelProto, base: Path) -> None:
 
 
 def load_onnx(path: str | Path) -> onnx.ModelProto:
-    """Load an ONNX model (with external data, after validating its paths)."""
+    """Load an ONNX model (with external data, after validating its paths); a qbnn model of an
+    older contract format comes back in the current form (:func:`qbnn.runtimes.formats.upgrade`).
+    Raises :class:`ModelLoadError` for a missing or unreadable file or malformed metadata."""
     path = Path(path)
     if not path.is_file():
         raise ModelLoadError(f"model file {path} does not exist")
@@ -42,6 +45,7 @@ def load_onnx(path: str | Path) -> onnx.ModelProto:
         raise ModelLoadError(f"{path} is not an ONNX model (no graph nodes)")
     _check_external(model, path.parent)
     onnx.load_external_data_for_model(model, str(path.parent))
+    upgrade(model)
     return model
 
 

@@ -1,7 +1,7 @@
 """ONNX Runtime backend: the ``cpu`` (MLAS) and ``dnnl`` (oneDNN) execution providers.
 
-``num_samples`` stays initializer-backed here: ONNX Runtime 1.32 lists it under
-``get_overridable_initializers()`` (not ``get_inputs()``) and honours it when fed by name.
+``num_samples`` is a plain graph input (contract format 2): ``get_inputs()`` lists it and every
+call feeds it (:class:`~qbnn.runtimes.Predictor` feeds the model's default).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def _ort_options(options: SessionOptions):
     import onnxruntime as ort
 
     so = ort.SessionOptions()
-    so.log_severity_level = 3  # the num_samples initializer notice is by design
+    so.log_severity_level = 3  # errors only: ONNX Runtime writes to stderr, outside qbnn.runtime
     for key, value in options.config_entries.items():
         so.add_session_config_entry(key, str(value))
     if options.threads is not None:

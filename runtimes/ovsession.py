@@ -2,10 +2,11 @@
 
 What the factory does to the (already reseeded) model before compiling it:
 
-* ``num_samples``: OpenVINO's ONNX frontend freezes an initializer-backed input into a
-  constant ("Port for tensor name num_samples was not found" when fed), so the initializer is
-  dropped and ``num_samples`` becomes a real int64 scalar input; the session feeds the
-  export-time default when a caller omits it, so it stays optional as in ONNX Runtime.
+* ``num_samples``: a plain int64 scalar input since contract format 2, which OpenVINO reads
+  as an input like ONNX Runtime does (callers feed it; :class:`~qbnn.runtimes.Predictor` feeds
+  the default). Format-1 files backed it by an initializer, which OpenVINO's ONNX frontend
+  freezes into a constant ("Port for tensor name num_samples was not found" when fed);
+  :func:`qbnn.runtimes.formats.upgrade` drops that initializer first.
 * Seeds: the frontend maps an ONNX float ``seed`` to OpenVINO's ``op_seed`` by its bit pattern
   (``global_seed`` 0). ``op_seed == global_seed == 0`` means "seed from ``time(NULL)``" (one
   value per second: two sessions opened in the same second would draw the same noise), so a
@@ -33,16 +34,16 @@ from typing import NamedTuple
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import helper
 
-from .contract import NUM_SAMPLES
 from .errors import ModelLoadError, RuntimeInputError, first_line
+from .formats import upgrade
 from .onnxgraph import subgraphs, walk_nodes
 from .options import Precision, SessionOptions
 from .providers import BackendSession, register_provider
 from .seeding import random_nodes
 
-__all__ = ["OpenVINOSession", "QOPERATOR_OPS", "num_samples_as_input", "openvino_session"]
+__all__ = ["OpenVINOSession", "QOPERATOR_OPS", "openvino_session"]
 
 log = logging.getLogger("qbnn.runtime")
 
@@ -78,21 +79,6 @@ def _available() -> bool:
     """Installed? (Checked without importing openvino, which takes ~0.3 s; its CPU plugin
     ships in the same wheel.)"""
     return importlib.util.find_spec("openvino") is not None
-
-
-def num_samples_as_input(model: onnx.ModelProto) -> np.ndarray | None:
-    """Drop the ``num_samples`` initializer in place so the value becomes a real input.
-
-    Returns the export-time default (int64 scalar) it held, or ``None`` when the model had no
-    such initializer.
-    """
-    found = [t for t in model.graph.initializer if t.name == NUM_SAMPLES]
-    if not found:
-        return None
-    kept = [t for t in model.graph.initializer if t.name != NUM_SAMPLES]
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(kept)
-    return numpy_helper.to_array(found[0]).astype(np.int64).reshape(())
 
 
 def _openvino_seeds(model: onnx.ModelProto) -> None:
@@ -181,13 +167,12 @@ class OpenVINOSession:
     """An OpenVINO compiled model behind ONNX Runtime's ``run(output_names, feed)`` convention.
 
     Thread-safe: every call takes an idle infer request (or makes one); calls share the
-    compiled model's random-number state. ``defaults`` fill inputs a caller omits
-    (``num_samples``: int64 scalar).
+    compiled model's random-number state. Every input is fed by the caller (``num_samples``
+    too, as in ONNX Runtime).
     """
 
-    def __init__(self, compiled, defaults: dict[str, np.ndarray]) -> None:
+    def __init__(self, compiled) -> None:
         self.compiled = compiled
-        self._defaults = defaults
         self._inputs = [_arg(p) for p in compiled.inputs]
         self._outputs = {p.get_any_name(): p for p in compiled.outputs}
         self._idle: queue.SimpleQueue = queue.SimpleQueue()
@@ -206,16 +191,15 @@ class OpenVINOSession:
             raise RuntimeInputError(
                 f"unknown outputs {unknown}; the model has {list(self._outputs)}"
             )
-        full = {**self._defaults, **feed}
         expected = [a.name for a in self._inputs]
-        if sorted(full) != sorted(expected):
+        if sorted(feed) != sorted(expected):
             raise RuntimeInputError(f"feed has inputs {sorted(feed)}; the model takes {expected}")
         try:
             req = self._idle.get_nowait()
         except queue.Empty:
             req = self.compiled.create_infer_request()
         try:
-            res = req.infer(full, share_inputs=False, share_outputs=False)
+            res = req.infer(feed, share_inputs=False, share_outputs=False)
             return [np.asarray(res[self._outputs[n]]) for n in names]
         finally:
             self._idle.put(req)
@@ -252,7 +236,7 @@ def openvino_session(
     """Compile ``model`` (modified in place: see the module docstring) on OpenVINO's CPU."""
     _refuse_unconvertible(model, source)
     core = _core()
-    default = num_samples_as_input(model)
+    upgrade(model)  # a format-1 proto handed in directly (load_onnx upgrades files)
     _openvino_seeds(model)
     try:
         compiled = core.compile_model(
@@ -263,6 +247,5 @@ def openvino_session(
     precision = _read_precision(compiled)
     if precision != options.precision:
         log.warning("OpenVINO runs %s in %s (asked for %s)", source, precision, options.precision)
-    defaults = {} if default is None else {NUM_SAMPLES: default}
     log.info("opened %s on openvino (CPU, %s)", source, precision)
-    return BackendSession(OpenVINOSession(compiled, defaults), precision)
+    return BackendSession(OpenVINOSession(compiled), precision)

@@ -298,7 +298,7 @@ def example(shape: tuple[int, ...], batch: int = 4, seed: int = 1234) -> torch.T
 
 
 def ort_session(path):
-    """A quiet CPU ONNX Runtime session (the ``num_samples`` initializer notice is by design)."""
+    """A quiet CPU ONNX Runtime session of the file at ``path``."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()

@@ -90,7 +90,7 @@ def verify_export(
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
-    opts.log_severity_level = 3  # the num_samples initializer-as-input notice is by design
+    opts.log_severity_level = 3
     model = onnx.load(str(path))
     reseed(model, seed)  # a reproducible check: fixed graph seeds as well as torch seeds
     sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])

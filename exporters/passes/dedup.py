@@ -15,8 +15,8 @@ backbone came out once depended on its layer sizes. :class:`DedupPass` makes it 
 
 Never merged: random ops (two identical-looking draws are two distinct draws), ``Dropout``,
 nodes calling a model-local function that draws, nodes holding subgraphs, initializers that are
-graph inputs (overridable defaults such as ``num_samples``) or outputs, tensors stored outside
-the file, and a duplicate whose output is a graph output. Renames reach into subgraphs (a
+graph inputs (overridable defaults: format 1's ``num_samples``) or outputs, tensors stored
+outside the file, and a duplicate whose output is a graph output. Renames reach into subgraphs (a
 ``Loop`` / ``If`` body may read outer values). Only the main graph is deduplicated.
 
 Precondition: a topologically sorted graph (every ONNX model). Postcondition: the same outputs,

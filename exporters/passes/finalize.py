@@ -1,7 +1,8 @@
 """ONNX graph edits applied after ``torch.onnx.export`` (the finalize passes).
 
 * the sample-template input becomes ``ConstantOfShape(Reshape(num_samples, [1]))`` so S is an
-  int64 scalar input ``num_samples`` with an overridable initializer holding the default;
+  int64 scalar graph input ``num_samples`` (no initializer: contract format 2; its default is
+  metadata, written by :class:`SetMetadata`);
 * every node gets a unique name (INC requires it) and random nodes get readable names;
 * the exporter's tracing metadata (stack traces, FX node names, per node and per value) is
   dropped: it made up most of a small model's file and is not part of the contract;
@@ -46,8 +47,10 @@ __all__ = [
 ]
 
 
-def attach_num_samples(model: onnx.ModelProto, template_name: str, default: int) -> None:
-    """Replace float input ``template_name [S]`` by the int64 scalar input ``num_samples``."""
+def attach_num_samples(model: onnx.ModelProto, template_name: str) -> None:
+    """Replace float input ``template_name [S]`` by the int64 scalar input ``num_samples`` (a
+    plain input that callers feed; no initializer backs it). Raises ``ValueError`` when the
+    graph has no input ``template_name``."""
     g = model.graph
     kept = [i for i in g.input if i.name != template_name]
     if len(kept) == len(g.input):
@@ -55,7 +58,6 @@ def attach_num_samples(model: onnx.ModelProto, template_name: str, default: int)
     del g.input[:]
     g.input.extend(kept)
     g.input.append(helper.make_tensor_value_info(NUM_SAMPLES, TensorProto.INT64, []))
-    g.initializer.append(numpy_helper.from_array(np.array(default, dtype=np.int64), NUM_SAMPLES))
     g.initializer.append(numpy_helper.from_array(np.array([1], dtype=np.int64), "qbnn_shape_1"))
     nodes = [
         helper.make_node(
@@ -176,15 +178,14 @@ def name_nodes(model: onnx.ModelProto) -> None:
 @dataclass(frozen=True)
 class AttachNumSamples:
     """Pre: the graph has a float input ``template`` ``[S]``. Post: that input is gone; an int64
-    scalar input ``num_samples`` (initializer = ``default``) feeds two new first nodes
+    scalar input ``num_samples`` (no initializer of that name) feeds two new first nodes
     ``qbnn/num_samples/reshape`` and ``qbnn/num_samples/template`` that compute it."""
 
     template: str
-    default: int
     name = "attach-num-samples"
 
     def __call__(self, model: onnx.ModelProto) -> PassResult:
-        attach_num_samples(model, self.template, self.default)
+        attach_num_samples(model, self.template)
         return PassResult(model, True)
 
 
@@ -250,11 +251,12 @@ class SetMetadata:
 
 
 def finalize_passes(
-    template_name: str, default_samples: int, seed: int | None, meta: dict[str, str]
+    template_name: str, seed: int | None, meta: dict[str, str]
 ) -> tuple[GraphPass, ...]:
-    """The post-export edits as passes, in the order they must run."""
+    """The post-export edits as passes, in the order they must run (``meta`` carries the
+    ``num_samples`` default as ``default_samples``)."""
     return (
-        AttachNumSamples(template_name, default_samples),
+        AttachNumSamples(template_name),
         StripTracingMetadata(),
         SelfContainedScans(),
         NameNodes(),
@@ -266,9 +268,8 @@ def finalize_passes(
 def finalize(
     model: onnx.ModelProto,
     template_name: str,
-    default_samples: int,
     seed: int | None,
     meta: dict[str, str],
 ) -> None:
     """All post-export edits, in place (:func:`finalize_passes` in order)."""
-    run_passes(model, finalize_passes(template_name, default_samples, seed, meta))
+    run_passes(model, finalize_passes(template_name, seed, meta))

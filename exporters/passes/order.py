@@ -25,19 +25,18 @@ __all__ = ["export_passes"]
 
 def export_passes(
     template_name: str,
-    default_samples: int,
     seed: int | None,
     meta: dict[str, str],
     split: bool = True,
 ) -> tuple[GraphPass, ...]:
     """Every pass of an export in order; ``template_name``: the traced sample-template input
-    (float ``[S]``) that becomes the int64 scalar ``num_samples`` input with initializer
-    ``default_samples``; ``seed``: fixes every random node's seed (None: fresh per session);
-    ``meta``: the ``qbnn.*`` metadata; ``split``: include :data:`SPLIT_PASSES`."""
+    (float ``[S]``) that becomes the int64 scalar ``num_samples`` input (its default is
+    ``meta``'s ``default_samples``); ``seed``: fixes every random node's seed (None: fresh per
+    session); ``meta``: the ``qbnn.*`` metadata; ``split``: include :data:`SPLIT_PASSES`."""
     return (
         OwnRandomOps(),
         HoistScanNoise(),
-        *finalize_passes(template_name, default_samples, seed, meta),
+        *finalize_passes(template_name, seed, meta),
         *(SPLIT_PASSES if split else ()),
         CheckRandomOps(),
     )

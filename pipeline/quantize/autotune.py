@@ -46,7 +46,8 @@ def candidate_overrides(cfg: QuantConfig) -> list[dict]:
 
 
 def _with_num_samples(path: str, tmp: Path) -> Path:
-    """INC's trial models lose the ``num_samples`` input; put it back for the Predictor."""
+    """A trial model copied for the Predictor, with a format-1 ``num_samples`` input (which INC
+    drops with its initializer) put back; format-2 inputs survive INC as they are."""
     model = onnx.load(path)
     restore_contract(model, {})
     out = tmp / f"trial{len(list(tmp.iterdir()))}.onnx"
@@ -55,9 +56,10 @@ def _with_num_samples(path: str, tmp: Path) -> Path:
 
 
 def autotune_model(
-    cfg: QuantConfig, src: Path, x: np.ndarray, *, stochastic: bool, exclude: list[str]
+    cfg: QuantConfig, src: Path, x: np.ndarray, *, samples: int | None, exclude: list[str]
 ) -> onnx.ModelProto:
-    """Run INC's autotune over :func:`candidate_overrides`; returns the accepted model."""
+    """Run INC's autotune over :func:`candidate_overrides`; returns the accepted model.
+    ``samples``: the ``num_samples`` calibration feeds (``None``: the graph has no such input)."""
     tune = cfg.autotune
     if tune is None or cfg.backend != Backend.INC:
         raise ConfigError("autotune needs backend 'inc' and an 'autotune' section")
@@ -83,12 +85,7 @@ def autotune_model(
             tolerable_loss=tune.tolerable_loss,
             max_trials=tune.max_trials,
         )
-        reader = make_reader(
-            x,
-            batch_size=cfg.calibration.batch_size,
-            num_samples=cfg.calibration.num_samples,
-            stochastic=stochastic,
-        )
+        reader = make_reader(x, batch_size=cfg.calibration.batch_size, num_samples=samples)
         with quiet_backend("inc autotune"):
             best = tuning.autotune(str(src), tcfg, eval_fn=eval_fn, calibration_data_reader=reader)
     if best is None:

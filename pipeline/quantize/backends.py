@@ -186,22 +186,25 @@ def quiet_backend(name: str):
 
 
 def run_backend(
-    cfg: QuantConfig, src: Path, dst: Path, x: np.ndarray, *, stochastic: bool, exclude: list[str]
+    cfg: QuantConfig,
+    src: Path,
+    dst: Path,
+    x: np.ndarray,
+    *,
+    samples: int | None,
+    exclude: list[str],
 ) -> None:
-    """Quantize ``src`` into ``dst`` with the configured backend; quiet unless it fails."""
-    reader = make_reader(
-        x,
-        batch_size=cfg.calibration.batch_size,
-        num_samples=cfg.calibration.num_samples,
-        stochastic=stochastic,
-    )
+    """Quantize ``src`` into ``dst`` with the configured backend; quiet unless it fails.
+    ``samples``: the ``num_samples`` calibration feeds (``None``: the graph has no such input)."""
+    reader = make_reader(x, batch_size=cfg.calibration.batch_size, num_samples=samples)
     with quiet_backend(cfg.backend.value):
         BACKENDS[cfg.backend](cfg, src, dst, reader, exclude)
 
 
 def restore_contract(model: onnx.ModelProto, src_meta: dict[str, str]) -> None:
-    """INC drops inputs that have initializers and may drop nothing else; restore the
-    contract's ``num_samples`` input and the ``qbnn.*`` metadata (in place)."""
+    """INC drops inputs that have initializers and may drop nothing else (a format-1
+    ``num_samples``); restore the contract's ``num_samples`` input and the ``qbnn.*`` metadata
+    (in place)."""
     inits = {i.name for i in model.graph.initializer}
     if NUM_SAMPLES in inits and not any(i.name == NUM_SAMPLES for i in model.graph.input):
         model.graph.input.append(helper.make_tensor_value_info(NUM_SAMPLES, TensorProto.INT64, []))

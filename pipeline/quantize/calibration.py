@@ -27,13 +27,14 @@ log = logging.getLogger("qbnn.quantize")
 
 
 def make_reader(
-    x: np.ndarray, *, batch_size: int, num_samples: int, stochastic: bool, input_name: str = INPUT
+    x: np.ndarray, *, batch_size: int, num_samples: int | None, input_name: str = INPUT
 ):
     """A calibration reader over ``x [N, *feature_shape]`` float32 (integer token ids keep
     their integer dtype).
 
-    Each batch feeds ``input`` and, for stochastic graphs, ``num_samples`` so that activation
-    ranges are collected over S noisy copies of every input. Works with INC and ONNX Runtime.
+    Each batch feeds ``input`` and ``num_samples`` (int64 scalar S; ``None``: a graph without
+    that input), so that a sampled graph's activation ranges are collected over S noisy copies
+    of every input. Works with INC and ONNX Runtime.
     """
     from onnxruntime.quantization import CalibrationDataReader
 
@@ -48,7 +49,7 @@ def make_reader(
             batch = np.ascontiguousarray(x[self.i : self.i + batch_size], dtype=dtype)
             self.i += batch_size
             feed = {input_name: batch}
-            if stochastic:
+            if num_samples is not None:
                 feed[NUM_SAMPLES] = np.array(num_samples, dtype=np.int64)
             return feed
 

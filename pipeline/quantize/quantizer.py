@@ -312,17 +312,27 @@ def _refusal(run: _Run, src: Path, src_model, info, cfg: QuantConfig, data) -> s
     return f"{run.problem}. {fixes_text(try_fixes(fixes, attempt))}"
 
 
+def _calibration_samples(info, cfg: QuantConfig) -> int | None:
+    """The ``num_samples`` calibration feeds: the calibration S for a sampled graph, the
+    model's default for an exact one (every member runs whatever S is), ``None`` for a graph
+    without that input."""
+    if not info.takes_num_samples:
+        return None
+    return cfg.calibration.num_samples if info.stochastic else info.default_samples
+
+
 def _quantize_once(src: Path, src_model, info, cfg, x, kept) -> tuple[onnx.ModelProto, list]:
     exclude = _excluded_nodes(src_model, cfg, kept)
+    samples = _calibration_samples(info, cfg)
     with tempfile.TemporaryDirectory(prefix="qbnn-quant-") as tmp:
         prepared, out = Path(tmp) / "model.onnx", Path(tmp) / "model.int8.onnx"
         onnx.save_model(_biasless_gemm_to_matmul(src_model), str(prepared))
         if cfg.autotune is not None:
             from .autotune import autotune_model
 
-            model = autotune_model(cfg, prepared, x, stochastic=info.stochastic, exclude=exclude)
+            model = autotune_model(cfg, prepared, x, samples=samples, exclude=exclude)
         else:
-            run_backend(cfg, prepared, out, x, stochastic=info.stochastic, exclude=exclude)
+            run_backend(cfg, prepared, out, x, samples=samples, exclude=exclude)
             model = onnx.load(str(out))  # pulls INC's external data back in
     restore_contract(model, info.meta)
     if cfg.reduce_range:

@@ -114,7 +114,8 @@ def test_graph_structure_and_contract(exported, case, mode):
     assert [o.name for o in model.graph.output] == list(CLASSIFICATION_OUTPUTS)
     inputs = {i.name for i in model.graph.input}
     assert inputs == {"input", "num_samples"}
-    assert "num_samples" in {i.name for i in model.graph.initializer}
+    # contract format 2: a plain input, no initializer of that name (issue 24)
+    assert not inputs & {i.name for i in model.graph.initializer}
     meta = {p.key: p.value for p in model.metadata_props}
     for key in (
         MetaKey.FORMAT_VERSION,
@@ -129,7 +130,7 @@ def test_graph_structure_and_contract(exported, case, mode):
     ):
         assert meta.get(key), key
     assert meta[MetaKey.SAMPLING] == mode and meta[MetaKey.PRECISION] == "fp32"
-    assert meta[MetaKey.DEFAULT_SAMPLES] == "8"
+    assert meta[MetaKey.DEFAULT_SAMPLES] == "8" and meta[MetaKey.FORMAT_VERSION] == "2"
 
 
 @pytest.mark.parametrize(("case", "mode"), EXPORTS, ids=ids)
@@ -137,8 +138,8 @@ def test_dynamic_samples_batch_and_summary(exported, case, mode):
     res = exported(case, mode)
     sess = ort_session(res.path)
     shape = CASES[case][1]
-    default = sess.run(None, {"input": example(shape, batch=1).numpy()})
-    assert default[0].shape[:2] == (8, 1)  # export-time default S, batch of one
+    one = sess.run(None, {"input": example(shape, batch=1).numpy(), "num_samples": np.array(8)})
+    assert one[0].shape[:2] == (8, 1)  # batch of one
     x = example(shape, batch=5).numpy()
     probs, mean, pe, ee, mi = sess.run(None, {"input": x, "num_samples": np.array(11)})
     assert probs.shape[:2] == (11, 5) and mean.shape == (5, probs.shape[2])

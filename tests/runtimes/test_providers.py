@@ -13,7 +13,7 @@ from scipy import stats
 
 from qbnn.exporters import export
 from qbnn.runtimes import Predictor, SessionOptions, available_providers, open_model
-from qbnn.runtimes.errors import ConfigError, ModelLoadError
+from qbnn.runtimes.errors import ConfigError, ModelLoadError, RuntimeInputError
 from qbnn.runtimes.options import Precision, effective_precision
 
 from tiny_models import CASES, UnitNoise, example
@@ -181,13 +181,19 @@ def test_seed_replays_the_same_calls_and_each_call_is_fresh(cnn, provider):
 
 @pytest.mark.parametrize("provider", PROVIDERS)
 def test_num_samples_is_an_input_and_honoured(cnn, provider):
-    """The export-time default (6) applies when ``num_samples`` is omitted, any fed value is
-    honoured, on the raw session too."""
+    """Contract format 2 (issue 24): every provider's session lists ``num_samples`` as an int64
+    scalar input that the caller feeds (omitting it is refused the same way on each), any fed
+    value is honoured, and the Predictor feeds the export-time default (6) when a call names
+    none."""
     opened = open_model(cnn["lrt"], SessionOptions(provider=provider), seed=0)
+    args = {a.name: a for a in opened.session.get_inputs()}
+    assert sorted(args) == ["input", "num_samples"] and list(args["num_samples"].shape) == []
     x = x_img(2)
-    assert opened.session.run(["probs"], {"input": x})[0].shape == (6, 2, 4)
-    fed = {"input": x, "num_samples": np.array(3, np.int64)}
-    assert opened.session.run(["probs"], fed)[0].shape == (3, 2, 4)
+    with pytest.raises((ValueError, RuntimeInputError), match="num_samples"):
+        opened.session.run(["probs"], {"input": x})
+    for s in (3, 40):
+        fed = {"input": x, "num_samples": np.array(s, np.int64)}
+        assert opened.session.run(["probs"], fed)[0].shape == (s, 2, 4)
     pred = Predictor(cnn["lrt"], provider=provider, seed=0)
     assert pred.predict(x).num_samples == 6
     assert pred.predict(x, 11, return_samples=True).probs.shape == (11, 2, 4)

@@ -62,14 +62,14 @@ def five_nodes(random_op: str = "RandomUniformLike") -> onnx.ModelProto:
 
 def test_attach_num_samples():
     model = five_nodes()
-    result = AttachNumSamples(TEMPLATE, 8)(model)
+    result = AttachNumSamples(TEMPLATE)(model)
     g = result.model.graph
     assert result.modified and result.notes == ()
     assert [i.name for i in g.input] == ["x", "num_samples"]
     assert g.input[1].type.tensor_type.elem_type == TensorProto.INT64
     assert len(g.input[1].type.tensor_type.shape.dim) == 0  # a scalar
     inits = {t.name: numpy_helper.to_array(t) for t in g.initializer}
-    assert inits["num_samples"] == 8 and inits["num_samples"].dtype == np.int64
+    assert "num_samples" not in inits  # a plain input (contract format 2): callers feed it
     assert inits["qbnn_shape_1"].tolist() == [1]
     assert [(n.name, n.op_type, list(n.input), list(n.output)) for n in g.node[:2]] == [
         ("qbnn/num_samples/reshape", "Reshape", ["num_samples", "qbnn_shape_1"],
@@ -84,7 +84,7 @@ def test_attach_num_samples():
         "Relu",
     ]
     with pytest.raises(ValueError, match="graph has no input named 'nope'"):
-        AttachNumSamples("nope", 8)(five_nodes())
+        AttachNumSamples("nope")(five_nodes())
 
 
 def test_strip_tracing_metadata_keeps_model_metadata():
@@ -156,15 +156,15 @@ def test_check_random_ops_is_a_guard():
 
 
 def test_the_declared_order():
-    passes = export_passes(TEMPLATE, 8, 3, {"qbnn.task": "classification"})
+    passes = export_passes(TEMPLATE, 3, {"qbnn.task": "classification"})
     assert [p.name for p in passes] == [
         "own-random-ops",
         "hoist-scan-noise",
-        *(p.name for p in finalize_passes(TEMPLATE, 8, 3, {})),
+        *(p.name for p in finalize_passes(TEMPLATE, 3, {})),
         *(p.name for p in SPLIT_PASSES),
         "check-random-ops",
     ]
-    assert [p.name for p in finalize_passes(TEMPLATE, 8, 3, {})] == [
+    assert [p.name for p in finalize_passes(TEMPLATE, 3, {})] == [
         "attach-num-samples",
         "strip-tracing-metadata",
         "self-contained-scans",
@@ -176,7 +176,7 @@ def test_the_declared_order():
 
 def test_all_passes_give_a_valid_seeded_graph():
     """The five-node graph through every pass runs on ONNX Runtime; the seed fixes its noise."""
-    passes = export_passes(TEMPLATE, 4, 7, {"qbnn.task": "classification"})
+    passes = export_passes(TEMPLATE, 7, {"qbnn.task": "classification"})
     result = run_passes(five_nodes("RandomNormalLike"), passes)
     onnx.checker.check_model(result.model)
     assert result.modified
@@ -192,7 +192,7 @@ def test_all_passes_give_a_valid_seeded_graph():
         sess = ort.InferenceSession(
             result.model.SerializeToString(), providers=["CPUExecutionProvider"]
         )
-        outs.append(sess.run(None, {"x": x}))
+        outs.append(sess.run(None, {"x": x, "num_samples": np.array(4, np.int64)}))
     (y1, t1), (y2, _) = outs
     assert t1.shape == (4,) and y1.shape == (2, 3)
     assert np.array_equal(y1, y2)  # seeded: the same noise in every session

@@ -9,6 +9,9 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
+from qbnn.runtimes import model_info
+from qbnn.runtimes.loading import load_onnx
+
 
 class TinyCNN(nn.Module):
     """Conv(1->4) ReLU MaxPool Conv(4->6) ReLU Flatten Linear(24->8) ReLU Linear(8->3);
@@ -63,7 +66,7 @@ def run(
     optimize: bool = True,
 ) -> dict[str, np.ndarray]:
     """All outputs of a compiled model on ``x`` (CPU provider; ``config``: session entries;
-    ``optimize=False``: no graph optimizations)."""
+    ``optimize=False``: no graph optimizations; ``samples=None``: the model's default S)."""
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     if not optimize:
@@ -72,7 +75,8 @@ def run(
         opts.add_session_config_entry(k, v)
     sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     feed = {"input": x}
-    if samples is not None:
-        feed["num_samples"] = np.array(samples, np.int64)
+    if any(i.name == "num_samples" for i in sess.get_inputs()):
+        s = model_info(load_onnx(path)).default_samples if samples is None else samples
+        feed["num_samples"] = np.array(s, np.int64)
     names = [o.name for o in sess.get_outputs()]
     return dict(zip(names, sess.run(names, feed), strict=True))

@@ -54,6 +54,9 @@ def test_codebook_storage(shared):
         assert idx.data_type == onnx.TensorProto.UINT4
         assert f"members.0.{name}.weight" not in inits  # rebuilt by Gather, not stored
     assert res.max_unique_per_layer <= 16
+    # the contract's num_samples stays a plain input (format 2: no initializer behind it)
+    assert [i.name for i in m.graph.input] == ["input", "num_samples"]
+    assert "num_samples" not in inits
     assert all(lay.route == "codebook" and lay.entropy <= 4.0 for lay in res.layers)
 
 
