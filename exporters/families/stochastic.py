@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
+from functools import partial
 
 import torch
 from torch import nn
@@ -20,7 +21,7 @@ from qbnn.runtimes.errors import UnsupportedLayerError
 
 from ..checks.noisecensus import check_traceable_noise, draws_own_noise, noise_census
 from ..modules.btlayers import bayesian_layers
-from ..modules.dropout import GraphDropoutNet, mc_mode
+from ..modules.dropout import graph_noise, mc_mode
 from ..modules.loopmodel import ParamSource, SampleLoopModel
 from ..registry import BuiltModel, SamplingMode, register_exporter
 from .reference import loop_sampler
@@ -55,9 +56,21 @@ class _Unit(nn.Module):
 
 
 def _check_noise(model: object, x: torch.Tensor) -> None:
-    """In-place draws into module state cannot be traced: refused by name."""
-    if isinstance(model, nn.Module):
-        check_traceable_noise(model, noise_census(model, x))
+    """In-place draws into module state, and SDPA dropout called through a name qbnn cannot
+    rebind (torch cannot trace its swap inside the sample loop), are refused by name."""
+    if not isinstance(model, nn.Module):
+        return
+    draws = noise_census(model, x)
+    check_traceable_noise(model, draws)
+    for d in draws:
+        if d.hidden and d.call == "F.scaled_dot_product_attention":
+            raise UnsupportedLayerError(
+                f"{d.where()} calls {d.call} with dropout_p > 0 through a name qbnn cannot "
+                "rebind (an attribute or a local, not F.scaled_dot_product_attention or a "
+                "module-level import); inside the sample loop of posterior 'stochastic' torch "
+                "cannot trace its swap to qbnn's seeded noise: call "
+                "F.scaled_dot_product_attention(...) or a module-level import in forward"
+            )
 
 
 @register_exporter(
@@ -89,11 +102,12 @@ def build_stochastic(
             "in-place eps.normal_() cannot be traced); export it with posterior 'meanfield' or "
             "'flipout'"
         )
-    # functional dropout as qbnn's uniform masks (torch.export cannot trace aten dropout in a
-    # scan body); everything else random in forward is rewritten in the graph
-    net = GraphDropoutNet(mc_mode(copy.deepcopy(model)))
+    # dropout (nn.Dropout, F.dropout by any name, SDPA's and MultiheadAttention's) as qbnn's
+    # uniform masks, swapped outside the Scan (torch.export cannot trace aten dropout in a scan
+    # body); everything else random in forward is rewritten in the graph
+    net = mc_mode(copy.deepcopy(model))
     return BuiltModel(
-        module=SampleLoopModel(_Unit(net), _Repeat(), task),
+        module=SampleLoopModel(_Unit(net), _Repeat(), task, context=partial(graph_noise, net)),
         reference=loop_sampler(mc_mode(copy.deepcopy(model))),
         notes=["the model's forward runs once per MC sample (its own noise, drawn afresh)"],
     )
