@@ -1,10 +1,11 @@
 """MC dropout: any torch model whose dropout stays active at inference.
 
 During export (and in the torch reference) the network runs in "MC mode": training mode for
-everything except normalization layers, which keep their running statistics. The functional
-dropout family (``F.dropout``, ``F.dropout1d/2d/3d``; ``nn.Dropout*`` call these) is swapped for
-random-op versions while the graph is traced, so dropout written inline in ``forward`` is
-captured too. Dropout stays at the trained rate ``p``.
+everything except normalization layers, which keep their running statistics. Every dropout the
+forward reaches (``F.dropout*``, which ``nn.Dropout*`` call, under any name, ``torch.dropout``,
+``scaled_dot_product_attention``'s ``dropout_p``, ``nn.MultiheadAttention``'s dropout) is
+swapped for qbnn's random ops while the graph is traced
+(:func:`~qbnn.exporters.modules.dropout.graph_noise`). Dropout stays at the trained rate ``p``.
 """
 
 from __future__ import annotations
