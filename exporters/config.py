@@ -34,9 +34,12 @@ class ExportConfig:
     :class:`~qbnn.exporters.modules.heads.Head`); ``split``: run the split passes
     (:data:`qbnn.exporters.passes.SPLIT_PASSES`) that compute the deterministic part of the
     network once per call instead of once per MC sample (False: the whole network per sample,
-    for A/B measurements; the outputs' law is the same). String values (from YAML, JSON or the
-    CLI) become the enums; a bad value raises :class:`ConfigError` naming it. Family names and
-    sampling modes are checked against the registry when the export runs.
+    for A/B measurements; the outputs' law is the same); ``output_key``: which output of a
+    forward that returns a dict (or a tuple: its index, ``"0"``) is the prediction (None: the
+    dict's one batch-shaped tensor, e.g. Hugging Face's ``{"logits": ...}``). String values
+    (from YAML, JSON or the CLI) become the enums; a bad value raises :class:`ConfigError`
+    naming it. Family names and sampling modes are checked against the registry when the
+    export runs.
     """
 
     posterior: str = "auto"
@@ -52,6 +55,7 @@ class ExportConfig:
     noise_variance: float | None = None
     head: Head | None = None
     split: bool = True
+    output_key: str | None = None
 
     def __post_init__(self) -> None:
         try:
@@ -74,6 +78,14 @@ class ExportConfig:
         if self.opset < 18:
             raise ConfigError(
                 f"opset must be >= 18 (torch.onnx's dynamo exporter); got {self.opset}"
+            )
+        key = self.output_key
+        if isinstance(key, numbers.Integral) and not isinstance(key, bool) and key >= 0:
+            object.__setattr__(self, "output_key", str(int(key)))  # a tuple index
+        elif key is not None and (not isinstance(key, str) or not key):
+            raise ConfigError(
+                f"output_key must be a key of the model's output dict (a non-empty string) or "
+                f"a tuple index >= 0; got {key!r}"
             )
         if not isinstance(self.posterior, str) or not self.posterior:
             raise ConfigError(f"posterior must be 'auto' or a family name; got {self.posterior!r}")

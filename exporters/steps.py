@@ -31,11 +31,19 @@ from qbnn.runtimes.seeding import random_nodes
 from . import families  # noqa: F401  (imports every family: the registry is complete)
 from .checks.batchaxis import check_batch_axis
 from .checks.bnstats import apply_bn_policy
-from .checks.outputform import head_spec, inspect_output, last_layer_gap, network_of, resolve_head
+from .checks.dtypes import float32_model
+from .checks.outputform import (
+    choose_output,
+    head_spec,
+    inspect_output,
+    last_layer_gap,
+    network_of,
+    resolve_head,
+)
 from .checks.selfcheck import FidelityReport, verify_export
 from .checks.sideeffects import detached_copy
 from .config import ExportConfig
-from .modules.heads import Head, HeadSpec, PairHead
+from .modules.heads import Head, HeadSpec, OutputKey, PairHead
 from .modules.vectormodel import LastLayerModel
 from .quiet import quiet_export
 from .registry import (
@@ -142,6 +150,10 @@ def prepare(
     task = cfg.task
     x = _as_input(example_input)
     model = detached_copy(model)  # a trained layer's leftover autograd history blocks copies
+    model, dtype_note = float32_model(model, network_of(model))
+    if dtype_note is not None:
+        log.warning(dtype_note)
+    model = _keyed_model(model, x, cfg.output_key)
     family = resolve_family(model, cfg.posterior, x)
     exporter = get_exporter(family)
     if exporter.check is not None:
@@ -165,11 +177,13 @@ def prepare(
         raise ConfigError(exporter.heteroscedastic)
     example = {"example": x} if exporter.build_takes_input else {}
     built = exporter.build(model, mode, task=task, seed=cfg.seed, **example)
+    if dtype_note is not None:
+        built.notes.append(f"warning: {dtype_note}")
     _set_head(built, head)
     _check_last_layer(model, exporter, built, x)
     apply_bn_policy(model, family, mode, exporter, built, x, bn_update, task, head)
-    if refusal is not None and "first axis" in str(refusal):
-        raise refusal  # the batch axis: before the probe, whose message would mislead
+    if refusal is not None and ("first axis" in str(refusal) or "model returns" in str(refusal)):
+        raise refusal  # batch axis, output type: before the probe, whose message would mislead
     ref = _probe(built, x)
     out_dim = _heteroscedastic(built, ref, task, hetero)
     if head.shape:  # classes on axis 1 of [B, C, *spatial]; a Bernoulli head has 2
@@ -281,6 +295,26 @@ def _in_sample_loop(exc: BaseException) -> bool:
             return True
         cause = cause.__cause__ or cause.__context__
     return False
+
+
+def _keyed_model(model, x: torch.Tensor, key: str | None):
+    """The model with its dict / tuple output reduced to the prediction (``output_key``, or a
+    dict's one batch-shaped tensor), see :func:`~.checks.outputform.choose_output`."""
+    net = network_of(model)
+    if net is None:
+        return model
+    chosen = choose_output(net, x, key)
+    if chosen is None:
+        return model
+    if isinstance(model, nn.Module):
+        return OutputKey(model, chosen)
+    if isinstance(model, (list, tuple)) and all(isinstance(m, nn.Module) for m in model):
+        return [OutputKey(m, chosen) for m in model]
+    raise ConfigError(
+        f"the posterior's network returns a {type(model).__name__} output read by key "
+        f"'{chosen}'; a posterior object cannot be wrapped: make its network return the "
+        "prediction tensor [B, C]"
+    )
 
 
 def _pair_model(model, family: str):

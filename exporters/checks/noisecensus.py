@@ -22,7 +22,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from ..modules.btlayers import bayesian_layers
-from ..modules.dropout import mc_mode
+from ..modules.dropout import DROPOUT_CALLS, mc_mode, swap_random_calls
 
 __all__ = [
     "Draw",
@@ -31,8 +31,7 @@ __all__ = [
     "shared_noise",
 ]
 
-_DROPOUT_FNS = ("dropout", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout",
-                "feature_alpha_dropout")  # fmt: skip
+_ALPHA_FNS = ("alpha_dropout", "feature_alpha_dropout")
 
 
 @dataclass(frozen=True)
@@ -47,16 +46,21 @@ class Draw:
     dropout: bool
     per_row: bool
     into_state: str = ""  # the buffer / parameter an in-place draw writes (``eps.normal_()``)
+    call: str = ""  # the dropout call that drew it (``F.scaled_dot_product_attention``), if any
+    hidden: bool = False  # that call reached qbnn only through its TorchFunctionMode
 
     def where(self) -> str:
         return f"module '{self.module}'" if self.module else "the model's own forward"
 
 
+_Record = tuple[str, str, tuple[int, ...], bool, str, str, bool]
+
+
 class _Recorder(TorchDispatchMode):
-    def __init__(self, stack, flags: dict[str, bool], state: dict[int, str]) -> None:
+    def __init__(self, stack, flags: dict, state: dict[int, str]) -> None:
         super().__init__()
         self.stack, self.flags, self.state = stack, flags, state
-        self.draws: list[tuple[str, str, tuple[int, ...], bool, str]] = []
+        self.draws: list[_Record] = []
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
@@ -68,37 +72,44 @@ class _Recorder(TorchDispatchMode):
             into = ""
             if op.endswith("_") and args and isinstance(args[0], torch.Tensor):
                 into = self.state.get(args[0].untyped_storage().data_ptr(), "")
-            self.draws.append((name, op, shape, dropout, into))
+            call, hidden = self.flags["call"], self.flags["hidden"]
+            self.draws.append((name, op, shape, dropout, into, call, hidden))
         return out
 
 
 @contextlib.contextmanager
-def _dropout_flag(flags: dict[str, bool]):
-    """Mark draws made inside the functional dropout family (``nn.Dropout*`` call it)."""
-    saved = {n: getattr(F, n) for n in _DROPOUT_FNS}
+def _dropout_flag(flags: dict, net: nn.Module):
+    """Mark draws made inside the dropout calls qbnn rewrites (:data:`DROPOUT_CALLS`:
+    ``F.dropout*``, which ``nn.Dropout*`` call, ``torch.dropout``, SDPA's dropout and
+    ``nn.MultiheadAttention``'s, however forward reached them) and the alpha dropouts."""
 
-    def wrap(fn):
-        def inner(*args, **kwargs):
-            flags["dropout"] = True
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                flags["dropout"] = False
+    def flagged(original, *args, _hidden=False, **kwargs):
+        outer = dict(flags)
+        if not flags["dropout"]:
+            name = DROPOUT_CALLS[original][0] if original in DROPOUT_CALLS else original.__name__
+            flags.update(dropout=True, call=name, hidden=_hidden)
+        try:
+            return original(*args, **kwargs)
+        finally:
+            flags.update(outer)
 
-        return inner
+    def hidden(original, *args, **kwargs):
+        return flagged(original, *args, _hidden=True, **kwargs)
 
-    for n, fn in saved.items():
-        setattr(F, n, wrap(fn))
+    alpha = {n: getattr(F, n) for n in _ALPHA_FNS}
+    for n, fn in alpha.items():
+        setattr(F, n, lambda *a, _fn=fn, **k: flagged(_fn, *a, **k))
     try:
-        yield
+        with swap_random_calls(flagged, net, hidden):
+            yield
     finally:
-        for n, fn in saved.items():
+        for n, fn in alpha.items():
             setattr(F, n, fn)
 
 
-def _record(net: nn.Module, x: torch.Tensor) -> list[tuple[str, str, tuple[int, ...], bool, str]]:
+def _record(net: nn.Module, x: torch.Tensor) -> list[_Record]:
     stack: list[tuple[str, nn.Module]] = []
-    flags = {"dropout": False}
+    flags = {"dropout": False, "call": "", "hidden": False}
     hooks = []
 
     def enter(name: str, mod: nn.Module) -> None:
@@ -114,7 +125,7 @@ def _record(net: nn.Module, x: torch.Tensor) -> list[tuple[str, str, tuple[int, 
     state.update({p.untyped_storage().data_ptr(): n for n, p in net.named_parameters()})
     rec = _Recorder(stack, flags, state)
     try:
-        with torch.no_grad(), torch.random.fork_rng(), _dropout_flag(flags), rec:
+        with torch.no_grad(), torch.random.fork_rng(), _dropout_flag(flags, net), rec:
             net(x)
     finally:
         for h in hooks:
@@ -137,9 +148,9 @@ def noise_census(model: nn.Module, x: torch.Tensor) -> list[Draw]:
         return []
     same_calls = len(first) == len(second)
     out = []
-    for i, (name, op, shape, dropout, into) in enumerate(first):
+    for i, (name, op, shape, dropout, into, call, hidden) in enumerate(first):
         per_row = not same_calls or second[i][2] != shape
-        out.append(Draw(name, op, shape, dropout, per_row, into))
+        out.append(Draw(name, op, shape, dropout, per_row, into, call, hidden))
     return out
 
 

@@ -25,6 +25,7 @@ AUROC, argmax) works unchanged; its entropy and mutual information are the Berno
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -41,6 +42,7 @@ from .multilabel import multilabel_form
 
 __all__ = [
     "OutputForm",
+    "choose_output",
     "detect_head",
     "head_spec",
     "inspect_output",
@@ -170,6 +172,58 @@ def inspect_output(net: nn.Module, x: torch.Tensor, task: Task) -> OutputForm:
     return OutputForm(tuple(pred.shape), pair, pred, end)
 
 
+def _describe(items) -> str:
+    return ", ".join(
+        f"{k} {list(v.shape)}" if isinstance(v, torch.Tensor) else f"{k} ({type(v).__name__})"
+        for k, v in items
+    )
+
+
+def choose_output(net: nn.Module, x: torch.Tensor, key: str | None) -> str | int | None:
+    """Which element of ``net``'s output on ``x [B, *F]`` is the prediction: a dict's key, a
+    tuple's index (``key`` a digit string), or None when the output needs no choosing (a
+    tensor; a tuple without ``key``, read by :func:`inspect_output`). A dict without ``key``
+    must hold exactly one batch-shaped tensor (``{"logits": [B, C]}``). Raises
+    :class:`ConfigError` in one line listing the output's keys for a missing or unknown key."""
+    try:
+        out, _ = _run_eval(net, x)
+    except Exception:  # the sampler probe reports a model that rejects the input
+        return None
+    b = x.shape[0]
+    if isinstance(out, Mapping):
+        items = list(out.items())
+        keys = ", ".join(str(k) for k, _ in items)
+        if key is not None:
+            found = [k for k, _ in items if str(k) == key]
+            if not found:
+                raise ConfigError(
+                    f"output_key '{key}' is not a key of the model's output dict; its keys: "
+                    f"{keys}"
+                )
+            return found[0]
+        batch = [k for k, v in items if isinstance(v, torch.Tensor) and v.dim() >= 1
+                 and v.shape[0] == b]  # fmt: skip
+        if len(batch) == 1:
+            return batch[0]
+        raise ConfigError(
+            f"the model returns a dict with {len(batch)} batch-shaped tensors ({_describe(items)})"
+            f"; pass output_key='<key>' naming the prediction (keys: {keys})"
+        )
+    if key is None:
+        return None
+    if isinstance(out, (tuple, list)):
+        if not key.isdigit() or int(key) >= len(out):
+            raise ConfigError(
+                f"output_key '{key}' is not an index of the model's output tuple of "
+                f"{len(out)} ({_describe(enumerate(out))}); pass output_key=0 .. {len(out) - 1}"
+            )
+        return int(key)
+    raise ConfigError(
+        f"output_key '{key}' was given but the model returns a {type(out).__name__}, not a "
+        "dict or a tuple; leave output_key unset"
+    )
+
+
 def _first_tensor(out):
     return out[0] if isinstance(out, (tuple, list)) and out else out
 
@@ -215,7 +269,8 @@ def _split_tuple(out, b: int, task: Task) -> tuple[torch.Tensor, bool]:
     if batch:
         raise UnsupportedLayerError(
             f"the model returns a tuple of shapes {shapes}: a classifier with a second "
-            "batch-shaped head is not supported; return the logits alone (or (logits, kl scalar))"
+            "batch-shaped head is not supported; pass output_key='<index>' naming the "
+            "prediction, or return the logits alone (or (logits, kl scalar))"
         )
     raise UnsupportedLayerError(
         f"the model returns a tuple of shapes {shapes}; qbnn exports (prediction, KL scalar) "

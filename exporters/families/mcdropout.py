@@ -1,10 +1,11 @@
 """MC dropout: any torch model whose dropout stays active at inference.
 
 During export (and in the torch reference) the network runs in "MC mode": training mode for
-everything except normalization layers, which keep their running statistics. The functional
-dropout family (``F.dropout``, ``F.dropout1d/2d/3d``; ``nn.Dropout*`` call these) is swapped for
-random-op versions while the graph is traced, so dropout written inline in ``forward`` is
-captured too. Dropout stays at the trained rate ``p``.
+everything except normalization layers, which keep their running statistics. Every dropout the
+forward reaches (``F.dropout*``, which ``nn.Dropout*`` call, under any name, ``torch.dropout``,
+``scaled_dot_product_attention``'s ``dropout_p``, ``nn.MultiheadAttention``'s dropout) is
+swapped for qbnn's random ops while the graph is traced
+(:func:`~qbnn.exporters.modules.dropout.graph_noise`). Dropout stays at the trained rate ``p``.
 """
 
 from __future__ import annotations
@@ -32,9 +33,22 @@ _UNSUPPORTED = (nn.AlphaDropout, nn.FeatureAlphaDropout)
 
 
 def _detect(model: object) -> bool:
+    """Dropout modules with p > 0, or ``nn.MultiheadAttention`` with attention dropout."""
     if not isinstance(model, nn.Module):
         return False
-    return any(isinstance(m, _DROPOUT_TYPES) and m.p > 0 for m in model.modules())
+    return any(
+        (isinstance(m, _DROPOUT_TYPES) and m.p > 0)
+        or (isinstance(m, nn.MultiheadAttention) and m.dropout > 0)
+        for m in model.modules()
+    )
+
+
+def _detect_input(model: object, x: torch.Tensor) -> bool:
+    """:func:`_detect`, or a forward that reaches dropout in MC mode however it calls it
+    (``F.dropout`` inline or under an import-time name, SDPA's ``dropout_p``)."""
+    if _detect(model):
+        return True
+    return isinstance(model, nn.Module) and any(d.dropout for d in noise_census(model, x))
 
 
 def _check_noise(model: object, x: torch.Tensor) -> None:
@@ -58,10 +72,13 @@ def _check_noise(model: object, x: torch.Tensor) -> None:
     modes=("dropout",),
     default_mode="dropout",
     detect=_detect,
-    description="any torch model with nn.Dropout/Dropout1d/2d/3d or functional dropout",
+    description="any torch model with nn.Dropout/Dropout1d/2d/3d, functional dropout "
+    "(F.dropout, torch.dropout), scaled_dot_product_attention's dropout_p or "
+    "nn.MultiheadAttention's dropout",
     priority=70,
+    detect_input=_detect_input,
     check=_check_noise,
-    auto_hint="for dropout written inline (F.dropout), pass posterior='mcdropout'",
+    auto_hint="for dropout that forward reaches only in some calls, pass posterior='mcdropout'",
 )
 def build_mcdropout(
     model: nn.Module, mode: SamplingMode, *, task: Task, seed: int | None

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
+from functools import partial
 
 import torch
 from torch import nn
@@ -23,10 +24,10 @@ from torch import nn
 from qbnn.runtimes.contract import Task
 from qbnn.runtimes.errors import UnsupportedLayerError
 
-from ..checks.noisecensus import draws_own_noise
+from ..checks.noisecensus import draws_own_noise, noise_census
 from ..checks.sideeffects import side_effects
 from ..modules.btlayers import bayesian_layers
-from ..modules.dropout import GraphDropoutNet, mc_mode
+from ..modules.dropout import GraphDropoutNet, graph_noise, mc_mode
 from ..modules.loopmodel import ParamSource, SampleLoopModel
 from ..modules.pureforward import pure_forward
 from ..registry import BuiltModel, SamplingMode, register_exporter
@@ -61,6 +62,23 @@ class _Unit(nn.Module):
         return out * self.unit
 
 
+def _check_noise(model: object, x: torch.Tensor) -> None:
+    """SDPA dropout called through a name qbnn cannot rebind (torch cannot trace its swap
+    inside the sample loop) is refused by name. (In-place draws into module state are traced
+    functionally: :mod:`~qbnn.exporters.modules.pureforward`.)"""
+    if not isinstance(model, nn.Module):
+        return
+    for d in noise_census(model, x):
+        if d.hidden and d.call == "F.scaled_dot_product_attention":
+            raise UnsupportedLayerError(
+                f"{d.where()} calls {d.call} with dropout_p > 0 through a name qbnn cannot "
+                "rebind (an attribute or a local, not F.scaled_dot_product_attention or a "
+                "module-level import); inside the sample loop of posterior 'stochastic' torch "
+                "cannot trace its swap to qbnn's seeded noise: call "
+                "F.scaled_dot_product_attention(...) or a module-level import in forward"
+            )
+
+
 @register_exporter(
     "stochastic",
     modes=("loop",),
@@ -72,6 +90,7 @@ class _Unit(nn.Module):
     priority=65,
     detect_input=draws_own_noise,
     build_takes_input=True,
+    check=_check_noise,
     auto_hint="for a forward that draws its own noise (torch.randn_like), pass "
     "posterior='stochastic'",
 )
@@ -91,16 +110,17 @@ def build_stochastic(
             "in-place eps.normal_() cannot be traced); export it with posterior 'meanfield' or "
             "'flipout'"
         )
-    # functional dropout as qbnn's uniform masks (torch.export cannot trace aten dropout in a
-    # scan body); everything else random in forward is rewritten in the graph
-    net: nn.Module = GraphDropoutNet(mc_mode(copy.deepcopy(model)))
+    # dropout (nn.Dropout, F.dropout by any name, SDPA's and MultiheadAttention's) as qbnn's
+    # uniform masks, swapped outside the Scan (torch.export cannot trace aten dropout in a scan
+    # body); everything else random in forward is rewritten in the graph
+    net: nn.Module = mc_mode(copy.deepcopy(model))
     notes = ["the model's forward runs once per MC sample (its own noise, drawn afresh)"]
     effects = side_effects(model, example)
-    if effects:
-        net = pure_forward(net, example)
+    if effects:  # traced functionally beforehand, with dropout already as qbnn's masks
+        net = pure_forward(GraphDropoutNet(net), example)
         notes.append(effects.note())
     return BuiltModel(
-        module=SampleLoopModel(_Unit(net), _Repeat(), task),
+        module=SampleLoopModel(_Unit(net), _Repeat(), task, context=partial(graph_noise, net)),
         reference=loop_sampler(mc_mode(copy.deepcopy(model))),
         notes=notes,
     )

@@ -15,6 +15,7 @@ from torch import nn
 __all__ = [
     "Head",
     "HeadSpec",
+    "OutputKey",
     "PairHead",
     "as_spec",
     "to_probs",
@@ -117,3 +118,16 @@ class PairHead(nn.Module):
         mean, log_var = self.net(x)[:2]
         b = mean.shape[0]
         return torch.cat([mean.reshape(b, -1), log_var.reshape(b, -1)], dim=-1)
+
+
+class OutputKey(nn.Module):
+    """``net(x)[key]``: the prediction of a forward that returns a dict (``key`` a string) or a
+    tuple / list (``key`` an int index), e.g. Hugging Face's ``{"logits": [B, C]}``."""
+
+    def __init__(self, net: nn.Module, key: str | int) -> None:
+        super().__init__()
+        self.net = net
+        self.key = key
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)[self.key]

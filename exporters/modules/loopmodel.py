@@ -18,7 +18,8 @@ BatchNorm layers for vector posteriors).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -164,13 +165,23 @@ class SampleLoopModel(nn.Module):
     ``[S, *shape]``; the Scan body runs ``net(x)`` with sample ``s``'s parameters and emits
     ``[B, C]``; the stacked ``[S, B, C]`` go through :func:`uncertainty_head`. Exact sources
     (:class:`StackedDraws`) run the Scan over all K sets and go through :func:`exact_head`.
+    ``context``: entered around the whole forward, outside the Scan (e.g.
+    :func:`~qbnn.exporters.modules.dropout.graph_noise`, whose ``TorchFunctionMode`` the Scan's
+    tracer refuses inside its body); None for none.
     """
 
-    def __init__(self, net: nn.Module, source: ParamSource, task: Task) -> None:
+    def __init__(
+        self,
+        net: nn.Module,
+        source: ParamSource,
+        task: Task,
+        context: Callable[[], contextlib.AbstractContextManager] | None = None,
+    ) -> None:
         super().__init__()
         self.net = net
         self.source = source
         self.task = task
+        self.context = context or contextlib.nullcontext
         self.heteroscedastic = False  # set by the export driver
         self.noise_variance = 0.0  # set by the export driver
         self.head = Head.LOGITS  # set by the export driver
@@ -190,6 +201,10 @@ class SampleLoopModel(nn.Module):
         return outs
 
     def forward(self, x: torch.Tensor, template: torch.Tensor):
+        with self.context():
+            return self._forward(x, template)
+
+    def _forward(self, x: torch.Tensor, template: torch.Tensor):
         if isinstance(self.source, StackedDraws):  # exact: all K members, uniform summaries
             out = self._scan(x, self.source.stacks())
             return exact_head(

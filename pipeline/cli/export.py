@@ -20,6 +20,8 @@ __all__ = ["cli_spelling", "export_cmd", "registered_families"]
 #: the exporter's keyword hints, as ``qbnn export`` spells them
 _SPELLING = (
     (re.compile(r"\b(posterior|sampling|task|head)='([^']*)'"), r"--\1 \2"),
+    (re.compile(r"\boutput_key='([^']*)'"), r"--output-key \1"),
+    (re.compile(r"\boutput_key=(?=\d)"), "--output-key "),
     (re.compile(r"\bheteroscedastic=True\b"), "--heteroscedastic"),
     (re.compile(r"\bpass noise_variance\b"), "pass --noise-variance"),
     (re.compile(r"\bpass num_samples\b"), "pass --samples"),
@@ -105,6 +107,14 @@ def export_cmd(
             "sigmoid labels from logits) or multilabel_probs (default: detected)"
         ),
     ] = None,
+    output_key: Annotated[
+        str | None,
+        typer.Option(
+            "--output-key",
+            help="the prediction of a forward that returns a dict (its key) or a tuple (its "
+            "index); default: the dict's one batch-shaped tensor",
+        ),
+    ] = None,
     trust_checkpoint: Annotated[
         bool,
         typer.Option(
@@ -178,6 +188,7 @@ def export_cmd(
             noise_variance=noise_variance,
             head=head,
             split=split,
+            output_key=output_key,
         )
         result = export_model(net, example, output, config=cfg, bn_update=bn_data)
     except QbnnError as exc:

@@ -52,6 +52,7 @@ EXPORT_KEYS = (
     "noise_variance",
     "head",
     "split",
+    "output_key",
 )
 
 
@@ -83,6 +84,7 @@ class ModelSource:
     source: str = ""
     bn_update: str = ""
     split: bool = True
+    output_key: str = ""
 
     def export_options(self) -> dict[str, object]:
         """The export options as :meth:`qbnn.exporters.ExportConfig.from_dict` takes them."""

@@ -35,6 +35,8 @@ CONFIGS = [
         head=None,
     ),
     ExportConfig(task="classification", head="log_probs", noise_variance=0.25),
+    ExportConfig(output_key="logits"),
+    ExportConfig(output_key=1),  # a tuple index, kept as the string "1"
 ]
 
 
@@ -73,6 +75,9 @@ def test_strings_become_enums_and_the_record_is_frozen():
         ({"posterior": ""}, "posterior must be 'auto' or a family name; got ''"),
         ({"noise_variance": -1.0}, r"noise_variance must be a finite number > 0; got -1.0"),
         ({"noise_variance": float("inf")}, r"noise_variance must be a finite number > 0; got inf"),
+        ({"output_key": ""}, r"output_key must be a key of the model's output dict .*; got ''"),
+        ({"output_key": -1}, r"output_key must be .* or a tuple index >= 0; got -1"),
+        ({"output_key": True}, r"output_key must be .*; got True"),
     ],
 )
 def test_bad_values_raise_config_error_naming_them(changes, message):
