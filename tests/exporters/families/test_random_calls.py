@@ -17,7 +17,6 @@ import onnx
 import pytest
 import torch
 import torch.nn.functional as F
-from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
 from torch import nn
 from torch.nn.functional import dropout as drop  # bound at import time, as users write it
 from torch.nn.functional import scaled_dot_product_attention as sdpa
@@ -26,7 +25,7 @@ from qbnn.exporters import export_model
 from qbnn.exporters.checks.noisecensus import noise_census
 from qbnn.exporters.modules.dropout import mc_mode
 from qbnn.runtimes import Predictor
-from qbnn.runtimes.errors import UnsupportedLayerError
+from qbnn.runtimes.errors import ExportError, UnsupportedLayerError
 from qbnn.runtimes.seeding import random_nodes
 
 S = 3000  # torch forwards
@@ -164,13 +163,15 @@ def _only_owned_noise(path) -> None:
 X_SEQ = torch.randn(6, 10, 4, generator=torch.Generator().manual_seed(5))
 
 
-#: pre-existing (not this change; the same with a plain matmul attention): the stochastic
-#: family's sample loop fixes the batch axis of a ``[B, T, F]`` input to the example's B, so
-#: predicting fails in ONNX Runtime ("Got invalid dimensions for input"); issue 22 kind 7
+#: known limitation (the same with a plain matmul attention): inside the stochastic family's
+#: sample loop torch.export specializes ``reshape(b, t, ...)`` with ``b = x.shape[0]`` to the
+#: example's B, so the graph fixes the batch axis of this ``[B, T, F]`` encoder; the export's
+#: batch-axis check (issue 22 kind 7) refuses it in one line instead of writing a graph that
+#: ONNX Runtime rejects at every other batch size
 _LOOP_BATCH = pytest.mark.xfail(
     strict=True,
-    raises=InvalidArgument,
-    reason="the sample loop fixes the batch axis of a [B, T, F] input (issue 22, kind 7)",
+    raises=ExportError,
+    reason="the sample loop fixes the batch axis of a [B, T, F] input: refused at export",
 )
 
 
@@ -196,6 +197,13 @@ def test_sdpa_dropout_matches_torch_mc_average(tmp_path, posterior, noise, bound
     assert _max_z(_torch_mc(net, X_SEQ), ref) > Z
     net.b.p = 0.3
     _check(res.path, X_SEQ, ref)
+
+
+def test_loop_that_fixes_the_batch_axis_is_refused_with_nothing_written(tmp_path):
+    net = _seeded(lambda: Encoder(noise=0.0, bound=True))
+    with pytest.raises(ExportError, match=r"fixes the batch axis at 6"):
+        export_model(net, X_SEQ, tmp_path / "enc.onnx", posterior="stochastic", seed=0)
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("need_weights", [True, False], ids=["weights-path", "sdpa-path"])
