@@ -41,6 +41,13 @@ import numpy as np
 RESULTS = Path(__file__).parent / "results"
 
 
+def _verdict(r: dict) -> str:
+    """A row's gate verdict: reference, all pass, or FAIL with the failing gates."""
+    verdict = {None: "reference", True: "all pass", False: "FAIL"}[r["gates_passed"]]
+    failed = [k for k, v in r["gates"].items() if v == "FAIL"]
+    return f"{verdict} ({', '.join(failed)})" if failed else verdict
+
+
 def _train(epochs: int, seed: int):
     import torch
 
@@ -296,10 +303,7 @@ def _meanfield_md(rec: dict) -> str:
                   "| model | relative BOPs | bytes | vs fp32 | accuracy | ECE | OOD AUROC (MI) "
                   "| gates |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
         for r in mf["rows"]:
-            verdict = {None: "reference", True: "all pass", False: "FAIL"}[r["gates_passed"]]
-            failed = [k for k, v in r["gates"].items() if v == "FAIL"]
-            if failed:
-                verdict += f" ({', '.join(failed)})"
+            verdict = _verdict(r)
             lines.append(
                 f"| {r['model']} | {_f(r['relative_bops'])} | {r['size_bytes']} | "
                 f"{r['size_vs_fp32']:.3f} | {_f(r.get('accuracy'))} | {_f(r.get('ece'))} | "
@@ -368,10 +372,7 @@ def _markdown(rec: dict, wall: float) -> str:
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rec["rows"]:
-        verdict = {None: "reference", True: "all pass", False: "FAIL"}[r["gates_passed"]]
-        failed = [k for k, v in r["gates"].items() if v == "FAIL"]
-        if failed:
-            verdict += f" ({', '.join(failed)})"
+        verdict = _verdict(r)
         lines.append(
             f"| {r['model']} | {_f(r['relative_bops'])} | {r['size_bytes']} | "
             f"{r['size_vs_fp32']:.3f} | {r['size_vs_int8']:.3f} | "
