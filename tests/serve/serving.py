@@ -8,9 +8,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+import onnx
+import onnxruntime as ort
 import torch
 from torch import nn
 
+from qbnn.runtimes.contract import INPUT, NUM_SAMPLES
+from qbnn.runtimes.seeding import reseed
 from qbnn.serve import ModelSpec, ServeConfig, make_server
 
 VOCAB, T = 50, 7
@@ -55,3 +59,17 @@ def config(model_files: dict[str, Path], **kwargs) -> ServeConfig:
     """A config serving every test model on a free port (CPU EP, as the references)."""
     models = [ModelSpec(name=n, path=p) for n, p in model_files.items()]
     return ServeConfig(models=models, port=0, provider="cpu", threads=1, **kwargs)
+
+
+def ort_reference(path: Path, x: np.ndarray, samples: int, seed: int) -> dict[str, np.ndarray]:
+    """Every output of one plain ONNX Runtime run of ``path`` on ``x`` at S = ``samples``,
+    reseeded with ``seed`` (what a request with ``seed`` runs: the first call of a fresh
+    session)."""
+    model = onnx.load(str(path))
+    reseed(model, seed)
+    opts = ort.SessionOptions()
+    opts.log_severity_level, opts.intra_op_num_threads = 3, 1
+    sess = ort.InferenceSession(model.SerializeToString(), opts, ["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()]
+    outs = sess.run(names, {INPUT: x, NUM_SAMPLES: np.array(samples, np.int64)})
+    return dict(zip(names, outs, strict=True))

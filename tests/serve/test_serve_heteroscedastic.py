@@ -8,14 +8,12 @@ from __future__ import annotations
 import httpx
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 
-from qbnn.runtimes.contract import HETEROSCEDASTIC_OUTPUTS, INPUT, NUM_SAMPLES, MetaKey
+from qbnn.runtimes.contract import HETEROSCEDASTIC_OUTPUTS, MetaKey
 from qbnn.runtimes.loading import set_metadata
-from qbnn.runtimes.seeding import reseed
 
-from serving import config, running
+from serving import config, ort_reference, running
 from tiny_models import example, hetero_mlp
 
 S, SEED = 6, 11
@@ -41,19 +39,6 @@ def hetero_files(tmp_path_factory) -> dict:
 def base(hetero_files):
     with running(config(hetero_files)) as url:
         yield url
-
-
-def _ort_reference(path) -> dict[str, np.ndarray]:
-    """Every output of one plain ONNX Runtime run of ``path`` reseeded with ``SEED`` (what a
-    request with ``seed`` runs: the first call of a fresh session)."""
-    model = onnx.load(str(path))
-    reseed(model, SEED)
-    opts = ort.SessionOptions()
-    opts.log_severity_level, opts.intra_op_num_threads = 3, 1
-    sess = ort.InferenceSession(model.SerializeToString(), opts, ["CPUExecutionProvider"])
-    names = [o.name for o in sess.get_outputs()]
-    outs = sess.run(names, {INPUT: X, NUM_SAMPLES: np.array(S, np.int64)})
-    return dict(zip(names, outs, strict=True))
 
 
 def test_file_flag_as_written(hetero_files):
@@ -83,7 +68,7 @@ def test_variance_equals_local_onnxruntime(base, hetero_files, name):
     got = {o["name"]: np.asarray(o["data"], np.float32).reshape(o["shape"])
            for o in r.json()["outputs"]}  # fmt: skip
     assert got["variance"].shape == (S, 5, 2) and got["mean"].shape == (S, 5, 2)
-    ref = _ort_reference(hetero_files[name])
+    ref = ort_reference(hetero_files[name], X, S, SEED)
     for n in HETEROSCEDASTIC_OUTPUTS:  # JSON carries float32 exactly; 1e-6 covers op fusion
         np.testing.assert_allclose(got[n], ref[n], rtol=1e-6, atol=1e-7, err_msg=n)
     assert np.all(got["variance"] > 0)  # exp(log-variance)

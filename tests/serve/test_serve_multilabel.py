@@ -6,16 +6,13 @@ from __future__ import annotations
 
 import httpx
 import numpy as np
-import onnx
-import onnxruntime as ort
 import pytest
 import torch
 from torch import nn
 
-from qbnn.runtimes.contract import INPUT, MULTILABEL_OUTPUTS, NUM_SAMPLES
-from qbnn.runtimes.seeding import reseed
+from qbnn.runtimes.contract import MULTILABEL_OUTPUTS
 
-from serving import config, running
+from serving import config, ort_reference, running
 
 S, SEED, K = 6, 11, 3
 X = np.random.default_rng(4).normal(size=(5, 6)).astype(np.float32)  # [B=5, 6] -> K = 3
@@ -35,17 +32,6 @@ def ml_file(tmp_path_factory):
 def base(ml_file):
     with running(config({"ml": ml_file})) as url:
         yield url
-
-
-def _ort_reference(path) -> dict[str, np.ndarray]:
-    model = onnx.load(str(path))
-    reseed(model, SEED)
-    opts = ort.SessionOptions()
-    opts.log_severity_level, opts.intra_op_num_threads = 3, 1
-    sess = ort.InferenceSession(model.SerializeToString(), opts, ["CPUExecutionProvider"])
-    names = [o.name for o in sess.get_outputs()]
-    outs = sess.run(names, {INPUT: X, NUM_SAMPLES: np.array(S, np.int64)})
-    return dict(zip(names, outs, strict=True))
 
 
 def test_metadata_lists_label_outputs(base):
@@ -68,7 +54,7 @@ def test_label_outputs_equal_local_onnxruntime(base, ml_file):
     assert r.status_code == 200, r.text
     got = {o["name"]: np.asarray(o["data"], np.float32).reshape(o["shape"])
            for o in r.json()["outputs"]}  # fmt: skip
-    ref = _ort_reference(ml_file)
+    ref = ort_reference(ml_file, X, S, SEED)
     for n in names:
         np.testing.assert_allclose(got[n], ref[n], rtol=1e-6, atol=1e-7, err_msg=n)
     assert got["label_mutual_information"].shape == (5, K)

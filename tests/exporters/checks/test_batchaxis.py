@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import copy
-import importlib.util
-import sys
-import types
 
 import numpy as np
 import onnx
@@ -19,6 +16,7 @@ from qbnn.exporters.checks.batchaxis import check_batch_axis, second_batch
 from qbnn.exporters.modules.batchfree import BatchFreeMask, batch_free
 from qbnn.runtimes.errors import ExportError
 
+from thirdparty import torch_uncertainty
 from tiny_models import example
 
 
@@ -85,25 +83,9 @@ def test_a_model_that_fixes_the_batch_is_refused_and_nothing_is_written(tmp_path
     assert list(tmp_path.iterdir()) == []
 
 
-def _tu_layers():
-    if importlib.util.find_spec("torch_uncertainty") is None:
-        pytest.fail(
-            "torch-uncertainty is missing: pip install --no-deps -r requirements/no-deps.txt"
-        )
-    if "torch_uncertainty" not in sys.modules:
-        spec = importlib.util.find_spec("torch_uncertainty")
-        pkg = types.ModuleType("torch_uncertainty")
-        pkg.__path__ = list(spec.submodule_search_locations)
-        pkg.__spec__ = spec
-        sys.modules["torch_uncertainty"] = pkg
-    import torch_uncertainty.layers as layers
-
-    return layers
-
-
 @pytest.mark.parametrize("conv", [False, True], ids=["Mask1d", "Mask2d"])
 def test_batch_free_masks_compute_what_masksembles_computes(conv):
-    layers = _tu_layers()
+    layers = torch_uncertainty("layers")
     torch.manual_seed(0)
     layer = (
         layers.MaskedConv2d(12, 5, 3, num_estimators=4, scale=2.0)
@@ -121,7 +103,7 @@ def test_the_member_view_workaround_of_masksembles_is_refused_clearly(tmp_path):
     """tp_06's workaround (a list of member views of a Masksembles net, the ``ensemble``
     family, which does not rewrite the masks) used to export a graph fixed at batch 8 that
     crashed at predict time; it is refused at export."""
-    layers = _tu_layers()
+    layers = torch_uncertainty("layers")
     torch.manual_seed(0)
 
     class Net(nn.Module):

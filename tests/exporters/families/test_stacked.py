@@ -8,10 +8,6 @@ run). It is installed in CI from ``requirements/no-deps.txt``.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-import types
-
 import numpy as np
 import onnx
 import pytest
@@ -26,26 +22,11 @@ from qbnn.runtimes import Predictor
 from qbnn.runtimes.contract import MetaKey
 from qbnn.runtimes.errors import ConfigError, ExportError, UnsupportedLayerError
 
+from thirdparty import torch_uncertainty
 from tiny_models import StackedDropout, StackedHeads, example
 from trainers import iris
 
 M = 4
-
-
-def _tu():
-    """torch-uncertainty's submodules without its top-level ``__init__``."""
-    if importlib.util.find_spec("torch_uncertainty") is None:
-        pytest.fail(
-            "torch-uncertainty is missing: pip install --no-deps -r requirements/no-deps.txt"
-        )
-    for name in ("torch_uncertainty", "torch_uncertainty.models"):
-        if name not in sys.modules:
-            spec = importlib.util.find_spec(name)
-            pkg = types.ModuleType(name)
-            pkg.__path__ = list(spec.submodule_search_locations)
-            pkg.__spec__ = spec
-            sys.modules[name] = pkg
-    return importlib.import_module
 
 
 def _masked_mlp() -> nn.Module:
@@ -53,7 +34,7 @@ def _masked_mlp() -> nn.Module:
     times, ``MaskedLinear`` layers (Mask1d splits the batch with ``batch // M``)."""
     from einops import repeat
 
-    masked = _tu()("torch_uncertainty.layers").MaskedLinear
+    masked = torch_uncertainty("layers").MaskedLinear
 
     class MaskedMLP(nn.Module):
         def __init__(self) -> None:
@@ -72,7 +53,7 @@ def _masked_mlp() -> nn.Module:
 def _tu_model(kind: str) -> nn.Module:
     if kind == "masksembles":
         return _masked_mlp()
-    mlp = _tu()("torch_uncertainty.models.mlp")
+    mlp = torch_uncertainty("models.mlp")
     if kind == "packed":
         return mlp.packed_mlp(4, 3, [16], num_estimators=M, alpha=2)
     if kind == "batchensemble":
@@ -141,7 +122,7 @@ def test_own_one_network_ensemble_is_exact(tmp_path):
 def _tu_mc_dropout() -> nn.Module:
     torch.manual_seed(0)
     core = nn.Sequential(nn.Linear(6, 32), nn.ReLU(), nn.Dropout(0.3), nn.Linear(32, 3))
-    wrap = _tu()("torch_uncertainty.methods.mc_dropout").mc_dropout
+    wrap = torch_uncertainty("methods.mc_dropout").mc_dropout
     return wrap(core, num_estimators=5, on_batch=True).eval()
 
 

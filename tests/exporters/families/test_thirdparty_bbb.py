@@ -14,8 +14,6 @@ difference of the two MC means (+1e-4), mean spread (std over samples) within 15
 from __future__ import annotations
 
 import importlib.util
-import sys
-import types
 
 import numpy as np
 import pytest
@@ -27,6 +25,8 @@ from torch import nn
 from qbnn.exporters import export_model
 from qbnn.runtimes import Predictor
 
+from thirdparty import torch_uncertainty
+
 pytest.importorskip("blitz", reason="blitz-bayesian-pytorch (requirements/no-deps.txt)")
 if importlib.util.find_spec("torch_uncertainty") is None:
     pytest.skip("torch-uncertainty (requirements/no-deps.txt)", allow_module_level=True)
@@ -35,17 +35,9 @@ S = 1000
 
 
 def _tu_bayesian():
-    """torch-uncertainty's Bayesian layers without its top-level ``__init__`` (which imports
-    lightning and torchvision, neither installed): register the package without running it."""
-    if "torch_uncertainty" not in sys.modules:
-        spec = importlib.util.find_spec("torch_uncertainty")
-        pkg = types.ModuleType("torch_uncertainty")
-        pkg.__path__ = list(spec.submodule_search_locations)
-        pkg.__spec__ = spec
-        sys.modules["torch_uncertainty"] = pkg
-    from torch_uncertainty.layers.bayesian import BayesConv2d, BayesLinear
-
-    return BayesLinear, BayesConv2d
+    """torch-uncertainty's Bayesian layers ``(BayesLinear, BayesConv2d)``."""
+    bayesian = torch_uncertainty("layers.bayesian")
+    return bayesian.BayesLinear, bayesian.BayesConv2d
 
 
 def _digits(n: int = 1400) -> tuple[torch.Tensor, torch.Tensor]:
