@@ -148,7 +148,12 @@ _BOOL = _Codec(lambda v: _TRUE if v else _FALSE, _load_bool, "'true' or 'false' 
 _TASK = _Codec(lambda v: Task(v).value, Task, f"one of {[t.value for t in Task]}")
 _SEED = _Codec(lambda v: str(int(v)), _load_seed, "an integer or ''")
 _SHAPE = _Codec(lambda v: ",".join(str(int(d)) for d in v), _load_shape, "e.g. '3,8,8'")
-_JSON = _Codec(lambda v: json.dumps(dict(v), sort_keys=True), _load_json, "a JSON object")
+#: compact (no spaces): the records sit in every file, which an int8 graph must not outgrow
+_JSON = _Codec(
+    lambda v: json.dumps(dict(v), sort_keys=True, separators=(",", ":")),
+    _load_json,
+    "a JSON object",
+)
 
 
 def _meta(codec: _Codec) -> Any:

@@ -55,7 +55,7 @@ def test_written_texts():
     props = FULL.to_props()
     assert props[MetaKey.HETEROSCEDASTIC] == "true" and props[MetaKey.SEED] == "7"
     assert props[MetaKey.INPUT_SHAPE] == "1,8,8" and props[MetaKey.NOISE_VARIANCE] == "0.25"
-    assert props[MetaKey.QUANTIZATION] == '{"backend": "inc", "kept_fp32": ["a"]}'  # sorted keys
+    assert props[MetaKey.QUANTIZATION] == '{"backend":"inc","kept_fp32":["a"]}'  # sorted, compact
     assert ContractMeta(heteroscedastic=False).to_props() == {"qbnn.heteroscedastic": "false"}
     assert ContractMeta().to_props() == {}  # None = absent: a partial record writes only its keys
     assert ContractMeta(input_shape=()).to_props() == {"qbnn.input_shape": ""}

@@ -132,7 +132,7 @@ def test_storage_bits_opset_and_metadata(deployed):
     rep = {lay.name: lay for lay in res.layers}
     assert rep["conv2"].unique <= 3 and rep["conv1"].unique <= 15
     meta = {p.key: p.value for p in m.metadata_props}
-    assert '"weight_bits": 2' in meta[COMPRESSION_KEY]
+    assert '"weight_bits":2' in meta[COMPRESSION_KEY]
     assert meta["qbnn.precision"] == "int8"
     params = 2 * (4 * 9 + 6 * 4 * 9 + 8 * 24 + 3 * 8)  # two members' fp32 weights
     assert sum(lay.bytes for lay in res.layers) < 0.3 * 4 * params
