@@ -120,7 +120,10 @@ def test_export_imports_factories_from_the_working_directory(tmp_path, monkeypat
     )
     monkeypatch.chdir(tmp_path)
     monkeypatch.delitem(sys.modules, "cwd_models", raising=False)
-    r = runner.invoke(app, ["export", "-m", spec, "--input-shape", "6", "-o", "m.onnx"])
+    # --head logits: this untrained net's 3 outputs all fall in [0, 1], which is refused as
+    # possibly multi-label probabilities without it (tests/exporters/checks/test_multilabel.py)
+    args = ["export", "-m", spec, "--input-shape", "6", "--head", "logits", "-o", "m.onnx"]
+    r = runner.invoke(app, args)
     assert r.exit_code == 0, r.output
     assert (tmp_path / "m.onnx").is_file()
     assert str(tmp_path) not in sys.path  # the working directory was added for the import only

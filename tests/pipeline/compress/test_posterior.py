@@ -146,18 +146,24 @@ def test_sigma_options_are_checked():
         AutoConfig(sigma_bits=(5,))
 
 
-@pytest.mark.parametrize("family", ["lrt", "flipout"])
-def test_lrt_and_flipout_graphs_compress_mu_and_sigma(family, tmp_path):
+@pytest.mark.parametrize(
+    ("family", "sampling", "drawn"),
+    [("lrt", "lrt", False), ("flipout", None, False), ("flipout", "weight", True)],
+    ids=["lrt", "flipout", "flipout-weight"],
+)
+def test_lrt_and_flipout_graphs_compress_mu_and_sigma(family, sampling, drawn, tmp_path):
     from tiny_models import flipout_cnn
 
     src = tmp_path / f"{family}.onnx"
-    net, kw = (bayes_cnn(), {"sampling": "lrt"}) if family == "lrt" else (flipout_cnn(), {})
+    net = bayes_cnn() if family == "lrt" else flipout_cnn()
+    kw = {"sampling": sampling} if sampling else {}
     export(net, torch.from_numpy(data(4)[0]), src, seed=0, verify=False, **kw)
     model = onnx.load(src)
     layers = find_layers(model)
-    # lrt: ops read mu and the variance directly; flipout (default export): weights drawn
-    assert all(bool(lay.nodes) == (family == "lrt") for lay in layers.values())
-    assert all(bool(lay.drawn) == (family == "flipout") for lay in layers.values())
+    # lrt and flipout's estimator (the default of a convolutional flipout model): ops read mu
+    # and sigma directly; flipout's weight mode: weights drawn at run time
+    assert all(bool(lay.nodes) != drawn for lay in layers.values())
+    assert all(bool(lay.drawn) == drawn for lay in layers.values())
     x = data(32, seed=2)[0]
     plan = auto_plan(model, 1.0, 0.5, act_bits=8, match=0.8, sigma_bits=0)
     res = deploy_plan(src, tmp_path / "a.onnx", plan, calib=x)
