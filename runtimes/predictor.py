@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from .contract import MULTILABEL_OUTPUTS, NUM_SAMPLES, Task
-from .errors import ConfigError, ModelLoadError, RuntimeInputError
+from .errors import ConfigError, ModelLoadError, RuntimeInputError, first_line
 from .options import Precision, SessionOptions
 from .session import ModelInfo, open_model
 
@@ -189,6 +189,12 @@ class Predictor:
             raise RuntimeInputError(
                 f"input shape {list(x.shape)} does not match the model's [B, {fs}]"
             )
+        if x.size and x.min() < 0:  # ONNX Gather wraps negative indices; torch's Embedding refuses
+            first = [int(i) for i in np.argwhere(x < 0)[0]]
+            raise RuntimeInputError(
+                f"token ids must be >= 0 (as torch.nn.Embedding takes them); got {int(x.min())} "
+                f"(first negative id at index {first})"
+            )
         return np.ascontiguousarray(x, dtype=want)
 
     def _samples(self, num_samples: int | None) -> int:
@@ -229,7 +235,7 @@ class Predictor:
 
     def _run(self, x: np.ndarray, s: int) -> dict[str, np.ndarray]:
         if not self.info.is_qbnn:
-            out = self.session.run(None, {self.info.input_name: x})[0]
+            out = self._session_run(None, {self.info.input_name: x})[0]
             out = out.reshape(len(x), -1)
             if self.info.task == Task.REGRESSION:
                 return {"mean": out[None]}
@@ -239,7 +245,22 @@ class Predictor:
         if self.info.takes_num_samples:
             feed[NUM_SAMPLES] = np.array(s, dtype=np.int64)
         names = [o for o in self.info.outputs]
-        return dict(zip(names, self.session.run(names, feed), strict=True))
+        return dict(zip(names, self._session_run(names, feed), strict=True))
+
+    def _session_run(self, names: list[str] | None, feed: dict[str, np.ndarray]) -> list:
+        """``session.run``; token ids beyond the model's vocabulary (ONNX Runtime's Gather
+        bounds check) become a :class:`RuntimeInputError` naming the largest id."""
+        try:
+            return self.session.run(names, feed)
+        except Exception as exc:
+            x = feed[self.info.input_name]
+            if not (np.issubdtype(x.dtype, np.integer) and "out of data bounds" in str(exc)):
+                raise
+            why = first_line(exc).split("Status Message: ")[-1]
+            raise RuntimeInputError(
+                f"token ids out of the model's vocabulary (largest id in this input: "
+                f"{int(x.max())}): {why}"
+            ) from exc
 
     def _merge_regression(self, parts: list[dict[str, np.ndarray]], keep: bool) -> Prediction:
         """Per-chunk graph outputs concatenated along the batch; the graph's own

@@ -85,6 +85,12 @@ _BAD = {
                                      r"value 1099511627776 is outside the model's int32"),
     "wrong shape": ("ids64", _body([1] * 6, shape=(1, 6)),
                     r"input shape \[1, 6\] does not match the model's \[B, 7\]"),
+    # the vocabulary is 50: ONNX Runtime's Gather fails on id 50 (was a 500), and would wrap -1
+    "id beyond the vocabulary": ("ids64", _body([1, 2, 50, 3, 4, 5, 6]),
+                                 r"token ids out of the model's vocabulary \(largest id in this "
+                                 r"input: 50\): indices element out of data bounds"),
+    "negative id": ("ids32", _body([1, 2, -1, 3, 4, 5, 6], "INT32"),
+                    r"token ids must be >= 0 .* got -1 \(first negative id at index \[0, 2\]\)"),
 }  # fmt: skip
 
 
