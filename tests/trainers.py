@@ -253,6 +253,32 @@ def digits() -> Split:
     return Split(x[:1400], y[:1400], x[1400:], y[1400:])
 
 
+def digits_flat(n: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The 8x8 digits in file order: ``x [N, 64]`` float32, ``(v / 16 - 0.3) / 0.4``, and labels
+    ``y [N]`` int64; ``n``: only the first n rows."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = torch.tensor((d.data / 16.0 - 0.3) / 0.4, dtype=torch.float32)
+    return x[:n], torch.tensor(d.target[:n], dtype=torch.long)
+
+
+def fit_minibatch(model: nn.Module, x, y, loss_fn, *, epochs: int, lr: float, seed: int):
+    """Adam over ``epochs`` passes of shuffled batches of 64 (order from a generator seeded with
+    ``seed``), minimising ``loss_fn(model, x_batch, y_batch)``; returns the model in eval mode."""
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    gen = torch.Generator().manual_seed(seed)
+    model.train()
+    for _ in range(epochs):
+        perm = torch.randperm(len(x), generator=gen)
+        for i in range(0, len(x), 64):
+            b = perm[i : i + 64]
+            opt.zero_grad()
+            loss_fn(model, x[b], y[b]).backward()
+            opt.step()
+    return model.eval()
+
+
 def small_cnn(seed: int = 0) -> nn.Module:
     """Conv(1->8, 3x3, pad 1) -> ReLU -> Conv(8->8, 3x3, stride 2) -> ReLU -> Linear(72 -> 10)."""
     torch.manual_seed(seed)

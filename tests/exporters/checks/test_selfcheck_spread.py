@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 import torch
 from bayesian_torch.layers import LinearReparameterization
-from sklearn.datasets import load_digits
 from torch import nn
 
 from qbnn.exporters import export_model
@@ -23,12 +22,7 @@ from qbnn.exporters.modules import loopmodel
 from qbnn.runtimes.errors import VerificationError
 
 from tiny_models import bayes_mlp, example
-
-
-def _digits() -> tuple[torch.Tensor, torch.Tensor]:
-    d = load_digits()
-    x = torch.tensor(((d.data / 16.0 - 0.3) / 0.4).astype(np.float32))
-    return x, torch.tensor(d.target)
+from trainers import digits_flat, fit_minibatch
 
 
 def _gelu_mlp(seed: int, drop: float) -> nn.Sequential:
@@ -42,18 +36,11 @@ def _gelu_mlp(seed: int, drop: float) -> nn.Sequential:
 
 def _train(net: nn.Module, seed: int, epochs: int = 30) -> nn.Module:
     """Adam on the 1,797 digits (batch 64): confident on the training rows."""
-    x, y = _digits()
-    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
-    gen = torch.Generator().manual_seed(seed)
-    net.train()
-    for _ in range(epochs):
-        perm = torch.randperm(len(x), generator=gen)
-        for i in range(0, len(x), 64):
-            b = perm[i : i + 64]
-            opt.zero_grad()
-            nn.functional.cross_entropy(net(x[b]), y[b]).backward()
-            opt.step()
-    return net.eval()
+    x, y = digits_flat()
+    return fit_minibatch(
+        net, x, y, lambda m, xb, yb: nn.functional.cross_entropy(m(xb), yb),
+        epochs=epochs, lr=1e-2, seed=seed,
+    )  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +57,7 @@ def _old_rule_refuses(f) -> bool:
 def test_confident_mc_dropout_mlps_pass_for_every_training_seed(trained, tmp_path):
     """The three trained MLPs export (default self-check, 64 samples, 8 digits); their spread is
     small (< 0.02) and for at least one seed the old relative test would have refused."""
-    x = _digits()[0][:8]
+    x = digits_flat()[0][:8]
     reports = []
     for seed, net in trained.items():
         res = export_model(net, x, tmp_path / f"d{seed}.onnx")
@@ -94,7 +81,7 @@ def test_confident_mean_field_with_tiny_sigma_passes(trained, tmp_path):
         net.append(_First(bl))
         if i < len(lin) - 1:
             net.append(nn.GELU())
-    res = export_model(net, _digits()[0][:8], tmp_path / "mf.onnx")
+    res = export_model(net, digits_flat()[0][:8], tmp_path / "mf.onnx")
     # spread ~5e-6: float32 rounding alone is many "standard errors" (z ~34 measured); the mean
     # test's absolute floor (1e-4) is what lets it pass, so check the gap itself
     assert res.fidelity.spread_torch < 1e-3 and res.fidelity.max_abs_mean_diff < 1e-4
@@ -118,7 +105,7 @@ def test_confident_ensemble_passes_exactly(trained, tmp_path):
         nn.Sequential(*[copy.deepcopy(m) for m in net if not isinstance(m, nn.Dropout)]).eval()
         for net in trained.values()
     ]
-    res = export_model(members, _digits()[0][:8], tmp_path / "ens.onnx")
+    res = export_model(members, digits_flat()[0][:8], tmp_path / "ens.onnx")
     assert res.fidelity.exact and res.fidelity.max_abs_mean_diff < 1e-4
 
 

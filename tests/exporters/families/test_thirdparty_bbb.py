@@ -19,13 +19,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from sklearn.datasets import load_digits
 from torch import nn
 
 from qbnn.exporters import export_model
 from qbnn.runtimes import Predictor
 
 from thirdparty import torch_uncertainty
+from trainers import digits_flat, fit_minibatch
 
 pytest.importorskip("blitz", reason="blitz-bayesian-pytorch (requirements/no-deps.txt)")
 if importlib.util.find_spec("torch_uncertainty") is None:
@@ -40,25 +40,9 @@ def _tu_bayesian():
     return bayesian.BayesLinear, bayesian.BayesConv2d
 
 
-def _digits(n: int = 1400) -> tuple[torch.Tensor, torch.Tensor]:
-    d = load_digits()
-    x = torch.tensor((d.data / 16.0 - 0.3) / 0.4, dtype=torch.float32)
-    return x[:n], torch.tensor(d.target[:n], dtype=torch.long)
-
-
 def _train(model: nn.Module, loss_fn, epochs: int = 3) -> nn.Module:
-    x, y = _digits()
-    opt = torch.optim.Adam(model.parameters(), lr=5e-3)
-    gen = torch.Generator().manual_seed(0)
-    model.train()
-    for _ in range(epochs):
-        perm = torch.randperm(len(x), generator=gen)
-        for i in range(0, len(x), 64):
-            b = perm[i : i + 64]
-            opt.zero_grad()
-            loss_fn(model, x[b], y[b]).backward()
-            opt.step()
-    return model.eval()
+    x, y = digits_flat(1400)
+    return fit_minibatch(model, x, y, loss_fn, epochs=epochs, lr=5e-3, seed=0)
 
 
 def tu_mlp() -> nn.Module:
@@ -146,7 +130,7 @@ def _library_mc(model: nn.Module, x: torch.Tensor) -> np.ndarray:
 def test_exports_and_matches_the_librarys_mc_average(case, tmp_path):
     factory, shape, note = CASES[case]
     model = factory()
-    x, _ = _digits(8) if shape == (64,) else (_digits(8)[0].reshape(8, 1, 8, 8), None)
+    x, _ = digits_flat(8) if shape == (64,) else (digits_flat(8)[0].reshape(8, 1, 8, 8), None)
     res = export_model(model, x, tmp_path / "m.onnx", seed=0)
     assert res.family == "stochastic" and res.fidelity is not None
     assert note in " ".join(res.notes)
