@@ -7,6 +7,7 @@ import threading
 import time
 from pathlib import Path
 
+import httpx
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -73,3 +74,18 @@ def ort_reference(path: Path, x: np.ndarray, samples: int, seed: int) -> dict[st
     names = [o.name for o in sess.get_outputs()]
     outs = sess.run(names, {INPUT: x, NUM_SAMPLES: np.array(samples, np.int64)})
     return dict(zip(names, outs, strict=True))
+
+
+def infer_json(base: str, model: str, x: np.ndarray, names, samples: int, seed: int):
+    """One JSON v2 request of ``x`` (FP32) asking for the outputs ``names`` at S = ``samples``
+    with ``seed``; asserts 200 and returns ``{name: float32 array}`` in the response's shapes."""
+    body = {
+        "inputs": [{"name": "input", "shape": list(x.shape), "datatype": "FP32",
+                    "data": x.ravel().tolist()}],
+        "outputs": [{"name": n} for n in names],
+        "parameters": {"num_samples": samples, "seed": seed},
+    }  # fmt: skip
+    r = httpx.post(f"{base}/v2/models/{model}/infer", json=body)
+    assert r.status_code == 200, r.text
+    return {o["name"]: np.asarray(o["data"], np.float32).reshape(o["shape"])
+            for o in r.json()["outputs"]}  # fmt: skip

@@ -13,7 +13,7 @@ import pytest
 from qbnn.runtimes.contract import HETEROSCEDASTIC_OUTPUTS, MetaKey
 from qbnn.runtimes.loading import set_metadata
 
-from serving import config, ort_reference, running
+from serving import config, infer_json, ort_reference, running
 from tiny_models import example, hetero_mlp
 
 S, SEED = 6, 11
@@ -57,16 +57,7 @@ def test_metadata_lists_variance(base, name):
 
 @pytest.mark.parametrize("name", ["hetero", "hetero_old"])
 def test_variance_equals_local_onnxruntime(base, hetero_files, name):
-    body = {
-        "inputs": [{"name": "input", "shape": list(X.shape), "datatype": "FP32",
-                    "data": X.ravel().tolist()}],
-        "outputs": [{"name": n} for n in HETEROSCEDASTIC_OUTPUTS],
-        "parameters": {"num_samples": S, "seed": SEED},
-    }  # fmt: skip
-    r = httpx.post(f"{base}/v2/models/{name}/infer", json=body)
-    assert r.status_code == 200, r.text
-    got = {o["name"]: np.asarray(o["data"], np.float32).reshape(o["shape"])
-           for o in r.json()["outputs"]}  # fmt: skip
+    got = infer_json(base, name, X, HETEROSCEDASTIC_OUTPUTS, S, SEED)
     assert got["variance"].shape == (S, 5, 2) and got["mean"].shape == (S, 5, 2)
     ref = ort_reference(hetero_files[name], X, S, SEED)
     for n in HETEROSCEDASTIC_OUTPUTS:  # JSON carries float32 exactly; 1e-6 covers op fusion

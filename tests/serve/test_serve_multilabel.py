@@ -12,7 +12,7 @@ from torch import nn
 
 from qbnn.runtimes.contract import MULTILABEL_OUTPUTS
 
-from serving import config, ort_reference, running
+from serving import config, infer_json, ort_reference, running
 
 S, SEED, K = 6, 11, 3
 X = np.random.default_rng(4).normal(size=(5, 6)).astype(np.float32)  # [B=5, 6] -> K = 3
@@ -44,16 +44,7 @@ def test_metadata_lists_label_outputs(base):
 
 def test_label_outputs_equal_local_onnxruntime(base, ml_file):
     names = [n for n in MULTILABEL_OUTPUTS if n != "probs"]
-    body = {
-        "inputs": [{"name": "input", "shape": list(X.shape), "datatype": "FP32",
-                    "data": X.ravel().tolist()}],
-        "outputs": [{"name": n} for n in names],
-        "parameters": {"num_samples": S, "seed": SEED},
-    }  # fmt: skip
-    r = httpx.post(f"{base}/v2/models/ml/infer", json=body)
-    assert r.status_code == 200, r.text
-    got = {o["name"]: np.asarray(o["data"], np.float32).reshape(o["shape"])
-           for o in r.json()["outputs"]}  # fmt: skip
+    got = infer_json(base, "ml", X, names, S, SEED)
     ref = ort_reference(ml_file, X, S, SEED)
     for n in names:
         np.testing.assert_allclose(got[n], ref[n], rtol=1e-6, atol=1e-7, err_msg=n)
